@@ -1,0 +1,178 @@
+r"""Band structure of a sorted 1-D entropic plan.
+
+With both score vectors sorted, the plan of :math:`C_{ij} = (s_i - t_j)^2`
+is concentrated around the monotone staircase (north-west corner rule on the
+cumulative weights). Row :math:`i` keeps the contiguous columns
+``[row_start[i], row_start[i] + width)``; the starts never decrease with
+``i``. Column :math:`j` sees the rows ``[col_start[j], col_start[j] +
+col_width)`` of which ``[col_lo[j], col_hi[j]]`` are in the band (the rest is
+padding, masked with ``-inf`` logits).
+
+All tensors carry a leading slice axis ``L``; windows are gathered from
+strided views, so no ``(L, n, W)`` index table is ever stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def window_gather(x: Tensor, start: Tensor, width: int) -> Tensor:
+    r"""``out[l, i, k] = x[l, start[l, i] + k]`` for ``x`` of shape ``(L, m)``
+    and ``start`` of shape ``(L, n)`` with ``start <= m - width``."""
+    view = x.unfold(-1, width, 1)  # (L, m - width + 1, width), a view
+    idx = start.unsqueeze(-1).expand(-1, -1, width)
+    return torch.gather(view, 1, idx)
+
+
+def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool) -> Tensor:
+    return torch.searchsorted(sorted_seq.contiguous(), values.contiguous(), right=right)
+
+
+@dataclass(frozen=True)
+class Staircase:
+    r"""Exact (:math:`\gamma \to 0`) monotone coupling of sorted weights.
+
+    ``lo[i] .. hi[i]`` are the columns that row ``i`` shares positive mass with;
+    ``row_pos``/``col_pos`` order the ``n + m`` nodes along the staircase path.
+    """
+
+    lo: Tensor  # (L, n) long
+    hi: Tensor  # (L, n) long
+    row_pos: Tensor  # (L, n) long, position of row i among the n + m nodes
+    col_pos: Tensor  # (L, m) long
+    a_start: Tensor  # (L, n) exclusive cumulative row mass (normalised)
+    b_start: Tensor  # (L, m)
+    b_end: Tensor  # (L, m)
+
+
+def staircase(a: Tensor, b: Tensor) -> Staircase:
+    r"""North-west corner structure of sorted weights ``a`` (L, n), ``b`` (L, m)."""
+    a_end = torch.cumsum(a, -1)
+    b_end = torch.cumsum(b, -1)
+    a_end = a_end / a_end[:, -1:]
+    b_end = b_end / b_end[:, -1:]
+    a_start = torch.cat([torch.zeros_like(a_end[:, :1]), a_end[:, :-1]], -1)
+    b_start = torch.cat([torch.zeros_like(b_end[:, :1]), b_end[:, :-1]], -1)
+    m = b.shape[-1]
+    lo = _searchsorted(b_end, a_start, right=True).clamp_(max=m - 1)
+    hi = _searchsorted(b_end, a_end, right=False).clamp_(max=m - 1)
+    hi = torch.maximum(hi, lo)
+    n_idx = torch.arange(a.shape[-1], device=a.device)
+    m_idx = torch.arange(m, device=a.device)
+    # rows come first on equal starts
+    row_pos = n_idx + _searchsorted(b_start, a_start, right=False)
+    col_pos = m_idx + _searchsorted(a_start, b_start, right=True)
+    return Staircase(lo, hi, row_pos, col_pos, a_start, b_start, b_end)
+
+
+def exact_dual(s: Tensor, t: Tensor, st: Staircase) -> tuple[Tensor, Tensor]:
+    r"""Dual potentials of the exact 1-D problem, tight on the staircase path.
+
+    Along the path ``f_i - f_{i-1} = C_{i,p_i} - C_{i-1,p_i}`` with ``p_i`` the
+    last column before row ``i``, and likewise for ``g``; computed by cumsum.
+    """
+    p = (_searchsorted(st.b_start, st.a_start, right=False) - 1).clamp_(min=0)
+    q = (_searchsorted(st.a_start, st.b_start, right=True) - 1).clamp_(min=0)
+    tp = torch.gather(t, 1, p)
+    sq = torch.gather(s, 1, q)
+    df = (s[:, 1:] - tp[:, 1:]) ** 2 - (s[:, :-1] - tp[:, 1:]) ** 2
+    dg = (sq[:, 1:] - t[:, 1:]) ** 2 - (sq[:, 1:] - t[:, :-1]) ** 2
+    f = torch.cat([torch.zeros_like(s[:, :1]), torch.cumsum(df, -1)], -1)
+    g0 = (s[:, :1] - t[:, :1]) ** 2
+    g = torch.cat([g0, g0 + torch.cumsum(dg, -1)], -1)
+    return f, g
+
+
+@dataclass(frozen=True)
+class Band:
+    r"""Row windows of width ``width`` and their transposed column windows."""
+
+    row_start: Tensor  # (L, n) long, non-decreasing
+    width: int
+    col_start: Tensor  # (L, m) long
+    col_width: int
+    col_lo: Tensor  # (L, m) long, first row of the band in column j
+    col_hi: Tensor  # (L, m) long, last row
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.row_start.shape[0], self.row_start.shape[1], self.col_start.shape[1])
+
+    def col_mask(self) -> Tensor:
+        """(L, m, col_width) bool: which padded column-window entries are in the band."""
+        k = torch.arange(self.col_width, device=self.col_start.device)
+        rows = self.col_start.unsqueeze(-1) + k
+        return (rows >= self.col_lo.unsqueeze(-1)) & (rows <= self.col_hi.unsqueeze(-1))
+
+    def row_cols(self) -> Tensor:
+        """(L, n, width) sorted column index of every row-window entry."""
+        k = torch.arange(self.width, device=self.row_start.device)
+        return self.row_start.unsqueeze(-1) + k
+
+    def nnz(self) -> int:
+        return self.row_start.shape[0] * self.row_start.shape[1] * self.width
+
+    def row_to_col(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        r"""Re-lay a row-layout tensor ``(L, n, width)`` as ``(L, m, col_width)``."""
+        L, n, m = self.shape
+        rows = self.col_start.unsqueeze(-1) + torch.arange(self.col_width, device=x.device)
+        rs = window_gather(self.row_start, self.col_start, self.col_width)
+        j = torch.arange(m, device=x.device).view(1, m, 1)
+        offset = (j - rs).clamp(0, self.width - 1)
+        flat = (rows * self.width + offset).view(L, -1)
+        out = torch.gather(x.reshape(L, -1), 1, flat).view(L, m, self.col_width)
+        return out.masked_fill(~self.col_mask(), fill)
+
+
+def make_band(lo: Tensor, hi: Tensor, m: int) -> Band:
+    r"""Smallest padded band whose row ``i`` covers columns ``lo[i]..hi[i]``.
+
+    Ends are made monotone (which only widens) so the transposed windows are
+    contiguous.
+    """
+    n = lo.shape[-1]
+    lo = torch.flip(torch.cummin(torch.flip(lo, [-1]), -1).values, [-1])
+    hi = torch.cummax(hi, -1).values
+    width = int((hi - lo + 1).max())
+    width = max(1, min(width, m))
+    row_start = lo.clamp(max=m - width)
+    j = torch.arange(m, device=lo.device).expand(lo.shape[0], m)
+    col_lo = _searchsorted(row_start + width, j, right=True)
+    col_hi = _searchsorted(row_start, j, right=True) - 1
+    col_width = int((col_hi - col_lo + 1).max())
+    col_width = max(1, min(col_width, n))
+    col_start = col_lo.clamp(max=n - col_width)
+    return Band(row_start, width, col_start, col_width, col_lo, col_hi)
+
+
+def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band) -> tuple[Tensor, Tensor]:
+    r"""Logits :math:`-C_{ij}/\gamma` on the row and column windows; padding is ``-inf``."""
+    g = gamma.view(-1, 1, 1)
+    t_win = window_gather(t, band.row_start, band.width)
+    theta_row = -((s.unsqueeze(-1) - t_win) ** 2) / g
+    s_win = window_gather(s, band.col_start, band.col_width)
+    theta_col = -((s_win - t.unsqueeze(-1)) ** 2) / g
+    theta_col = theta_col.masked_fill(~band.col_mask(), float("-inf"))
+    return theta_row, theta_col
+
+
+def search_extent(pred, anchor: Tensor, limit: int, size: int) -> Tensor:
+    r"""Farthest ``j`` from ``anchor`` towards ``limit`` with ``pred(j)`` true.
+
+    ``pred`` must hold at ``anchor`` and be monotone along the way (true, then
+    false); ``size`` bounds the distance. Vectorised bisection with a fixed
+    number of steps: no host synchronisation. ``limit`` is ``0`` (search left)
+    or the last index (search right).
+    """
+    near = anchor.clone()
+    far = torch.full_like(anchor, limit)
+    right = limit > 0
+    for _ in range(max(1, int(size).bit_length() + 1)):
+        mid = (near + far + 1) // 2 if right else (near + far) // 2
+        ok = pred(mid)
+        far = torch.where(ok, far, mid - 1 if right else mid + 1)
+        near = torch.where(ok, mid, near)
+    return near

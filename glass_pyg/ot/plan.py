@@ -1,0 +1,136 @@
+r"""The transport plan returned by the solvers.
+
+The plan is stored in sorted coordinates: row ``i`` of the sorted source holds
+``values[l, i, k]`` at sorted target column ``row_start[l, i] + k``. The sort
+permutations map back to the caller's order, so every accessor below speaks
+original indices. ``values`` carries the gradient (implicit or unrolled).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TransportPlan:
+    r"""Entropic plan of one or several slices, with its solver diagnostics.
+
+    Shapes below use ``L`` slices, ``n`` sources, ``m`` targets and window
+    width ``W``; accessors drop the slice axis when the scores were 1-D.
+    """
+
+    values: Tensor  #: (L, n, W) plan entries on the band, sorted layout
+    row_start: Tensor  #: (L, n) first sorted column of each sorted row's window
+    perm_s: Tensor  #: (L, n) original index of the i-th smallest source score
+    perm_t: Tensor  #: (L, m) original index of the j-th smallest target score
+    num_targets: int  #: m
+    f: Tensor  #: (L, n) row potential in score units, original order
+    g: Tensor  #: (L, m) column potential, original order
+    cost: Tensor  #: (L,) transport cost :math:`\langle P, C\rangle`
+    gamma: Tensor  #: (L,) regularisation used (after the rank temperature)
+    iterations: int  #: Sinkhorn sweeps plus Newton steps
+    newton_steps: int
+    marginal_error: Tensor  #: (L,) L1 error of the marginals relative to the mass
+    converged: Tensor  #: (L,) bool, marginal error <= tol
+    omitted_mass: Tensor  #: (L,) certified bound on the mass outside the band
+    band_halfwidth: Tensor  #: (L,) widest distance in ranks from the staircase
+    band_radius: Tensor  #: (L,) widest score distance from the staircase partner
+    batched: bool  #: whether the inputs had a slice axis
+
+    # --- shape helpers -------------------------------------------------
+    def _out(self, x: Tensor) -> Tensor:
+        return x if self.batched else x.squeeze(0)
+
+    @property
+    def num_slices(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_sources(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.values.shape[2]
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries of the plan (all slices)."""
+        return self.values.numel()
+
+    def sorted_cols(self) -> Tensor:
+        """(L, n, W) sorted target index of every stored entry."""
+        k = torch.arange(self.width, device=self.values.device)
+        return self.row_start.unsqueeze(-1) + k
+
+    def index_pairs(self) -> tuple[Tensor, Tensor]:
+        """Original (row, column) indices of every stored entry, each (L, n, W)."""
+        rows = self.perm_s.unsqueeze(-1).expand_as(self.values)
+        cols = torch.gather(self.perm_t, 1, self.sorted_cols().flatten(1)).view_as(self.values)
+        return rows, cols
+
+    # --- materialisation ----------------------------------------------
+    def to_dense(self) -> Tensor:
+        r"""Dense plan ``(n, m)`` or ``(L, n, m)`` in original order (differentiable)."""
+        L, n, _ = self.values.shape
+        m = self.num_targets
+        rows, cols = self.index_pairs()
+        flat = (rows * m + cols).flatten(1)
+        dense = self.values.new_zeros(L, n * m).scatter_add(1, flat, self.values.flatten(1))
+        return self._out(dense.view(L, n, m))
+
+    def to_sparse(self) -> Tensor:
+        r"""Coalesced ``torch.sparse_coo_tensor`` of shape ``(n, m)`` or ``(L, n, m)``."""
+        L, n, _ = self.values.shape
+        rows, cols = self.index_pairs()
+        vals = self.values.flatten()
+        if self.batched:
+            sl = torch.arange(L, device=vals.device).view(L, 1, 1).expand_as(rows)
+            idx = torch.stack([sl.flatten(), rows.flatten(), cols.flatten()])
+            size = (L, n, self.num_targets)
+        else:
+            idx = torch.stack([rows.flatten(), cols.flatten()])
+            size = (n, self.num_targets)
+        return torch.sparse_coo_tensor(idx, vals, size).coalesce()
+
+    # --- decoding --------------------------------------------------------
+    def topk(self, k: int) -> tuple[Tensor, Tensor]:
+        r"""The ``k`` largest entries of every original row: (values, column indices), each ``(..., n, k)``."""
+        if not 1 <= k <= self.width:
+            raise ValueError(f"k must be in [1, {self.width}] (the band width), got {k}")
+        vals, pos = torch.topk(self.values, k, dim=-1)
+        cols_sorted = torch.gather(self.sorted_cols(), 2, pos)
+        cols = torch.gather(self.perm_t, 1, cols_sorted.flatten(1)).view_as(pos)
+        inv = torch.argsort(self.perm_s, -1)
+        vals = torch.gather(vals, 1, inv.unsqueeze(-1).expand_as(vals))
+        cols = torch.gather(cols, 1, inv.unsqueeze(-1).expand_as(cols))
+        return self._out(vals), self._out(cols)
+
+    def row_argmax(self) -> Tensor:
+        """Column of the largest entry of every original row, ``(n,)`` or ``(L, n)``."""
+        return self.topk(1)[1].squeeze(-1)
+
+    # --- expectations ---------------------------------------------------
+    def expectation(self, cost: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        r""":math:`\langle P, D\rangle` per slice for a cost given on index pairs.
+
+        ``cost(rows, cols)`` receives original indices of shape ``(L, n, W)``
+        and returns costs of that shape; no ``n x m`` matrix is built.
+        """
+        rows, cols = self.index_pairs()
+        d = cost(rows, cols)
+        if d.shape != rows.shape:
+            raise ValueError(f"cost(rows, cols) must return shape {tuple(rows.shape)}, got {tuple(d.shape)}")
+        return self._out((self.values * d).sum((-2, -1)))
+
+    def entropy(self) -> Tensor:
+        r"""Plan entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` per slice."""
+        p = self.values
+        return self._out(-torch.special.xlogy(p, p).sum((-2, -1)))
+
+    def transport_cost(self) -> Tensor:
+        """:math:`\\langle P, C\\rangle` per slice (scalar for 1-D inputs)."""
+        return self._out(self.cost)

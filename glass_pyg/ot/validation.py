@@ -1,0 +1,72 @@
+"""Argument checks shared by the solvers: clear errors instead of NaN plans."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def as_slices(x: Tensor, name: str) -> Tensor:
+    """Return ``x`` as ``(L, n)``; accepts ``(n,)`` or ``(L, n)`` floating tensors."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if x.dim() not in (1, 2) or x.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape (n,) or (L, n) with n >= 1, got {tuple(x.shape)}")
+    if x.dim() == 2 and x.shape[0] == 0:
+        raise ValueError(f"{name} has no slices: shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return x if x.dim() == 2 else x.unsqueeze(0)
+
+
+def weights(w: Tensor | None, like: Tensor, name: str) -> Tensor:
+    """Weights of shape ``like`` (L, n); uniform ``1/n`` when ``None``."""
+    L, n = like.shape
+    if w is None:
+        return like.new_full((L, n), 1.0 / n).detach()
+    if not isinstance(w, Tensor):
+        w = torch.as_tensor(w, dtype=like.dtype, device=like.device)
+    if w.dim() == 1:
+        w = w.unsqueeze(0).expand(L, -1)
+    if w.dim() != 2 or w.shape[-1] != n or w.shape[0] not in (1, L):
+        raise ValueError(f"{name} must have shape ({n},) or ({L}, {n}) to match the scores, "
+                         f"got {tuple(w.shape)}")
+    w = w.expand(L, n).to(like.dtype)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{name} contains non-finite values")
+    if bool((w <= 0).any()):
+        raise ValueError(f"{name} must be positive; got min {float(w.min()):.3g} "
+                         "(drop points of zero weight before solving)")
+    return w
+
+
+def same_mass(a: Tensor, b: Tensor, rtol: float) -> None:
+    ma, mb = a.sum(-1), b.sum(-1)
+    bad = (ma - mb).abs() > rtol * torch.maximum(ma, mb)
+    if bool(bad.any()):
+        l = int(bad.nonzero()[0, 0])
+        raise ValueError(f"a and b must have the same total mass per slice; slice {l}: "
+                         f"sum(a) = {float(ma[l]):.8g}, sum(b) = {float(mb[l]):.8g}")
+
+
+def positive_scalar(x, name: str) -> None:
+    if isinstance(x, Tensor):
+        ok = bool(torch.isfinite(x).all()) and bool((x > 0).all())
+    else:
+        try:
+            ok = float(x) > 0 and float(x) < float("inf")
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a positive number, got {x!r}") from None
+    if not ok:
+        raise ValueError(f"{name} must be positive and finite, got {x!r}")
+
+
+def check_options(max_iter, tol, band_eps=None) -> None:
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    positive_scalar(tol, "tol")
+    if band_eps is not None:
+        positive_scalar(band_eps, "band_eps")
+        if band_eps >= 1:
+            raise ValueError(f"band_eps must be < 1, got {band_eps!r}")

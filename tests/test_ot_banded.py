@@ -1,0 +1,184 @@
+"""Banded solver against the dense solver, POT and the entropic optimality conditions."""
+import math
+
+import pytest
+import torch
+
+from glass_pyg.ot import emd_1d_cost, sinkhorn_banded, sinkhorn_dense
+from conftest import dense_cost, pot_plan
+
+
+def _scores(kind, n, gen, dtype=torch.float64):
+    if kind == "normal":
+        return torch.randn(n, generator=gen, dtype=dtype)
+    if kind == "exponential":
+        return -torch.rand(n, generator=gen, dtype=dtype).log()
+    if kind == "ties":
+        return torch.randint(0, 6, (n,), generator=gen).to(dtype) / 3.0
+    raise ValueError(kind)
+
+
+def check_kkt(plan, s, t, a, b, gamma, tol, band_eps):
+    """Independent certificate: the entropic optimum is the unique Gibbs plan
+    exp((f_i + g_j - C_ij)/gamma) with marginals a, b. Checked on the full matrix."""
+    P = plan.to_dense().double()
+    C = dense_cost(s.double(), t.double())
+    gibbs = torch.exp((plan.f.double()[0, :, None] + plan.g.double()[0, None, :] - C) / float(plan.gamma[0]))
+    inside = P > 0
+    assert torch.allclose(P[inside], gibbs[inside], rtol=1e-6, atol=1e-300)
+    omitted = gibbs[~inside].sum()
+    assert omitted <= band_eps * a.sum() * 1.0001, f"band omitted {float(omitted):.3g}"
+    assert float(omitted) <= float(plan.omitted_mass) * 1.0001 + 1e-300
+    assert (P.sum(1) - a.double()).abs().sum() <= 2 * tol + band_eps
+    assert (P.sum(0) - b.double()).abs().sum() <= 2 * tol + band_eps
+
+
+CASES = [
+    # (n, m, kind_s, kind_t, shift, weights, gamma)
+    (120, 120, "normal", "normal", 0.0, False, 0.05),
+    (150, 90, "normal", "normal", 1.0, False, 0.1),
+    (80, 140, "normal", "exponential", 2.0, False, 0.02),
+    (100, 100, "normal", "normal", 5.0, True, 0.05),
+    (90, 110, "ties", "ties", 0.5, False, 0.1),
+    (100, 100, "normal", "normal", 3.0, False, 1.0),
+    (100, 70, "exponential", "normal", -4.0, True, 0.01),
+]
+
+
+@pytest.mark.parametrize("n,m,ks,kt,shift,weighted,gamma", CASES)
+def test_banded_matches_pot_and_dense(n, m, ks, kt, shift, weighted, gamma, gen):
+    s = _scores(ks, n, gen)
+    t = _scores(kt, m, gen) + shift
+    if weighted:
+        a = torch.rand(n, generator=gen, dtype=torch.float64) + 0.1
+        b = torch.rand(m, generator=gen, dtype=torch.float64) + 0.1
+        a, b = a / a.sum(), b / b.sum()
+    else:
+        a, b = torch.full((n,), 1.0 / n, dtype=torch.float64), torch.full((m,), 1.0 / m, dtype=torch.float64)
+    plan = sinkhorn_banded(s, t, a, b, gamma=gamma, tol=1e-10, band_eps=1e-9, max_iter=5000)
+    assert bool(plan.converged)
+    P = plan.to_dense()
+    assert torch.isfinite(P).all()
+    ref = pot_plan(s, t, a, b, gamma)
+    assert (P - ref).abs().sum() < 1e-6
+    dense = sinkhorn_dense(dense_cost(s, t), a, b, gamma=gamma, tol=1e-11, max_iter=100000)
+    assert (P - dense.to_dense()).abs().sum() < 1e-6
+    assert torch.allclose(plan.transport_cost(), dense.transport_cost(), rtol=1e-6)
+    check_kkt(plan, s, t, a, b, gamma, 1e-10, 1e-9)
+
+
+@pytest.mark.parametrize("gamma", [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+@pytest.mark.parametrize("shift", [0.0, 2.5, 5.0])
+def test_gamma_range_is_certified(gamma, shift, gen):
+    """Over four decades of gamma (where dense Sinkhorn stalls at the small end)
+    the banded plan satisfies the optimality conditions on the full matrix."""
+    n, m = 160, 130
+    s = torch.randn(n, generator=gen, dtype=torch.float64)
+    t = 0.5 * torch.randn(m, generator=gen, dtype=torch.float64) + shift
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    b = torch.full((m,), 1.0 / m, dtype=torch.float64)
+    plan = sinkhorn_banded(s, t, gamma=gamma, tol=1e-9, band_eps=1e-8, max_iter=20000)
+    assert bool(plan.converged)
+    check_kkt(plan, s, t, a, b, gamma, 1e-9, 1e-8)
+    if gamma >= 1e-2:
+        assert (plan.to_dense() - pot_plan(s, t, a, b, gamma)).abs().sum() < 1e-6
+
+
+def test_small_gamma_approaches_exact_cost(gen):
+    ot = pytest.importorskip("ot")
+    s = torch.randn(200, generator=gen, dtype=torch.float64)
+    t = torch.randn(170, generator=gen, dtype=torch.float64).exp()
+    exact = ot.emd2_1d(s.numpy(), t.numpy())
+    assert float(emd_1d_cost(s, t)) == pytest.approx(exact, rel=1e-10)
+    gaps = []
+    for gamma in [1e-1, 1e-2, 1e-3, 1e-4]:
+        plan = sinkhorn_banded(s, t, gamma=gamma, tol=1e-10, max_iter=20000)
+        gaps.append(abs(float(plan.transport_cost()) - exact))
+    assert all(g2 < g1 for g1, g2 in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 2e-3 * exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slices_and_dtypes(dtype, gen):
+    L, n, m = 3, 64, 48
+    s = torch.randn(L, n, generator=gen, dtype=torch.float64)
+    t = torch.randn(L, m, generator=gen, dtype=torch.float64) * torch.tensor([[0.5], [1.0], [2.0]]) + 1.0
+    gam = torch.tensor([0.05, 0.1, 0.5], dtype=torch.float64)
+    batch = sinkhorn_banded(s.to(dtype), t.to(dtype), gamma=gam.to(dtype), tol=1e-7)
+    assert batch.values.dtype == dtype and batch.cost.shape == (L,)
+    D = batch.to_dense()
+    assert D.shape == (L, n, m) and D.dtype == dtype
+    for l in range(L):
+        one = sinkhorn_banded(s[l], t[l], gamma=float(gam[l]), tol=1e-10)
+        assert one.to_dense().shape == (n, m)
+        ref = pot_plan(s[l], t[l], torch.full((n,), 1 / n), torch.full((m,), 1 / m), float(gam[l]))
+        atol = 1e-5 if dtype == torch.float32 else 1e-6
+        assert (D[l].double() - ref).abs().sum() < atol
+        assert (one.to_dense() - ref).abs().sum() < 1e-6
+
+
+def test_float32_large_problem_runs_in_float32(gen):
+    s = torch.randn(4096, generator=gen)
+    t = torch.randn(4096, generator=gen) + 1.0
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=1e-5)
+    assert plan.values.dtype == torch.float32 and bool(plan.converged)
+    assert torch.isfinite(plan.values).all()
+    assert plan.width < 200
+
+
+def test_reference_positional_signature(gen):
+    """Calls written against the reference README keep working (sorted inputs)."""
+    n = 50
+    s, _ = torch.sort(torch.randn(n, generator=gen, dtype=torch.float64))
+    t, _ = torch.sort(torch.randn(n, generator=gen, dtype=torch.float64))
+    mu = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    plan = sinkhorn_banded(s, t, mu, mu, 0.1, 500, 1e-9, 1e-8)
+    assert bool(plan.converged)
+    ref = pot_plan(s, t, mu, mu, 0.1)
+    assert (plan.to_dense() - ref).abs().sum() < 1e-6
+
+
+def test_rank_temperature_keeps_band_constant(gen):
+    widths = []
+    for n in [256, 1024, 4096]:
+        s = torch.randn(n, generator=gen, dtype=torch.float64)
+        t = torch.randn(n, generator=gen, dtype=torch.float64) + 1.0
+        plan = sinkhorn_banded(s, t, gamma=2.0, temperature="rank", tol=1e-8)
+        assert bool(plan.converged)
+        spacing = lambda x: (x.max() - x.min()) / (n - 1)
+        assert float(plan.gamma) == pytest.approx(2.0 * float(spacing(s) * spacing(t)))
+        widths.append(plan.width)
+    assert max(widths) <= 3 * min(widths), widths
+
+
+def test_band_widens_from_a_poor_warm_start(gen):
+    """A warm start that puts the band in the wrong place is detected and widened."""
+    n = 200
+    s = torch.randn(n, generator=gen, dtype=torch.float64)
+    t = torch.randn(n, generator=gen, dtype=torch.float64) + 2.0
+    good = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10, band_eps=1e-9)
+    bad_init = (torch.zeros(n, dtype=torch.float64), 50.0 * torch.ones(n, dtype=torch.float64))
+    plan = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10, band_eps=1e-9, init=bad_init)
+    assert bool(plan.converged)
+    assert (plan.to_dense() - good.to_dense()).abs().sum() < 1e-6
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    check_kkt(plan, s, t, a, a, 0.05, 1e-10, 1e-9)
+
+
+def test_sinkhorn_only_method_agrees(gen):
+    s = torch.randn(100, generator=gen, dtype=torch.float64)
+    t = torch.randn(80, generator=gen, dtype=torch.float64)
+    p1 = sinkhorn_banded(s, t, gamma=0.1, tol=1e-10, method="sinkhorn", max_iter=5000)
+    p2 = sinkhorn_banded(s, t, gamma=0.1, tol=1e-10, method="newton")
+    assert p1.newton_steps == 0 and p2.newton_steps > 0
+    assert (p1.to_dense() - p2.to_dense()).abs().sum() < 1e-8
+
+
+def test_unconverged_is_reported(gen):
+    s = torch.randn(300, generator=gen, dtype=torch.float64)
+    t = torch.randn(300, generator=gen, dtype=torch.float64) + 1
+    with pytest.warns(UserWarning, match="marginal error"):
+        plan = sinkhorn_banded(s, t, gamma=1e-3, max_iter=3, tol=1e-12, method="sinkhorn")
+    assert not bool(plan.converged)
+    assert float(plan.marginal_error) > 1e-12
+    assert torch.isfinite(plan.values).all()
