@@ -118,9 +118,9 @@ def test_slices_and_dtypes(dtype, gen):
 
 
 def test_float32_large_problem_runs_in_float32(gen):
-    s = torch.randn(4096, generator=gen)
-    t = torch.randn(4096, generator=gen) + 1.0
-    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=1e-5)
+    s = torch.randn(20000, generator=gen)
+    t = torch.randn(20000, generator=gen) + 1.0
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=2e-4, max_iter=400)
     assert plan.values.dtype == torch.float32 and bool(plan.converged)
     assert torch.isfinite(plan.values).all()
     assert plan.width < 200
@@ -152,13 +152,15 @@ def test_rank_temperature_keeps_band_constant(gen):
 
 
 def test_band_widens_from_a_poor_warm_start(gen):
-    """A warm start that puts the band in the wrong place is detected and widened."""
+    """Warm-starting from another problem's potentials puts the band in the wrong
+    place; the certificate catches it and the band is widened and re-solved."""
     n = 200
     s = torch.randn(n, generator=gen, dtype=torch.float64)
     t = torch.randn(n, generator=gen, dtype=torch.float64) + 2.0
     good = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10, band_eps=1e-9)
-    bad_init = (torch.zeros(n, dtype=torch.float64), 50.0 * torch.ones(n, dtype=torch.float64))
-    plan = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10, band_eps=1e-9, init=bad_init)
+    other = sinkhorn_banded(s, 3.0 * t.flip(0), gamma=0.01, tol=1e-10, band_eps=1e-9)
+    plan = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10, band_eps=1e-9, init=(other.f[0], other.g[0]),
+                           max_iter=2000)
     assert bool(plan.converged)
     assert (plan.to_dense() - good.to_dense()).abs().sum() < 1e-6
     a = torch.full((n,), 1.0 / n, dtype=torch.float64)

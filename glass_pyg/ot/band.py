@@ -21,10 +21,16 @@ from torch import Tensor
 
 def window_gather(x: Tensor, start: Tensor, width: int) -> Tensor:
     r"""``out[l, i, k] = x[l, start[l, i] + k]`` for ``x`` of shape ``(L, m)``
-    and ``start`` of shape ``(L, n)`` with ``start <= m - width``."""
-    view = x.unfold(-1, width, 1)  # (L, m - width + 1, width), a view
-    idx = start.unsqueeze(-1).expand(-1, -1, width)
-    return torch.gather(view, 1, idx)
+    and ``start`` of shape ``(L, n)`` with ``start <= m - width``.
+
+    Rows of a strided view of the flattened ``x`` are selected whole (one
+    ``index_select`` of ``L n`` row indices), which is an order of magnitude
+    faster than an elementwise gather and needs no ``(L, n, W)`` index table.
+    """
+    L, m = x.shape
+    rows = x.reshape(-1).unfold(0, width, 1)  # (L m - width + 1, width), a view
+    offset = start + (torch.arange(L, device=x.device) * m).unsqueeze(-1)
+    return rows.index_select(0, offset.reshape(-1)).view(L, start.shape[1], width)
 
 
 def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool) -> Tensor:
@@ -148,15 +154,27 @@ def make_band(lo: Tensor, hi: Tensor, m: int) -> Band:
     return Band(row_start, width, col_start, col_width, col_lo, col_hi)
 
 
-def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band) -> tuple[Tensor, Tensor]:
-    r"""Logits :math:`-C_{ij}/\gamma` on the row and column windows; padding is ``-inf``."""
-    g = gamma.view(-1, 1, 1)
+def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0: Tensor,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    r"""Reduced logits :math:`-(C_{ij} - f^0_i - g^0_j)/\gamma` on the row and
+    column windows (padding is ``-inf``), evaluated in float64 and returned in
+    ``dtype``.
+
+    ``f0, g0`` are the exact 1-D dual potentials; removing them before the
+    division by a small :math:`\gamma` cancels the large parts of the logits
+    exactly, so the iterations only carry corrections of order
+    :math:`\log n`. That is what makes float32 usable when :math:`\gamma` is
+    tiny against the spread of the scores (rank temperature).
+    """
+    s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
     t_win = window_gather(t, band.row_start, band.width)
-    theta_row = -((s.unsqueeze(-1) - t_win) ** 2) / g
+    g0_win = window_gather(g0, band.row_start, band.width)
+    theta_row = -((s.unsqueeze(-1) - t_win) ** 2 - f0.unsqueeze(-1) - g0_win) / g
     s_win = window_gather(s, band.col_start, band.col_width)
-    theta_col = -((s_win - t.unsqueeze(-1)) ** 2) / g
+    f0_win = window_gather(f0, band.col_start, band.col_width)
+    theta_col = -((s_win - t.unsqueeze(-1)) ** 2 - f0_win - g0.unsqueeze(-1)) / g
     theta_col = theta_col.masked_fill(~band.col_mask(), float("-inf"))
-    return theta_row, theta_col
+    return theta_row.to(dtype), theta_col.to(dtype)
 
 
 def search_extent(pred, anchor: Tensor, limit: int, size: int) -> Tensor:

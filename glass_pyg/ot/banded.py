@@ -1,7 +1,9 @@
 r"""Banded log-domain Sinkhorn for 1-D entropic optimal transport."""
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -15,18 +17,29 @@ from .plan import TransportPlan
 _TEMPERATURES = ("absolute", "rank")
 _GRADS = ("implicit", "unrolled")
 _METHODS = ("newton", "sinkhorn")
-_AUTO_FLOAT64_ENTRIES = 1 << 22
+_AUTO_FLOAT64_ENTRIES = 1 << 16
 
 
 class ConvergenceWarning(UserWarning):
     """The solver stopped at ``max_iter`` before reaching ``tol``."""
 
 
-def _log_density(st: SolverState, s: Tensor, t: Tensor, gamma: Tensor, j: Tensor) -> Tensor:
-    r""":math:`\log(P_{ij}/(a_i b_j))` at column ``j[l, i]`` of every row."""
-    tj = torch.gather(t, 1, j)
-    return (st.phi + torch.gather(st.psi, 1, j) - (s - tj) ** 2 / gamma.unsqueeze(-1)
-            - st.log_a - torch.gather(st.log_b, 1, j))
+@dataclass(frozen=True)
+class _Reference:
+    r"""Sorted scores in float64 with the exact dual they are measured against."""
+
+    s: Tensor
+    t: Tensor
+    gamma: Tensor
+    f0: Tensor
+    g0: Tensor
+
+    def log_density(self, st: SolverState, j: Tensor) -> Tensor:
+        r""":math:`\log(P_{ij}/(a_i b_j))` at column ``j[l, i]`` of every row (float64)."""
+        tj = torch.gather(self.t, 1, j)
+        theta = -((self.s - tj) ** 2 - self.f0 - torch.gather(self.g0, 1, j)) / self.gamma.unsqueeze(-1)
+        return (st.phi.double() + torch.gather(st.psi, 1, j).double() + theta
+                - st.log_a.double() - torch.gather(st.log_b, 1, j).double())
 
 
 def _extent(pred, stair: Staircase, m: int) -> tuple[Tensor, Tensor]:
@@ -35,7 +48,7 @@ def _extent(pred, stair: Staircase, m: int) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
-def _certify(st: SolverState, s: Tensor, t: Tensor, gamma: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def _certify(st: SolverState, ref: _Reference, b: Tensor) -> tuple[Tensor, Tensor]:
     r"""Bound on the mass outside the band, per slice, and whether it holds.
 
     After a column update each row of :math:`\log(P_{ij}/(a_i b_j))` is a
@@ -47,21 +60,36 @@ def _certify(st: SolverState, s: Tensor, t: Tensor, gamma: Tensor, b: Tensor) ->
     must widen.
     """
     band = st.band
+    t = ref.t
     m = t.shape[1]
-    a = st.log_a.exp()
+    b = b.double()
+    a = st.log_a.double().exp()
     start = band.row_start
     end = start + band.width - 1
-    tail_right = b.sum(-1, keepdim=True) - torch.gather(torch.cumsum(b, -1), 1, end)
-    tail_left = torch.gather(torch.cumsum(b, -1), 1, start) - torch.gather(b, 1, start)
+    idx = torch.arange(m, device=t.device).expand_as(t)
+    new_group = torch.ones_like(t, dtype=torch.bool)
+    new_group[:, 1:] = t[:, 1:] != t[:, :-1]
+    group_first = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), -1).values
+    last = torch.ones_like(new_group)
+    last[:, :-1] = new_group[:, 1:]
+    group_last = torch.flip(torch.cummin(torch.flip(torch.where(last, idx, torch.full_like(idx, m - 1)), [-1]), -1).values, [-1])
+    cum_b = torch.cumsum(b, -1)
+    tail_right = cum_b[:, -1:] - torch.gather(cum_b, 1, end)
+    tail_left = torch.gather(cum_b, 1, start) - torch.gather(b, 1, start)
     ok = torch.ones_like(a, dtype=torch.bool)
     bound = torch.zeros_like(a)
-    for edge, outside, tail in ((end, (end + 1).clamp(max=m - 1), tail_right),
-                                (start, (start - 1).clamp(min=0), tail_left)):
-        has = outside != edge
-        d_out = _log_density(st, s, t, gamma, outside)
-        d_in = _log_density(st, s, t, gamma, edge)
-        separated = torch.gather(t, 1, outside) != torch.gather(t, 1, edge)
-        ok = ok & (~has | ((d_out <= d_in) & separated))
+    # outside: first omitted column; inner: nearest kept column with a strictly
+    # smaller (right edge) or larger (left edge) score, so ties cannot fool the test
+    right_out = (end + 1).clamp(max=m - 1)
+    right_in = torch.gather(group_first, 1, right_out) - 1
+    left_out = (start - 1).clamp(min=0)
+    left_in = torch.gather(group_last, 1, left_out) + 1
+    for has, outside, inner, inside_ok, tail in (
+            (end < m - 1, right_out, right_in.clamp(min=0), right_in >= start, tail_right),
+            (start > 0, left_out, left_in.clamp(max=m - 1), left_in <= end, tail_left)):
+        d_out = ref.log_density(st, outside)
+        d_in = ref.log_density(st, inner)
+        ok = ok & (~has | ((d_out <= d_in) & inside_ok))
         bound = bound + torch.where(has, d_out.exp() * a * tail, torch.zeros_like(a))
     return bound.sum(-1), ok.all(-1)
 
@@ -92,7 +120,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
                     method: str = "newton", init: tuple[Tensor, Tensor] | None = None,
                     compute_dtype: torch.dtype | None = None, check_every: int = 10,
                     max_band_rounds: int = 8, newton_warmup: int = 10, max_newton: int = 30,
-                    cg_tol: float | None = None, cg_max_iter: int = 500,
+                    cg_tol: float | None = None, cg_max_iter: int = 200,
                     warn: bool = True) -> TransportPlan:
     r"""Entropic 1-D optimal transport between scores ``s`` and ``t`` on a certified band.
 
@@ -123,8 +151,11 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
         method: ``"newton"`` (Sinkhorn warm-up, then damped Newton steps with
             a preconditioned CG solve) or ``"sinkhorn"`` (sweeps only).
         init: warm start ``(f, g)`` in score units, original order.
-        compute_dtype: internal dtype; by default float64 when the inputs are
-            float32 and the problem is small, else the input dtype.
+        compute_dtype: internal dtype. By default float64, except for float32
+            inputs with ``L (n + m) > 65536`` and ``tol >= 1e-4`` (float32
+            marginal errors bottom out near 1e-5 to 1e-4 at large n). Logits are always
+            formed in float64 relative to the exact 1-D dual, so float32
+            iterations carry only corrections of order ``log n``.
         check_every: sweeps between host reads of the convergence test.
 
     Returns:
@@ -148,8 +179,10 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     L, n = s2.shape
     m = t2.shape[1]
     if compute_dtype is None:
-        small = L * (n + m) * min(n, m) <= _AUTO_FLOAT64_ENTRIES
-        compute_dtype = torch.float64 if (in_dtype != torch.float64 and small) else in_dtype
+        # float32 marginals bottom out near 1e-5..1e-4: keep float64 unless the
+        # problem is large and the tolerance is one float32 can meet.
+        small = L * (n + m) <= _AUTO_FLOAT64_ENTRIES
+        compute_dtype = in_dtype if (in_dtype == torch.float64 or (not small and tol >= 1e-4)) else torch.float64
     dt = compute_dtype
     a2 = V.weights(a, s2, "a").to(dt)
     b2 = V.weights(b, t2, "b").to(dt)
@@ -169,25 +202,28 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     if cg_tol is None:
         cg_tol = 1e-11 if dt == torch.float64 else 1e-5
 
+    log_eps = math.log(band_eps)
     with torch.no_grad():
-        sd, td, gd, ad, bd = ss.detach(), ts.detach(), gam.detach(), a_s.detach(), b_s.detach()
-        stair = staircase(ad, bd)
+        sd, td, gd = ss.detach().double(), ts.detach().double(), gam.detach().double()
+        ad, bd = a_s.detach(), b_s.detach()
+        stair = staircase(ad.double(), bd.double())
+        f0, g0 = exact_dual(sd, td, stair)
+        ref = _Reference(sd, td, gd, f0, g0)
         log_a, log_b = ad.log(), bd.log()
-        if init is not None:
-            phi0 = torch.gather(_check_init(init[0], L, n, "init[0]").to(dt), 1, perm_s) / gd.unsqueeze(-1)
-            psi0 = torch.gather(_check_init(init[1], L, m, "init[1]").to(dt), 1, perm_t) / gd.unsqueeze(-1)
-            thr = float(torch.log(torch.tensor(band_eps)))
+        if init is None:  # start from the exact dual: zero corrections
+            phi0, psi0 = torch.zeros_like(ad), torch.zeros_like(bd)
+            # reduced cost below gamma * (log(1/eps) + log(max(n, m)) + 1)
+            thr = log_eps - math.log(max(n, m)) - 1.0
         else:
-            f0, g0 = exact_dual(sd, td, stair)
-            phi0, psi0 = f0 / gd.unsqueeze(-1), g0 / gd.unsqueeze(-1)
-            thr = float(torch.log(torch.tensor(band_eps))) - float(torch.log(torch.tensor(float(max(n, m))))) - 1.0
-
-        def pred0(j):
-            tj = torch.gather(td, 1, j)
-            return (phi0 + torch.gather(psi0, 1, j) - (sd - tj) ** 2 / gd.unsqueeze(-1)
-                    - (0.0 if init is None else log_a + torch.gather(log_b, 1, j))) >= thr
-        band = make_band(*_extent(pred0, stair, m), m)
-        st = SolverState(band, *band_logits(sd, td, gd, band), log_a, log_b, phi0, psi0)
+            f_in = torch.gather(_check_init(init[0], L, n, "init[0]").double(), 1, perm_s)
+            g_in = torch.gather(_check_init(init[1], L, m, "init[1]").double(), 1, perm_t)
+            phi0 = ((f_in - f0) / gd.unsqueeze(-1)).to(dt)
+            psi0 = ((g_in - g0) / gd.unsqueeze(-1)).to(dt)
+            thr = log_eps
+        st0 = SolverState(None, None, None, log_a if init is not None else torch.zeros_like(log_a),
+                          log_b if init is not None else torch.zeros_like(log_b), phi0, psi0)
+        band = make_band(*_extent(lambda j: ref.log_density(st0, j) >= thr, stair, m), m)
+        st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, phi0, psi0)
         total_iter = newton_steps = 0
         for _ in range(max_band_rounds):
             left = max(max_iter - total_iter, 0)
@@ -201,27 +237,28 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
                 if bool((err > tol).any()) and total_iter < max_iter:
                     it, err = sweeps(st, max_iter - total_iter, tol, check_every)
                     total_iter += it
-            omitted, ok = _certify(st, sd, td, gd, bd)
-            ok = ok & (omitted <= band_eps * bd.sum(-1))
+            omitted, ok = _certify(st, ref, bd)
+            ok = ok & (omitted <= band_eps * bd.double().sum(-1))
             if bool(ok.all()) or band.width >= m:
                 break
-
-            def pred(j):
-                return _log_density(st, sd, td, gd, j) >= float(torch.log(torch.tensor(band_eps)))
-            band = _widen(band, *_extent(pred, stair, m), m)
-            st = SolverState(band, *band_logits(sd, td, gd, band), log_a, log_b, st.phi, st.psi)
+            st_now = st
+            band = _widen(band, *_extent(lambda j: ref.log_density(st_now, j) >= log_eps, stair, m), m)
+            st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, st.phi, st.psi)
         if band.width >= m:
             omitted = torch.zeros_like(omitted)
 
     if grad == "implicit":
-        values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair, cg_tol, cg_max_iter)
+        values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair, f0, g0,
+                                      cg_tol, cg_max_iter)
     else:
         with torch.enable_grad():
-            theta_row, theta_col = band_logits(ss, ts, gam, band)
-            ust = SolverState(band, theta_row, theta_col, a_s.log(), b_s.log(), phi0.clone(), psi0.clone())
-            sweeps(ust, max_iter, tol, check_every)
+            ust = SolverState(band, *band_logits(ss, ts, gam, band, f0, g0, dt), a_s.log(), b_s.log(),
+                              phi0.clone(), psi0.clone())
+            it, err = sweeps(ust, max_iter, tol, check_every)
+            total_iter, newton_steps = it, 0
             values = plan_row(ust)
-    return _finish(values, ss, ts, gam, band, stair, st, perm_s, perm_t, err, omitted, tol,
+            st = ust
+    return _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
                    total_iter, newton_steps, in_dtype, batched, warn)
 
 
@@ -232,14 +269,14 @@ def _check_init(x: Tensor, L: int, n: int, name: str) -> Tensor:
     return x2
 
 
-def _finish(values, ss, ts, gam, band, stair, st, perm_s, perm_t, err, omitted, tol,
+def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
             total_iter, newton_steps, in_dtype, batched, warn) -> TransportPlan:
     t_win = window_gather(ts, band.row_start, band.width)
     cost = (values * (ss.unsqueeze(-1) - t_win) ** 2).sum((-2, -1))
     inv_s, inv_t = torch.argsort(perm_s, -1), torch.argsort(perm_t, -1)
-    g = gam.detach().unsqueeze(-1)
-    f = torch.gather(st.phi * g, 1, inv_s)
-    gg = torch.gather(st.psi * g, 1, inv_t)
+    g = ref.gamma.unsqueeze(-1)
+    f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)
+    gg = torch.gather(st.psi.detach().double() * g + ref.g0, 1, inv_t)
     end = band.row_start + band.width - 1
     halfwidth = torch.maximum(stair.lo - band.row_start, end - stair.hi).amax(-1)
     td = ts.detach()
@@ -251,7 +288,8 @@ def _finish(values, ss, ts, gam, band, stair, st, perm_s, perm_t, err, omitted, 
         warnings.warn(f"sinkhorn_banded stopped after {total_iter} iterations with marginal error "
                       f"{float(err.max()):.3g} > tol={tol:g}; raise max_iter or gamma",
                       ConvergenceWarning, stacklevel=3)
-    cast = (lambda x: x.to(in_dtype)) if in_dtype != values.dtype else (lambda x: x)
+    def cast(x: Tensor) -> Tensor:
+        return x.to(in_dtype)
     return TransportPlan(values=cast(values), row_start=band.row_start, perm_s=perm_s, perm_t=perm_t,
                          num_targets=ts.shape[1], f=cast(f), g=cast(gg), cost=cast(cost),
                          gamma=cast(gam), iterations=total_iter, newton_steps=newton_steps,

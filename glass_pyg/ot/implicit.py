@@ -29,9 +29,9 @@ class FixedPointPlan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
-                phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
+                phi: Tensor, psi: Tensor, band: Band, stair: Staircase, f0: Tensor, g0: Tensor,
                 cg_tol: float, cg_max_iter: int) -> Tensor:
-        theta_row, theta_col = band_logits(s, t, gamma, band)
+        theta_row, theta_col = band_logits(s, t, gamma, band, f0, g0, phi.dtype)
         p_row = torch.exp(phi.unsqueeze(-1) + window_gather(psi, band.row_start, band.width) + theta_row)
         p_col = torch.exp(psi.unsqueeze(-1) + window_gather(phi, band.col_start, band.col_width) + theta_col)
         ctx.save_for_backward(s, t, gamma, p_row, p_col, theta_row)
@@ -58,4 +58,4 @@ class FixedPointPlan(torch.autograd.Function):
         grad_gamma = (-(d_theta * theta_row).sum((-2, -1)) / gamma) if ctx.needs_input_grad[2] else None
         grad_a = u if ctx.needs_input_grad[3] else None
         grad_b = v if ctx.needs_input_grad[4] else None
-        return grad_s, grad_t, grad_gamma, grad_a, grad_b, None, None, None, None, None, None
+        return grad_s, grad_t, grad_gamma, grad_a, grad_b, None, None, None, None, None, None, None, None

@@ -99,7 +99,8 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         op = band_operator(st.band, stair, p_row, p_col)
         rhs_r = torch.where(todo.unsqueeze(-1), a - op.row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
-        rtol = torch.clamp(err, max=0.1)
+        # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
+        rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)
         d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
         cg_total += info.iterations
         best = [st.phi, st.psi, err]

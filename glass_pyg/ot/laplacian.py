@@ -57,8 +57,15 @@ class BandOperator:
         return torch.gather(x, 1, self.row_pos), torch.gather(x, 1, self.col_pos)
 
 
+def _drop_subnormal_range(p: Tensor) -> Tensor:
+    # entries below sqrt(tiny) cannot matter at the dtype's precision, and
+    # products with them go subnormal, which is many times slower on CPUs
+    return p.masked_fill(p < torch.finfo(p.dtype).tiny ** 0.5, 0.0)
+
+
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor) -> BandOperator:
     n, m = band.row_start.shape[1], band.col_start.shape[1]
+    p_row, p_col = _drop_subnormal_range(p_row), _drop_subnormal_range(p_col)
     L = p_row.shape[0]
     pos_c = window_gather(stair.col_pos, band.row_start, band.width)
     pos_r = stair.row_pos.unsqueeze(-1).expand_as(pos_c)
@@ -106,6 +113,7 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     active = torch.ones_like(norm_y, dtype=torch.bool)
     it = 0
     res = torch.ones_like(norm_y)
+    last_res = torch.full_like(norm_y, float("inf"))
     for it in range(1, max_iter + 1):
         qr, qc = op.matvec(pr, pc)
         pq = _dot(pr, pc, qr, qc)
@@ -116,6 +124,9 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
         rr, rc = rr - alpha * qr, rc - alpha * qc
         res = torch.sqrt(_dot(rr, rc, rr, rc)) / norm_y
         active = usable & (res > rtol)
+        if it % check_every == 0:  # stagnation: no progress over the last window
+            active = active & (res < 0.99 * last_res)
+            last_res = res
         if it % check_every == 0 and not bool(active.any()):
             break
         zr, zc = op.precondition(rr, rc)

@@ -1,0 +1,109 @@
+"""The plan object, the exact limit, the dense reference and argument errors."""
+import pytest
+import torch
+
+from glass_pyg.ot import TransportPlan, sinkhorn_banded, sinkhorn_dense, staircase_plan
+from conftest import dense_cost, pot_plan
+
+
+@pytest.fixture
+def plan_and_dense(gen):
+    s = torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    t = torch.randn(3, 30, generator=gen, dtype=torch.float64) + 0.5
+    plan = sinkhorn_banded(s, t, gamma=0.05, tol=1e-10)
+    return plan, plan.to_dense(), s, t
+
+
+def test_plan_accessors_agree_with_dense(plan_and_dense):
+    plan, D, s, t = plan_and_dense
+    assert isinstance(plan, TransportPlan)
+    assert torch.allclose(plan.to_sparse().to_dense(), D)
+    assert torch.equal(plan.row_argmax(), D.argmax(-1))
+    vals, cols = plan.topk(3)
+    ref_vals, ref_cols = torch.topk(D, 3, dim=-1)
+    assert torch.allclose(vals, ref_vals) and torch.equal(cols, ref_cols)
+    Dm = torch.randn(40, 30, dtype=torch.float64)
+    e = plan.expectation(lambda i, j: Dm[i, j])
+    assert torch.allclose(e, (D * Dm).sum((-2, -1)))
+    ent = -(D[D > 0] * D[D > 0].log())
+    assert torch.allclose(plan.entropy().sum(), ent.sum())
+    assert torch.allclose(plan.transport_cost(), (D * dense_cost(s, t)).sum((-2, -1)))
+    assert plan.nnz == plan.values.numel() and plan.nnz < 3 * 40 * 30
+    assert plan.f.shape == (3, 40) and plan.g.shape == (3, 30)
+    assert plan.band_halfwidth.shape == (3,) and plan.band_radius.shape == (3,)
+
+
+def test_unbatched_shapes_and_original_order(gen):
+    s = torch.randn(25, generator=gen, dtype=torch.float64)
+    t = torch.randn(20, generator=gen, dtype=torch.float64)
+    plan = sinkhorn_banded(s, t, gamma=0.1, tol=1e-10)
+    perm = torch.randperm(25, generator=gen)
+    plan_p = sinkhorn_banded(s[perm], t, gamma=0.1, tol=1e-10)
+    assert plan.to_dense().shape == (25, 20) and plan.transport_cost().dim() == 0
+    assert torch.allclose(plan_p.to_dense(), plan.to_dense()[perm], atol=1e-12)
+    assert plan.to_sparse().shape == (25, 20) and plan.row_argmax().shape == (25,)
+
+
+def test_staircase_matches_pot_emd_1d(gen):
+    ot = pytest.importorskip("ot")
+    s = torch.randn(30, generator=gen, dtype=torch.float64)
+    t = torch.randn(22, generator=gen, dtype=torch.float64)
+    a = torch.rand(30, generator=gen, dtype=torch.float64) + 0.1
+    b = torch.rand(22, generator=gen, dtype=torch.float64) + 0.1
+    a, b = a / a.sum(), b / b.sum()
+    rows, cols, mass = staircase_plan(s, t, a, b)
+    P = torch.zeros(30, 22, dtype=torch.float64).index_put_((rows, cols), mass, accumulate=True)
+    ref = torch.from_numpy(ot.emd_1d(s.numpy(), t.numpy(), a.numpy(), b.numpy()))
+    assert torch.allclose(P, ref, atol=1e-12)
+    assert len(mass) <= 30 + 22 - 1
+
+
+def test_dense_matches_pot(gen):
+    C = torch.rand(3, 15, 12, generator=gen, dtype=torch.float64)
+    plan = sinkhorn_dense(C, gamma=0.05, tol=1e-11, max_iter=10000)
+    for l in range(3):
+        ot = pytest.importorskip("ot")
+        ref = ot.sinkhorn(torch.full((15,), 1 / 15).double().numpy(), torch.full((12,), 1 / 12).double().numpy(),
+                          C[l].numpy(), 0.05, method="sinkhorn_log", stopThr=1e-12, numItermax=20000)
+        assert torch.allclose(plan.to_dense()[l], torch.from_numpy(ref), atol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(s=torch.tensor([0.0, float("nan")])), "s contains non-finite"),
+    (dict(t=torch.tensor([0.0, float("inf"), 1.0])), "t contains non-finite"),
+    (dict(gamma=0.0), "gamma"),
+    (dict(gamma=-1.0), "gamma"),
+    (dict(gamma=float("nan")), "gamma"),
+    (dict(a=torch.tensor([0.5, 0.7, -0.2])), "a must be positive"),
+    (dict(b=torch.tensor([0.2, 0.2, 0.2])), "same total mass"),
+    (dict(a=torch.tensor([0.5, 0.5])), "a must have shape"),
+    (dict(s=torch.zeros(2, 3), t=torch.zeros(3, 3)), "same number of slices"),
+    (dict(s=torch.zeros(2, 3, 4)), "s must have shape"),
+    (dict(s=torch.tensor([1, 2, 3])), "floating"),
+    (dict(band_eps=0.0), "band_eps"),
+    (dict(tol=-1.0), "tol"),
+    (dict(max_iter=-3), "max_iter"),
+    (dict(temperature="relative"), "temperature"),
+    (dict(grad="autodiff"), "grad"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, needle):
+    args = dict(s=torch.tensor([0.0, 1.0, 2.0]), t=torch.tensor([0.5, 1.5, 3.0]))
+    args.update(kwargs)
+    s, t = args.pop("s"), args.pop("t")
+    with pytest.raises(ValueError, match=needle):
+        sinkhorn_banded(s, t, **args)
+
+
+def test_dense_bad_arguments():
+    with pytest.raises(ValueError, match="C must"):
+        sinkhorn_dense(torch.zeros(3))
+    with pytest.raises(ValueError, match="gamma"):
+        sinkhorn_dense(torch.zeros(3, 3), gamma=0)
+    with pytest.raises(ValueError, match="same total mass"):
+        sinkhorn_dense(torch.zeros(3, 2), torch.ones(3) / 3, torch.ones(2))
+
+
+def test_topk_bounds(gen):
+    plan = sinkhorn_banded(torch.randn(10, generator=gen), torch.randn(10, generator=gen), gamma=1e-3)
+    with pytest.raises(ValueError, match="k must be"):
+        plan.topk(plan.width + 1)

@@ -1,0 +1,97 @@
+"""Implicit and unrolled gradients against finite differences; O(nnz) memory of the implicit backward."""
+import pytest
+import torch
+
+from glass_pyg.ot import sinkhorn_banded
+
+
+def _loss_fn(D, grad, temperature, gamma=0.3):
+    def f(s, t):
+        P = sinkhorn_banded(s, t, gamma=gamma, max_iter=5000, tol=1e-13, band_eps=1e-14, grad=grad,
+                            temperature=temperature)
+        return (P.to_dense() * D).sum(), P.expectation(lambda i, j: D[..., i, j].diagonal()
+                                                       if D.dim() == 3 else D[i, j]), P.transport_cost()
+    return f
+
+
+@pytest.mark.parametrize("grad", ["implicit", "unrolled"])
+@pytest.mark.parametrize("temperature", ["absolute", "rank"])
+def test_gradcheck_single_slice(grad, temperature, gen):
+    s = torch.randn(7, generator=gen, dtype=torch.float64).requires_grad_()
+    t = (torch.randn(5, generator=gen, dtype=torch.float64) + 0.7).requires_grad_()
+    D = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(_loss_fn(D, grad, temperature), (s, t), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", ["implicit", pytest.param("unrolled", marks=pytest.mark.slow)])
+def test_gradcheck_slices_narrow_band(grad, gen):
+    """Several slices and a gamma small enough that the band is a strict subset."""
+    s = torch.randn(2, 50, generator=gen, dtype=torch.float64).requires_grad_()
+    t = (torch.randn(2, 40, generator=gen, dtype=torch.float64) * 0.8 + 1.0).requires_grad_()
+    D = torch.randn(50, 40, generator=gen, dtype=torch.float64)
+
+    def f(s, t):
+        P = sinkhorn_banded(s, t, gamma=0.01, tol=1e-12, band_eps=1e-10, grad=grad, max_iter=20000)
+        assert P.width < 30
+        return P.expectation(lambda i, j: D[i, j])
+    assert torch.autograd.gradcheck(f, (s, t), eps=1e-6, atol=1e-5)
+
+
+def test_implicit_and_unrolled_agree(gen):
+    s = torch.randn(60, generator=gen, dtype=torch.float64).requires_grad_()
+    t = torch.randn(50, generator=gen, dtype=torch.float64).requires_grad_()
+    D = torch.rand(60, 50, generator=gen, dtype=torch.float64)
+    grads = []
+    for grad in ["implicit", "unrolled"]:
+        P = sinkhorn_banded(s, t, gamma=0.1, tol=1e-12, band_eps=1e-12, grad=grad, max_iter=20000)
+        grads.append(torch.autograd.grad(P.expectation(lambda i, j: D[i, j]), (s, t)))
+    for g1, g2 in zip(*grads):
+        assert torch.allclose(g1, g2, atol=1e-8)
+
+
+def test_weight_gradients_match_finite_differences(gen):
+    n, m = 9, 6
+    s = torch.randn(n, generator=gen, dtype=torch.float64)
+    t = torch.randn(m, generator=gen, dtype=torch.float64)
+    a = torch.rand(n, generator=gen, dtype=torch.float64) + 0.2
+    b = torch.rand(m, generator=gen, dtype=torch.float64) + 0.2
+    a, b = a / a.sum(), b / b.sum()
+    D = torch.randn(n, m, generator=gen, dtype=torch.float64)
+
+    def val(a_, b_):
+        return (sinkhorn_banded(s, t, a_, b_, gamma=0.2, tol=1e-13, band_eps=1e-14).to_dense() * D).sum()
+    a_, b_ = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ga, gb = torch.autograd.grad(val(a_, b_), (a_, b_))
+    da = torch.randn(n, generator=gen, dtype=torch.float64)
+    db = torch.randn(m, generator=gen, dtype=torch.float64)
+    db += (da.sum() - db.sum()) / m  # keep the masses equal
+    h = 1e-6
+    fd = (val(a + h * da, b + h * db) - val(a - h * da, b - h * db)) / (2 * h)
+    assert float(fd) == pytest.approx(float(ga @ da + gb @ db), rel=1e-6, abs=1e-9)
+
+
+def _saved_bytes(fn):
+    total = [0]
+
+    def pack(x):
+        total[0] += x.numel() * x.element_size()
+        return x
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        fn()
+    return total[0]
+
+
+def test_implicit_memory_does_not_grow_with_iterations(gen):
+    s = torch.randn(200, generator=gen, dtype=torch.float64).requires_grad_()
+    t = torch.randn(200, generator=gen, dtype=torch.float64).requires_grad_()
+
+    def run(grad, tol):
+        return lambda: sinkhorn_banded(s, t, gamma=0.05, tol=tol, grad=grad, method="sinkhorn",
+                                       max_iter=5000, warn=False).transport_cost()
+    imp_loose, imp_tight = _saved_bytes(run("implicit", 1e-3)), _saved_bytes(run("implicit", 1e-9))
+    unr_loose, unr_tight = _saved_bytes(run("unrolled", 1e-3)), _saved_bytes(run("unrolled", 1e-9))
+    plan = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9)
+    nnz_bytes = plan.nnz * 8
+    assert imp_tight <= 1.01 * imp_loose
+    assert imp_tight < 12 * nnz_bytes
+    assert unr_tight > 5 * unr_loose
