@@ -52,6 +52,7 @@ class BenchConfig:
     dense_max_n: int = 2048
     pot_max_n: int = 2048
     dense_extrapolate_iters: int = 5
+    dense_extrapolate_max_n: int = 65536
     absolute_max_n: int = 16384  # the absolute-gamma plan is a fixed fraction of n wide: O(n^2)
     seed: int = 0
 
@@ -118,7 +119,7 @@ def run(cfg: BenchConfig, progress=None) -> list[BenchRow]:
                 rows.append(BenchRow(n, "dense", temperature, eff_gamma, d_t, dense.iterations, n * n, n,
                                      note="" if bool(dense.converged) else "not converged"))
                 dense_plan = dense
-            else:
+            elif n <= cfg.dense_extrapolate_max_n:
                 # time a few dense iterations on row blocks and scale to the banded
                 # solver's iteration count (n x n costs are never stored at once).
                 # At rank temperature gamma is tiny against the score spread and

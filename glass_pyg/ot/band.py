@@ -118,9 +118,6 @@ class Band:
         k = torch.arange(self.width, device=self.row_start.device)
         return self.row_start.unsqueeze(-1) + k
 
-    def nnz(self) -> int:
-        return self.row_start.shape[0] * self.row_start.shape[1] * self.width
-
     def row_to_col(self, x: Tensor, fill: float = 0.0) -> Tensor:
         r"""Re-lay a row-layout tensor ``(L, n, width)`` as ``(L, m, col_width)``."""
         L, n, m = self.shape
