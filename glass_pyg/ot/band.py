@@ -51,7 +51,6 @@ class Staircase:
     col_pos: Tensor  # (L, m) long
     a_start: Tensor  # (L, n) exclusive cumulative row mass (normalised)
     b_start: Tensor  # (L, m)
-    b_end: Tensor  # (L, m)
 
 
 def staircase(a: Tensor, b: Tensor) -> Staircase:
@@ -71,7 +70,7 @@ def staircase(a: Tensor, b: Tensor) -> Staircase:
     # rows come first on equal starts
     row_pos = n_idx + _searchsorted(b_start, a_start, right=False)
     col_pos = m_idx + _searchsorted(a_start, b_start, right=True)
-    return Staircase(lo, hi, row_pos, col_pos, a_start, b_start, b_end)
+    return Staircase(lo, hi, row_pos, col_pos, a_start, b_start)
 
 
 def exact_dual(s: Tensor, t: Tensor, st: Staircase) -> tuple[Tensor, Tensor]:
@@ -112,11 +111,6 @@ class Band:
         k = torch.arange(self.col_width, device=self.col_start.device)
         rows = self.col_start.unsqueeze(-1) + k
         return (rows >= self.col_lo.unsqueeze(-1)) & (rows <= self.col_hi.unsqueeze(-1))
-
-    def row_cols(self) -> Tensor:
-        """(L, n, width) sorted column index of every row-window entry."""
-        k = torch.arange(self.width, device=self.row_start.device)
-        return self.row_start.unsqueeze(-1) + k
 
     def row_to_col(self, x: Tensor, fill: float = 0.0) -> Tensor:
         r"""Re-lay a row-layout tensor ``(L, n, width)`` as ``(L, m, col_width)``."""
