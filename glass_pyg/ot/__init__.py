@@ -1,8 +1,9 @@
 r"""Entropic optimal transport in one dimension: dense and banded log-domain Sinkhorn."""
-from .banded import ConvergenceWarning, sinkhorn_banded
+from .banded import sinkhorn_banded
 from .dense import sinkhorn_dense
 from .exact import emd_1d_cost, staircase_plan
 from .plan import TransportPlan
+from .validation import ConvergenceWarning
 
 __all__ = ["sinkhorn_banded", "sinkhorn_dense", "TransportPlan", "ConvergenceWarning",
            "staircase_plan", "emd_1d_cost"]

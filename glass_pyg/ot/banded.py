@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import validation as V
+from .validation import ConvergenceWarning
 from .band import Band, Staircase, band_logits, exact_dual, make_band, search_extent, staircase, window_gather
 from .implicit import FixedPointPlan
 from .iterations import SolverState, newton, plan_row, sweeps
@@ -18,10 +19,6 @@ _TEMPERATURES = ("absolute", "rank")
 _GRADS = ("implicit", "unrolled")
 _METHODS = ("newton", "sinkhorn")
 _AUTO_FLOAT64_ENTRIES = 1 << 16
-
-
-class ConvergenceWarning(UserWarning):
-    """The solver stopped at ``max_iter`` before reaching ``tol``."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +31,16 @@ class _Reference:
     f0: Tensor
     g0: Tensor
 
-    def log_density(self, st: SolverState, j: Tensor) -> Tensor:
-        r""":math:`\log(P_{ij}/(a_i b_j))` at column ``j[l, i]`` of every row (float64)."""
+    def log_kernel(self, phi: Tensor, psi: Tensor, j: Tensor) -> Tensor:
+        r""":math:`\phi_i + \psi_j + \theta_{ij}` at column ``j[l, i]`` of every row (float64);
+        with zero corrections it is minus the reduced cost over :math:`\gamma`."""
         tj = torch.gather(self.t, 1, j)
         theta = -((self.s - tj) ** 2 - self.f0 - torch.gather(self.g0, 1, j)) / self.gamma.unsqueeze(-1)
-        return (st.phi.double() + torch.gather(st.psi, 1, j).double() + theta
+        return phi.double() + torch.gather(psi, 1, j).double() + theta
+
+    def log_density(self, st: SolverState, j: Tensor) -> Tensor:
+        r""":math:`\log(P_{ij}/(a_i b_j))` at column ``j[l, i]`` of every row (float64)."""
+        return (self.log_kernel(st.phi, st.psi, j)
                 - st.log_a.double() - torch.gather(st.log_b, 1, j).double())
 
 
@@ -220,9 +222,15 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             phi0 = ((f_in - f0) / gd.unsqueeze(-1)).to(dt)
             psi0 = ((g_in - g0) / gd.unsqueeze(-1)).to(dt)
             thr = log_eps
-        st0 = SolverState(None, None, None, log_a if init is not None else torch.zeros_like(log_a),
-                          log_b if init is not None else torch.zeros_like(log_b), phi0, psi0)
-        band = make_band(*_extent(lambda j: ref.log_density(st0, j) >= thr, stair, m), m)
+        if init is None:
+            def pred0(j):
+                return ref.log_kernel(phi0, psi0, j) >= thr
+        else:
+            st_init = SolverState(None, None, None, log_a, log_b, phi0, psi0)
+
+            def pred0(j):
+                return ref.log_density(st_init, j) >= thr
+        band = make_band(*_extent(pred0, stair, m), m)
         st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, phi0, psi0)
         total_iter = newton_steps = 0
         for _ in range(max_band_rounds):

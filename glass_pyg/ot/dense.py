@@ -8,6 +8,7 @@ from torch import Tensor
 
 from . import validation as V
 from .plan import TransportPlan
+from .validation import ConvergenceWarning
 
 
 def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
@@ -53,7 +54,6 @@ def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
     P = torch.exp(theta + f.unsqueeze(-1) + g.unsqueeze(1))
     converged = err.detach() <= tol
     if warn and not bool(converged.all()):
-        from .banded import ConvergenceWarning
         warnings.warn(f"sinkhorn_dense stopped after {it} iterations with marginal error "
                       f"{float(err.max()):.3g} > tol={tol:g}", ConvergenceWarning, stacklevel=2)
     idx_n = torch.arange(n, device=C.device).expand(L, n)

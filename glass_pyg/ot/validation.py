@@ -5,6 +5,10 @@ import torch
 from torch import Tensor
 
 
+class ConvergenceWarning(UserWarning):
+    """A solver stopped at ``max_iter`` before its marginal error reached ``tol``."""
+
+
 def as_slices(x: Tensor, name: str) -> Tensor:
     """Return ``x`` as ``(L, n)``; accepts ``(n,)`` or ``(L, n)`` floating tensors."""
     if not isinstance(x, Tensor):
