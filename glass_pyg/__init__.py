@@ -1,5 +1,5 @@
 r"""glass-pyg: differentiable geometric alignment (GLASS) for PyTorch Geometric."""
-from . import ot
+from . import datasets, losses, metrics, nn, ot
 
 __version__ = "0.1.0"
-__all__ = ["ot", "__version__"]
+__all__ = ["datasets", "losses", "metrics", "nn", "ot", "__version__"]

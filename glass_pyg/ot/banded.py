@@ -106,12 +106,13 @@ def _widen(band: Band, lo: Tensor, hi: Tensor, m: int) -> Band:
     return make_band(new_lo, new_hi, m)
 
 
-def _rank_gamma(gamma: Tensor, s: Tensor, t: Tensor) -> Tensor:
+def rank_gamma(gamma: Tensor, s: Tensor, t: Tensor) -> Tensor:
     r"""Score-unit :math:`\gamma` from a rank-relative one: :math:`\gamma\,\delta_s\delta_t`,
-    :math:`\delta` the mean spacing of the sorted scores (1 where it vanishes)."""
+    :math:`\delta` the mean spacing of the sorted scores (1 where it vanishes).
+    ``s`` ``(L, n)`` and ``t`` ``(L, m)`` in any order; returns ``(L,)``."""
     def spacing(x: Tensor) -> Tensor:
         n = x.shape[1]
-        d = (x[:, -1] - x[:, 0]) / max(n - 1, 1)
+        d = (x.amax(1) - x.amin(1)) / max(n - 1, 1)
         return torch.where(d > 0, d, torch.ones_like(d))
     return gamma * spacing(s) * spacing(t)
 
@@ -200,7 +201,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     perm_t = torch.sort(t2.detach(), dim=-1, stable=True).indices
     ss, ts = torch.gather(s2, 1, perm_s), torch.gather(t2, 1, perm_t)
     a_s, b_s = torch.gather(a2, 1, perm_s), torch.gather(b2, 1, perm_t)
-    gam = _rank_gamma(gamma_t, ss, ts) if temperature == "rank" else gamma_t
+    gam = rank_gamma(gamma_t, ss, ts) if temperature == "rank" else gamma_t
     if cg_tol is None:
         cg_tol = 1e-11 if dt == torch.float64 else 1e-5
 

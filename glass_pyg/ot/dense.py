@@ -55,7 +55,7 @@ def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
     converged = err.detach() <= tol
     if warn and not bool(converged.all()):
         warnings.warn(f"sinkhorn_dense stopped after {it} iterations with marginal error "
-                      f"{float(err.max()):.3g} > tol={tol:g}", ConvergenceWarning, stacklevel=2)
+                      f"{float(err.detach().max()):.3g} > tol={tol:g}", ConvergenceWarning, stacklevel=2)
     idx_n = torch.arange(n, device=C.device).expand(L, n)
     idx_m = torch.arange(m, device=C.device).expand(L, m)
     g_scale = gam.view(L, 1)

@@ -94,7 +94,16 @@ class TransportPlan:
         else:
             idx = torch.stack([rows.flatten(), cols.flatten()])
             size = (n, self.num_targets)
-        return torch.sparse_coo_tensor(idx, vals, size).coalesce()
+        return torch.sparse_coo_tensor(idx, vals, size, check_invariants=False).coalesce()
+
+    def averaged(self) -> Tensor:
+        r"""The mean plan over slices :math:`\bar P = \frac1L\sum_l P_l` as a coalesced
+        sparse ``(n, m)`` tensor in original order (differentiable)."""
+        L, n, _ = self.values.shape
+        rows, cols = self.index_pairs()
+        idx = torch.stack([rows.flatten(), cols.flatten()])
+        return torch.sparse_coo_tensor(idx, self.values.flatten() / L, (n, self.num_targets),
+                                       check_invariants=False).coalesce()
 
     # --- decoding --------------------------------------------------------
     def topk(self, k: int) -> tuple[Tensor, Tensor]:

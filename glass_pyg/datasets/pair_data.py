@@ -1,0 +1,58 @@
+r"""A pair of graphs or point sets with a ground-truth correspondence."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch_geometric.data import Data
+
+
+class PairData(Data):
+    r"""Source and target of one matching problem in a single :class:`~torch_geometric.data.Data`.
+
+    Attributes (all optional except what the task needs):
+        x_s, x_t: node features ``(n, F)``, ``(m, F)``
+        edge_index_s, edge_index_t: ``(2, E_s)``, ``(2, E_t)``
+        pos_s, pos_t: points ``(n, 3)``, ``(m, 3)`` on :math:`S^2`
+        y: ground truth ``[2, M]``, rows (source index, target index)
+
+    Batching with ``DataLoader(..., follow_batch=["x_s", "x_t"])`` offsets
+    ``edge_index_s`` and ``y[0]`` by the source sizes and ``edge_index_t``
+    and ``y[1]`` by the target sizes, and gives ``x_s_batch``/``x_t_batch``.
+    """
+
+    @property
+    def num_nodes_s(self) -> int:
+        return _size(self, "s")
+
+    @property
+    def num_nodes_t(self) -> int:
+        return _size(self, "t")
+
+    def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key == "edge_index_s":
+            return self.num_nodes_s
+        if key == "edge_index_t":
+            return self.num_nodes_t
+        if key == "y":
+            return torch.tensor([[self.num_nodes_s], [self.num_nodes_t]])
+        return super().__inc__(key, value, *args, **kwargs)
+
+    def __cat_dim__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key == "y":
+            return -1
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
+
+def _size(data: Data, side: str) -> int:
+    for key in (f"x_{side}", f"pos_{side}"):
+        value = getattr(data, key, None)
+        if value is not None:
+            return int(value.size(0))
+    value = getattr(data, f"n_{side}", None)
+    if value is not None:
+        return int(value)
+    raise AttributeError(f"PairData has neither x_{side} nor pos_{side} to size the {side} side")
+
+
+torch.serialization.add_safe_globals([PairData])

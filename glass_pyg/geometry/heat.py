@@ -1,0 +1,73 @@
+r"""The graph heat kernel :math:`e^{-\tau L}` by a Chebyshev expansion.
+
+:math:`L = I - D^{-1/2} A D^{-1/2}` is the symmetric normalised Laplacian
+(Chung's convention: :math:`L_{vv} = 0` for an isolated node, whose heat stays
+put). Its spectrum lies in :math:`[0, 2]`, so :math:`\tilde L = L - I` has
+spectrum in :math:`[-1, 1]` and
+
+.. math::
+    e^{-\tau(x + 1)} = \sum_{k \ge 0} c_k T_k(x), \qquad
+    c_0 = e^{-\tau} I_0(\tau), \quad c_k = 2 (-1)^k e^{-\tau} I_k(\tau),
+
+with :math:`I_k` the modified Bessel function (scipy's ``ive`` is
+:math:`e^{-\tau} I_k(\tau)`). Truncating at degree ``K`` leaves an error below
+:math:`\sum_{k > K} |c_k| \approx 2 (\tau/2)^{K+1} / (K+1)!`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.special import ive
+from torch import Tensor
+
+
+def heat_chebyshev_coefficients(tau: float | Sequence[float], K: int, *,
+                                dtype: torch.dtype = torch.float64,
+                                device: torch.device | str | None = None) -> Tensor:
+    r"""Chebyshev coefficients of :math:`x \mapsto e^{-\tau (x + 1)}` on :math:`[-1, 1]`.
+
+    Args:
+        tau: one diffusion time or several, each finite and ``>= 0``.
+        K: polynomial degree, ``>= 0``.
+
+    Returns:
+        ``(T, K + 1)`` tensor, one row per ``tau``.
+    """
+    taus = [tau] if isinstance(tau, (int, float)) else list(tau)
+    if not taus:
+        raise ValueError("tau must hold at least one diffusion time")
+    for v in taus:
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"tau must be finite and >= 0, got {v!r}")
+    if not isinstance(K, int) or isinstance(K, bool) or K < 0:
+        raise ValueError(f"K (the Chebyshev degree) must be an integer >= 0, got {K!r}")
+    k = np.arange(K + 1)
+    tau_arr = np.asarray(taus, dtype=np.float64)[:, None]
+    c = 2.0 * ((-1.0) ** k) * ive(k, tau_arr)
+    c[:, 0] *= 0.5
+    return torch.as_tensor(c, dtype=dtype, device=device)
+
+
+def sym_norm_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int,
+                      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    r"""Edge weights of :math:`\tilde L = -D^{-1/2} A D^{-1/2} - \mathrm{diag}(\mathbb 1_{\deg = 0})`.
+
+    ``edge_index`` holds edges ``source -> target`` (PyG's flow); degrees are
+    summed at the target. The graph is taken as given: an undirected graph
+    must list each edge in both directions.
+
+    Returns:
+        ``(norm, isolated)``: ``(E,)`` off-diagonal weights of :math:`\tilde L`
+        and a ``(num_nodes,)`` bool mask of nodes of zero degree (their
+        diagonal entry of :math:`\tilde L` is ``-1``).
+    """
+    src, dst = edge_index[0], edge_index[1]
+    w = (torch.ones(src.numel(), dtype=dtype, device=src.device) if edge_weight is None
+         else edge_weight.to(dtype))
+    deg = torch.zeros(num_nodes, dtype=dtype, device=src.device).index_add_(0, dst, w)
+    isolated = deg <= 0
+    inv_sqrt = torch.where(isolated, torch.zeros_like(deg), deg.clamp_min(torch.finfo(dtype).tiny).rsqrt())
+    return -inv_sqrt[src] * w * inv_sqrt[dst], isolated

@@ -1,0 +1,164 @@
+r"""Decoding a soft plan into correspondences, and the metrics of a matching.
+
+A plan may be given as a :class:`~glass_pyg.ot.TransportPlan` (its slices are
+averaged), a sparse ``(n, m)`` tensor or a dense ``(n, m)`` tensor. Ground
+truth ``y`` is a ``[2, M]`` index of pairs (source, target) or an ``(n,)``
+tensor holding the target of every source.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from torch import Tensor
+
+from .ot.plan import TransportPlan
+
+PlanLike = TransportPlan | Tensor
+
+
+class DecodingWarning(UserWarning):
+    """The plan's support had no full matching; some pairs were matched outside it."""
+
+
+def _coo(plan: PlanLike) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """``(rows, cols, values, n, m)`` of the stored entries, detached."""
+    if isinstance(plan, TransportPlan):
+        plan = plan.averaged()
+    if not isinstance(plan, Tensor) or plan.dim() != 2:
+        raise ValueError(f"plan must be a TransportPlan or an (n, m) tensor, got "
+                         f"{tuple(plan.shape) if isinstance(plan, Tensor) else type(plan).__name__}")
+    plan = plan.detach()
+    n, m = plan.shape
+    if plan.is_sparse:
+        plan = plan.coalesce()
+        (rows, cols), vals = plan.indices(), plan.values()
+    else:
+        rows, cols = (plan != 0).nonzero(as_tuple=True)
+        vals = plan[rows, cols]
+    return rows, cols, vals, n, m
+
+
+def _truth(y: Tensor) -> tuple[Tensor, Tensor]:
+    if y.dim() == 1:
+        return torch.arange(y.numel(), device=y.device), y
+    if y.dim() != 2 or y.size(0) != 2:
+        raise ValueError(f"y must be a [2, M] index of pairs or an (n,) permutation, got {tuple(y.shape)}")
+    return y[0], y[1]
+
+
+def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    r"""A one-to-one matching inside the plan's support, ``(n,)`` target per source (``-1`` if none).
+
+    Without ``cost`` it maximises the matched plan weight :math:`\sum P_{i\pi(i)}`;
+    with ``cost`` (a callable on index pairs, e.g. the lifted cost) it finds the
+    minimum-cost matching among the plan's candidates, so the coupling acts as a
+    candidate set refined by the geometry. Solved with
+    :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
+    support. When the support admits no matching of every row (or column, if
+    fewer), pairs outside it are added at a cost above any matching inside it,
+    so as few as possible are used, and a :class:`DecodingWarning` says how many.
+    """
+    rows, cols, vals, n, m = _coo(plan)
+    if cost is None:
+        w = (vals.max() - vals).double() if vals.numel() else vals.double()
+    else:
+        w = cost(rows.view(1, -1), cols.view(1, -1)).detach().reshape(-1).double()
+        if w.shape != rows.shape or not bool(torch.isfinite(w).all()):
+            raise ValueError("cost(rows, cols) must return finite values of the shape of its inputs")
+        w = w - w.min() if w.numel() else w
+    r, c, w = rows.cpu().numpy(), cols.cpu().numpy(), w.cpu().numpy() + 1.0  # > 0: no explicit zeros
+    try:
+        match = _match(r, c, w, n, m)
+        outside = 0
+    except ValueError:
+        k = min(n, m)
+        penalty = (w.max() if w.size else 1.0) * (k + 1)
+        extra = np.arange(k)
+        match = _match(np.concatenate([r, extra]), np.concatenate([c, extra]),
+                       np.concatenate([w, np.full(k, penalty)]), n, m)
+        support = set(zip(r.tolist(), c.tolist()))
+        outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
+        warnings.warn(f"the plan's support has no full matching; {outside} of {k} pairs were matched "
+                      "outside it", DecodingWarning, stacklevel=2)
+    return torch.as_tensor(match, dtype=torch.long, device=rows.device)
+
+
+def _match(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m: int) -> np.ndarray:
+    graph = sp.csr_matrix((w, (r, c)), shape=(n, m))  # duplicates are summed; inputs are coalesced
+    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
+    match = np.full(n, -1, dtype=np.int64)
+    match[row_ind] = col_ind
+    return match
+
+
+def row_argmax(plan: PlanLike) -> Tensor:
+    """Column of the largest entry of every row, ``(n,)`` (``-1`` for an empty row)."""
+    if isinstance(plan, TransportPlan) and plan.num_slices == 1:
+        return plan.row_argmax().reshape(-1)
+    rows, cols, vals, n, _ = _coo(plan)
+    best = torch.full((n,), -float("inf"), dtype=vals.dtype, device=vals.device)
+    best = best.scatter_reduce(0, rows, vals, "amax")
+    is_best = vals == best[rows]
+    out = torch.full((n,), -1, dtype=torch.long, device=vals.device)
+    return out.scatter_reduce(0, rows[is_best], cols[is_best], "amax", include_self=True)
+
+
+def matching_accuracy(pred: Tensor, y: Tensor) -> float:
+    """Fraction of ground-truth pairs ``y`` that the matching ``pred`` ``(n,)`` reproduces."""
+    src, dst = _truth(y)
+    if src.numel() == 0:
+        raise ValueError("y holds no ground-truth pairs")
+    return float((pred.to(dst.device)[src] == dst).double().mean())
+
+
+def perm_accuracy(plan: PlanLike, y: Tensor, decoder: str = "hungarian",
+                  cost: Callable[[Tensor, Tensor], Tensor] | None = None) -> float:
+    r"""Accuracy of the decoded matching against ``y``.
+
+    ``decoder="argmax"`` takes the largest entry of each row (several rows may
+    pick the same column); ``"hungarian"`` decodes a one-to-one matching with
+    :func:`to_permutation` (``cost`` optional).
+    """
+    if decoder == "argmax":
+        return matching_accuracy(row_argmax(plan), y)
+    if decoder == "hungarian":
+        return matching_accuracy(to_permutation(plan, cost), y)
+    raise ValueError(f"decoder must be 'argmax' or 'hungarian', got {decoder!r}")
+
+
+def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
+    """Fraction of ground-truth pairs whose target is among the ``k`` largest entries of its row."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    rows, cols, vals, n, m = _coo(plan)
+    src, dst = _truth(y)
+    src, dst = src.to(rows.device), dst.to(rows.device)
+    key = rows * m + cols
+    order = torch.argsort(key)
+    key, vals_sorted = key[order], vals[order]
+    q = src * m + dst
+    pos = torch.searchsorted(key, q).clamp_max(max(key.numel() - 1, 0))
+    found = (key.numel() > 0) & (key[pos] == q) if key.numel() else torch.zeros_like(q, dtype=torch.bool)
+    v_true = torch.where(found, vals_sorted[pos], torch.zeros_like(q, dtype=vals.dtype))
+    # rank = number of entries in the row strictly larger than the true entry
+    by_row = torch.argsort(rows)
+    rows_s, vals_s = rows[by_row], vals[by_row]
+    start = torch.searchsorted(rows_s, src)
+    length = torch.searchsorted(rows_s, src, right=True) - start
+    owner = torch.repeat_interleave(torch.arange(q.numel(), device=q.device), length)
+    first = torch.repeat_interleave(start - torch.cumsum(length, 0) + length, length)
+    entry = first + torch.arange(owner.numel(), device=q.device)
+    bigger = (vals_s[entry] > v_true[owner]).long()
+    larger = torch.zeros(q.numel(), dtype=torch.long, device=q.device).index_add_(0, owner, bigger)
+    return float(((larger < k) & found & (v_true > 0)).double().mean())
+
+
+def plan_entropy(plan: PlanLike) -> float:
+    r"""Entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` of the (slice-averaged) plan."""
+    _, _, vals, _, _ = _coo(plan)
+    return float(-torch.special.xlogy(vals, vals).sum())

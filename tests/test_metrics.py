@@ -1,0 +1,83 @@
+import itertools
+import warnings
+
+import pytest
+import torch
+
+from glass_pyg import metrics as M
+from glass_pyg.ot import sinkhorn_banded
+
+
+def random_sparse_plan(n, m, density, gen):
+    P = torch.rand(n, m, generator=gen, dtype=torch.float64)
+    P = P * (torch.rand(n, m, generator=gen) < density)
+    return P
+
+
+def brute_force(P, cost=None):
+    n, m = P.shape
+    best, best_val = None, None
+    for cols in itertools.permutations(range(m), n):
+        if any(P[i, j] == 0 for i, j in enumerate(cols)):
+            continue
+        val = sum(float(cost[i, j]) if cost is not None else -float(P[i, j]) for i, j in enumerate(cols))
+        if best_val is None or val < best_val - 1e-12:
+            best, best_val = cols, val
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_to_permutation_matches_brute_force(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n, m = (5, 5) if seed % 2 == 0 else (4, 6)
+    P = random_sparse_plan(n, m, 0.7, gen)
+    D = torch.rand(n, m, generator=gen, dtype=torch.float64)
+    for cost in (None, D):
+        ref = brute_force(P, cost)
+        if ref is None:
+            continue
+        fn = None if cost is None else (lambda r, c: D[r, c])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = M.to_permutation(P.to_sparse(), fn)
+        val = lambda cols: sum(float(D[i, j]) if cost is not None else -float(P[i, j]) for i, j in enumerate(cols))
+        assert abs(val(got.tolist()) - val(ref)) < 1e-9
+
+
+def test_to_permutation_more_rows_than_columns():
+    P = torch.tensor([[0.9, 0.1], [0.8, 0.0], [0.0, 0.7]], dtype=torch.float64)
+    assert M.to_permutation(P).tolist() == [0, -1, 1]  # 0.9 + 0.7 beats 0.8 + 0.7 and 0.1 + 0.8
+
+
+def test_fallback_when_support_has_no_matching():
+    P = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    with pytest.warns(M.DecodingWarning, match="1 of 3"):
+        perm = M.to_permutation(P)
+    assert sorted(perm.tolist()) == [0, 1, 2] and perm[2] == 2
+
+
+def test_hits_and_argmax_against_dense(gen):
+    P = random_sparse_plan(30, 30, 0.3, gen)
+    y = torch.stack([torch.arange(30), torch.randperm(30, generator=gen)])
+    for k in (1, 3, 5):
+        ref = sum(int((P[i] > P[i, j]).sum()) < k and P[i, j] > 0 for i, j in y.t().tolist()) / 30
+        assert M.hits_at_k(P.to_sparse(), y, k) == pytest.approx(ref)
+        assert M.hits_at_k(P, y[1], k) == pytest.approx(ref)
+    nonempty = P.sum(1) > 0
+    assert torch.equal(M.row_argmax(P.to_sparse())[nonempty], P.argmax(1)[nonempty])
+    pred = M.row_argmax(P)
+    assert M.perm_accuracy(P, y, "argmax") == pytest.approx(float((pred[y[0]] == y[1]).double().mean()))
+    with pytest.raises(ValueError, match="decoder"):
+        M.perm_accuracy(P, y, "greedy")
+
+
+def test_on_transport_plans(gen):
+    s = torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    t = s[:, torch.randperm(40, generator=gen)] + 0.01 * torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    plan = sinkhorn_banded(s, t, gamma=0.05, temperature="rank")
+    dense = plan.to_dense().mean(0)
+    torch.testing.assert_close(plan.averaged().to_dense(), dense)
+    assert M.plan_entropy(plan) == pytest.approx(float(-torch.special.xlogy(dense, dense).sum()))
+    single = sinkhorn_banded(s[0], t[0], gamma=0.05, temperature="rank")
+    torch.testing.assert_close(M.row_argmax(single), single.to_dense().argmax(1))
+    torch.testing.assert_close(M.row_argmax(plan), dense.argmax(1))
