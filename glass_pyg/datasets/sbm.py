@@ -1,16 +1,13 @@
 r"""Stochastic-block-model graph pairs with a planted correspondence."""
 from __future__ import annotations
 
-import os
-import os.path as osp
-import tempfile
 from typing import Callable
 
 import torch
 from torch import Tensor
-from torch_geometric.data import InMemoryDataset
 from torch_geometric.utils import coalesce
 
+from .generated import GeneratedPairDataset
 from .pair_data import PairData
 from .sampling import distinct_pairs, pair_generator
 
@@ -74,7 +71,7 @@ def make_sbm_pair(n: int, blocks: int, p_in: float, p_out: float, rewire_prob: f
                     num_rewired=torch.tensor([count]), num_nodes=2 * n)
 
 
-class SBMPairDataset(InMemoryDataset):
+class SBMPairDataset(GeneratedPairDataset):
     r"""Pairs of stochastic-block-model graphs with a planted permutation.
 
     The source is an SBM graph on ``n`` nodes in ``blocks`` blocks of equal
@@ -103,45 +100,16 @@ class SBMPairDataset(InMemoryDataset):
         self.n, self.blocks, self.p_in, self.p_out = n, blocks, float(p_in), float(p_out)
         self.rewire_prob, self.planted_perm = float(rewire_prob), bool(planted_perm)
         self.num_pairs, self.seed = num_pairs, seed
-        self._in_memory = root is None
-        super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        if self._in_memory:
-            self.data, self.slices = self.collate(self._pairs())
-        else:
-            self.load(self.processed_paths[0], PairData)
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
+        super().__init__(root, transform, pre_transform, force_reload)
 
     @property
     def processed_file_names(self) -> list[str]:
         return [f"sbm_n{self.n}_b{self.blocks}_pin{self.p_in:g}_pout{self.p_out:g}_rw{self.rewire_prob:g}"
                 f"_perm{int(self.planted_perm)}_pairs{self.num_pairs}_seed{self.seed}.pt"]
 
-    def download(self) -> None:  # generated, nothing to download
-        pass
-
     def _pairs(self) -> list[PairData]:
-        out = [make_sbm_pair(self.n, self.blocks, self.p_in, self.p_out, self.rewire_prob,
+        return [make_sbm_pair(self.n, self.blocks, self.p_in, self.p_out, self.rewire_prob,
                              self.planted_perm, pair_generator(self.seed, k)) for k in range(self.num_pairs)]
-        return [self.pre_transform(d) for d in out] if self.pre_transform is not None else out
-
-    def _process(self) -> None:
-        if not self._in_memory:  # in memory: generated in __init__, nothing on disk
-            super()._process()
-
-    def process(self) -> None:
-        # write to a temporary file and rename, so an interrupted run never leaves half a file
-        path = self.processed_paths[0]
-        fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), suffix=".tmp")
-        os.close(fd)
-        try:
-            self.save(self._pairs(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({len(self)}, n={self.n}, blocks={self.blocks}, "

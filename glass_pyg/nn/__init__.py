@@ -3,5 +3,7 @@ from .cheb_diffusion import ChebDiffusion
 from .features import DiffusionFeatures
 from .glass import GLASS, GLASSOutput
 from .projection import GraphProjection
+from .sphere_projection import LearnedRotation, SphereProjection
 
-__all__ = ["ChebDiffusion", "DiffusionFeatures", "GraphProjection", "GLASS", "GLASSOutput"]
+__all__ = ["ChebDiffusion", "DiffusionFeatures", "GraphProjection", "GLASS", "GLASSOutput",
+           "SphereProjection", "LearnedRotation"]

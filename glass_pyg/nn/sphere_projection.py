@@ -1,0 +1,162 @@
+r"""Gated projections of points on :math:`S^2` to 1-D scores."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..geometry.sphere import geodesic_distance, log_map, normalize, project_tangent
+
+_GATE_MODES = ("fixed", "tie", "learn")
+_GEOMETRIES = ("torch", "geomstats")
+
+
+class SphereProjection(torch.nn.Module):
+    r"""Per slice, a gated mixture of linear forms on the charts of :math:`K` anchors.
+
+    .. math::
+        f_l(x) = \sum_{k=1}^{K} g_{lk}(x)\,\big\langle \rho_R(\mathrm{Log}_{a_{lk}} x),\ u_{lk}\big\rangle,
+        \qquad
+        g_{lk}(x) = \operatorname{softmax}_k\!\Big(-\frac{d(x, a_{lk})^2}{2 c_{lk}^2}\Big),
+
+    with anchors :math:`a_{lk}\in S^2`, tangent directions
+    :math:`u_{lk}\in T_{a_{lk}}S^2`, gate width
+    :math:`c = \texttt{gate\_c\_per\_sqrtk\_deg}/\sqrt K` degrees and the chart
+    map :math:`\rho_R(v) = R\tanh(\lVert v\rVert/R)\,v/\lVert v\rVert` that
+    keeps each log map inside a chart of radius ``chart_radius_deg`` while
+    staying injective (no ties far from an anchor). Anchors are stored as free
+    vectors and normalised, directions projected to the tangent plane, so
+    after any optimiser step they are on the sphere and tangent.
+
+    Args:
+        K (int): anchors per slice.
+        slices (int): number of slices :math:`L`.
+        chart_radius_deg (float): chart radius :math:`R` in degrees.
+        gate_mode (str): ``"fixed"`` (constant width), ``"tie"`` (one learned
+            width shared by all anchors) or ``"learn"`` (one per anchor).
+        gate_c_per_sqrtk_deg (float): gate width times :math:`\sqrt K`, degrees.
+        init_u_scale (float): initial norm of the directions.
+        space: optional geomstats ``Hypersphere(dim=2)``; ``geometry="geomstats"``
+            routes the log maps through its metric (slower; float64 inside).
+        generator (torch.Generator, optional): source of the initial anchors
+            and directions (torch's default generator when ``None``, as for
+            ``torch.nn`` layers).
+
+    Shapes:
+        - **input:** points :math:`(N, 3)` on :math:`S^2`
+        - **output:** scores :math:`(N, L)`
+    """
+
+    def __init__(self, K: int = 8, slices: int = 2, chart_radius_deg: float = 20.0,
+                 gate_mode: str = "tie", gate_c_per_sqrtk_deg: float = 45.0, init_u_scale: float = 0.2,
+                 *, space: Any | None = None, geometry: str = "torch",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(K, int) or K < 1 or not isinstance(slices, int) or slices < 1:
+            raise ValueError(f"K and slices must be positive integers, got K={K!r}, slices={slices!r}")
+        if gate_mode not in _GATE_MODES:
+            raise ValueError(f"gate_mode must be one of {_GATE_MODES}, got {gate_mode!r}")
+        if geometry not in _GEOMETRIES:
+            raise ValueError(f"geometry must be one of {_GEOMETRIES}, got {geometry!r}")
+        for name, v in (("chart_radius_deg", chart_radius_deg), ("gate_c_per_sqrtk_deg", gate_c_per_sqrtk_deg),
+                        ("init_u_scale", init_u_scale)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if chart_radius_deg > 180:
+            raise ValueError(f"chart_radius_deg must be <= 180, got {chart_radius_deg}")
+        if space is not None and getattr(space, "dim", None) != 2:
+            raise ValueError(f"space must be a 2-sphere (geomstats Hypersphere(dim=2)), got {space!r}")
+        self.K, self.slices, self.gate_mode, self.geometry = K, slices, gate_mode, geometry
+        self.chart_radius_deg, self.gate_c_per_sqrtk_deg = float(chart_radius_deg), float(gate_c_per_sqrtk_deg)
+        self.init_u_scale, self.space = float(init_u_scale), space
+        self.anchor_raw = torch.nn.Parameter(torch.empty(slices, K, 3))
+        self.u_raw = torch.nn.Parameter(torch.empty(slices, K, 3))
+        width_shape = {"fixed": (), "tie": (), "learn": (slices, K)}[gate_mode]
+        log_c = torch.full(width_shape, math.log(math.radians(gate_c_per_sqrtk_deg / math.sqrt(K))))
+        if gate_mode == "fixed":
+            self.register_buffer("log_width", log_c)
+        else:
+            self.log_width = torch.nn.Parameter(log_c)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            dtype = self.anchor_raw.dtype
+            a = normalize(torch.randn(self.slices, self.K, 3, generator=generator, dtype=torch.float64))
+            u = project_tangent(torch.randn(self.slices, self.K, 3, generator=generator,
+                                            dtype=torch.float64), a)
+            u = self.init_u_scale * normalize(u)
+            self.anchor_raw.copy_(a.to(dtype))
+            self.u_raw.copy_(u.to(dtype))
+            self.log_width.fill_(math.log(math.radians(self.gate_c_per_sqrtk_deg / math.sqrt(self.K))))
+
+    @property
+    def anchors(self) -> Tensor:
+        """``(L, K, 3)`` anchors on the sphere."""
+        return normalize(self.anchor_raw)
+
+    @property
+    def directions(self) -> Tensor:
+        """``(L, K, 3)`` tangent directions at the anchors."""
+        return project_tangent(self.u_raw, self.anchors)
+
+    @property
+    def gate_width_deg(self) -> Tensor:
+        """Gate width(s) :math:`c` in degrees."""
+        return torch.rad2deg(self.log_width.detach().exp())
+
+    def gates(self, x: Tensor) -> Tensor:
+        """``(N, L, K)`` gate weights (rows sum to one over anchors)."""
+        d = geodesic_distance(x.view(-1, 1, 1, 3), self.anchors.to(x.dtype))
+        c = self.log_width.to(x.dtype).exp()
+        return torch.softmax(-0.5 * (d / c) ** 2, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.size(1) != 3:
+            raise ValueError(f"x must be points of shape (N, 3), got {tuple(x.shape)}")
+        a, u = self.anchors.to(x.dtype), self.directions.to(x.dtype)
+        if self.geometry == "geomstats":
+            from ..geometry.geomstats_backend import gs_log
+            v = gs_log(x.view(-1, 1, 1, 3), a, self.space)
+        else:
+            v = log_map(x.view(-1, 1, 1, 3), a)  # (N, L, K, 3)
+        R = math.radians(self.chart_radius_deg)
+        norm = v.norm(dim=-1, keepdim=True)
+        squash = torch.where(norm > 1e-12, R * torch.tanh(norm / R) / norm.clamp_min(1e-12),
+                             torch.ones_like(norm))
+        proj = (squash * v * u).sum(-1)  # (N, L, K)
+        return (self.gates(x) * proj).sum(-1)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(K={self.K}, slices={self.slices}, "
+                f"chart_radius_deg={self.chart_radius_deg:g}, gate_mode={self.gate_mode!r}, "
+                f"gate_c_per_sqrtk_deg={self.gate_c_per_sqrtk_deg:g}, geometry={self.geometry!r})")
+
+
+class LearnedRotation(torch.nn.Module):
+    r"""A rotation :math:`R = \exp([\omega]_\times)` of :math:`\mathbb R^3`, learned from :math:`\omega = 0`.
+
+    Shapes:
+        - **input:** :math:`(N, 3)`
+        - **output:** :math:`(N, 3)`, the rows rotated by :math:`R`
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.omega = torch.nn.Parameter(torch.zeros(3))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.omega.zero_()
+
+    def matrix(self) -> Tensor:
+        from ..geometry.rotation import so3_exp
+        return so3_exp(self.omega)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.matrix().to(x.dtype).t()
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}()"
