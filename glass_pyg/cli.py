@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 
 
@@ -24,9 +25,106 @@ def _bench_sinkhorn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(kind: str):
+    def command(args: argparse.Namespace) -> int:
+        from .experiments.config import load_config
+        from .experiments.train import resume_config, run
+
+        if args.resume:
+            if args.config or args.set:
+                raise SystemExit("glass-pyg: --resume continues a run with its own config; "
+                                 "do not pass --config or --set with it")
+            cfg = resume_config(args.resume)
+        elif not args.config:
+            raise SystemExit("glass-pyg: --config is required (a path or a shipped name; see `glass-pyg configs`)")
+        else:
+            cfg = load_config(args.config, args.set)
+        if cfg.kind != kind:
+            raise SystemExit(f"glass-pyg: this is a {cfg.kind} config; run it with `glass-pyg "
+                             f"{'manifold' if cfg.kind == 'manifold' else 'graph'}`")
+        result = run(cfg, resume=args.resume, quiet=args.quiet, plot=args.plot, out_dir=args.out_dir)
+        _print_final(result)
+        return 0
+    return command
+
+
+def _print_final(result) -> None:
+    f = result.final
+    keys = ("loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5", "rotation_err_deg")
+    shown = " ".join(f"{k}={f[k]:.4g}" for k in keys if isinstance(f.get(k), float))
+    print(f"{result.run_dir}: step {f.get('step')} {shown}")
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from .experiments.config import shipped_configs
+    for name in shipped_configs():
+        print(name)
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from .experiments.aggregate import compile_runs
+    csv_path, md_path, md = compile_runs(args.logdir, args.out)
+    print(md)
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import os
+
+    from .experiments.aggregate import compile_runs
+    from .experiments.config import load_config, shipped_configs
+    from .experiments.train import run
+
+    names: list[str] = []
+    for pattern in args.configs:
+        if os.path.isfile(pattern):
+            names.append(pattern)
+            continue
+        pat = pattern[:-5] if pattern.endswith(".yaml") else pattern
+        hits = [n for n in shipped_configs() if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise SystemExit(f"glass-pyg: no config file or shipped config matches {pattern!r}")
+        names.extend(hits)
+    out_dir = args.out_dir or "runs"
+    configs = [load_config(n, args.set) for n in names]  # validate all before running any
+    for k, (name, cfg) in enumerate(zip(names, configs), 1):
+        print(f"[{k}/{len(configs)}] {name}", file=sys.stderr, flush=True)
+        _print_final(run(cfg, quiet=args.quiet, plot=args.plot, out_dir=out_dir))
+    _, md_path, md = compile_runs(out_dir)
+    print(md)
+    print(f"wrote {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glass-pyg", description="GLASS alignment layer for PyTorch Geometric")
     sub = p.add_subparsers(dest="command", required=True)
+    for kind, help_text in (("manifold", "train and evaluate an S^2 experiment"),
+                            ("graph", "train and evaluate an SBM graph experiment")):
+        t = sub.add_parser(kind, help=help_text)
+        t.add_argument("--config", help="config file or shipped config name")
+        t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="overrides, e.g. --set train.steps=50 ot.gamma=0.02")
+        t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        t.add_argument("--out_dir", "--out-dir", help="parent folder of the run (default: log.out_dir)")
+        t.add_argument("--quiet", action="store_true", help="no progress output")
+        t.add_argument("--plot", action="store_true", help="write PNG figures into the run folder")
+        t.set_defaults(func=_train(kind))
+    c = sub.add_parser("configs", help="list the shipped configs")
+    c.set_defaults(func=_configs)
+    cr = sub.add_parser("compile-runs", help="tabulate the final metrics of every run in a folder")
+    cr.add_argument("--logdir", default="runs")
+    cr.add_argument("--out", help="output prefix (default LOGDIR/summary): writes .csv and .md")
+    cr.set_defaults(func=_compile)
+    sw = sub.add_parser("sweep", help="run several configs (names, paths or globs) and compile them")
+    sw.add_argument("configs", nargs="+")
+    sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--out_dir", "--out-dir")
+    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--plot", action="store_true")
+    sw.set_defaults(func=_sweep)
     b = sub.add_parser("bench-sinkhorn", help="benchmark the 1-D entropic OT solvers")
     b.add_argument("--n", type=int, default=2048, help="problem size (when --sizes is not given)")
     b.add_argument("--sizes", type=int, nargs="+", help="several problem sizes")
@@ -48,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as exc:  # bad configs, missing run folders: one clear line
+        print(f"glass-pyg: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

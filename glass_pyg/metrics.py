@@ -13,12 +13,14 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
 from .ot.plan import TransportPlan
 
 PlanLike = TransportPlan | Tensor
+_DENSE_LIMIT = 1 << 22  # n * m up to which the dense assignment solver is used (robust to ties)
 
 
 class DecodingWarning(UserWarning):
@@ -57,11 +59,13 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     Without ``cost`` it maximises the matched plan weight :math:`\sum P_{i\pi(i)}`;
     with ``cost`` (a callable on index pairs, e.g. the lifted cost) it finds the
     minimum-cost matching among the plan's candidates, so the coupling acts as a
-    candidate set refined by the geometry. Solved with
+    candidate set refined by the geometry. Solved with scipy's dense
+    ``linear_sum_assignment`` while ``n * m <= 2**22`` (robust to the exact
+    ties of structurally equivalent nodes), beyond that with
     :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
     support. When the support admits no matching of every row (or column, if
-    fewer), pairs outside it are added at a cost above any matching inside it,
-    so as few as possible are used, and a :class:`DecodingWarning` says how many.
+    fewer), pairs outside it are used at a cost above any matching inside it,
+    so as few as possible, and a :class:`DecodingWarning` says how many.
     """
     rows, cols, vals, n, m = _coo(plan)
     if cost is None:
@@ -72,17 +76,32 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
             raise ValueError("cost(rows, cols) must return finite values of the shape of its inputs")
         w = w - w.min() if w.numel() else w
     r, c, w = rows.cpu().numpy(), cols.cpu().numpy(), w.cpu().numpy() + 1.0  # > 0: no explicit zeros
-    try:
-        match = _match(r, c, w, n, m)
-        outside = 0
-    except ValueError:
-        k = min(n, m)
-        penalty = (w.max() if w.size else 1.0) * (k + 1)
-        extra = np.arange(k)
-        match = _match(np.concatenate([r, extra]), np.concatenate([c, extra]),
-                       np.concatenate([w, np.full(k, penalty)]), n, m)
-        support = set(zip(r.tolist(), c.tolist()))
-        outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
+    k = min(n, m)
+    penalty = (w.max() if w.size else 1.0) * (k + 1)  # above any matching inside the support
+    if n * m <= _DENSE_LIMIT:
+        D = np.full((n, m), penalty)
+        D[r, c] = w
+        inside = np.zeros((n, m), dtype=bool)
+        inside[r, c] = True
+        row_ind, col_ind = linear_sum_assignment(D)
+        match = np.full(n, -1, dtype=np.int64)
+        match[row_ind] = col_ind
+        outside = int((~inside[row_ind, col_ind]).sum())
+    else:
+        # scipy's LAPJVsp can stall for minutes on weights that differ by ~1e-12 (near-ties of
+        # structurally equivalent nodes): snap them to a grid of 1e-7 of their range first
+        step = (w.max() - w.min()) * 1e-7 if w.size else 0.0
+        if step > 0:
+            w = 1.0 + np.round((w - 1.0) / step) * step
+        try:
+            match, outside = _match(r, c, w, n, m), 0
+        except ValueError:
+            extra = np.arange(k)
+            match = _match(np.concatenate([r, extra]), np.concatenate([c, extra]),
+                           np.concatenate([w, np.full(k, penalty)]), n, m)
+            support = set(zip(r.tolist(), c.tolist()))
+            outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
+    if outside:
         warnings.warn(f"the plan's support has no full matching; {outside} of {k} pairs were matched "
                       "outside it", DecodingWarning, stacklevel=2)
     return torch.as_tensor(match, dtype=torch.long, device=rows.device)

@@ -59,6 +59,9 @@ class GLASS(torch.nn.Module):
         temperature (str): ``"absolute"`` or ``"rank"``, as in the solver.
         band_eps, max_iter, tol, grad: solver options.
         solver (str): ``"banded"`` or ``"dense"`` (the reference dense Sinkhorn).
+        warm_start (bool): start each pair's solve from the potentials of the
+            previous call with the same shapes (banded solver; training steps
+            change the scores little, so this saves most iterations).
 
     Shapes:
         - **input:** ``x_s`` :math:`(N_s, \ast)`, ``x_t`` :math:`(N_t, \ast)`,
@@ -69,7 +72,7 @@ class GLASS(torch.nn.Module):
     def __init__(self, projection: torch.nn.Module, cost: str | CostFactory = "sq_euclidean", *,
                  gamma: float = 0.1, temperature: str = "absolute", band_eps: float = 1e-6,
                  max_iter: int = 200, tol: float = 1e-6, grad: str = "implicit",
-                 solver: str = "banded") -> None:
+                 solver: str = "banded", warm_start: bool = False) -> None:
         super().__init__()
         if isinstance(cost, str) and cost not in _COSTS:
             raise ValueError(f"cost must be one of {sorted(_COSTS)} or a callable, got {cost!r}")
@@ -81,6 +84,8 @@ class GLASS(torch.nn.Module):
         self.cost = cost
         self.gamma, self.temperature, self.band_eps = float(gamma), temperature, band_eps
         self.max_iter, self.tol, self.grad, self.solver = max_iter, tol, grad, solver
+        self.warm_start = warm_start
+        self._warm: dict[int, tuple[Tensor, Tensor]] = {}
 
     def reset_parameters(self) -> None:
         if hasattr(self.projection, "reset_parameters"):
@@ -102,7 +107,7 @@ class GLASS(torch.nn.Module):
         plans, pair_losses, blocks, entropies = [], [], [], []
         for k in range(ptr_s.numel() - 1):
             s0, s1, t0, t1 = int(ptr_s[k]), int(ptr_s[k + 1]), int(ptr_t[k]), int(ptr_t[k + 1])
-            plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma)
+            plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma, k)
             pair_losses.append(losses.lifted_loss(plan, factory(geom_s[s0:s1], geom_t[t0:t1])))
             avg = plan.averaged()
             entropies.append(float(-torch.special.xlogy(avg.values(), avg.values()).detach().sum()))
@@ -122,15 +127,29 @@ class GLASS(torch.nn.Module):
             marginal_error=max(float(p.marginal_error.max()) for p in plans),
             converged=all(bool(p.converged.all()) for p in plans))
 
-    def _solve(self, s: Tensor, t: Tensor, gamma: float) -> TransportPlan:
+    def warm_state(self) -> dict[str, list[Tensor]]:
+        """The warm-start potentials, for checkpoints (so a resumed run repeats the same solves)."""
+        return {str(k): [f, g] for k, (f, g) in self._warm.items()}
+
+    def load_warm_state(self, state: dict[str, list[Tensor]]) -> None:
+        self._warm = {int(k): (v[0], v[1]) for k, v in state.items()}
+
+    def _solve(self, s: Tensor, t: Tensor, gamma: float, key: int) -> TransportPlan:
         if self.solver == "dense":
             C = (s.unsqueeze(-1) - t.unsqueeze(-2)) ** 2
             g = torch.full((s.size(0),), gamma, dtype=s.dtype, device=s.device)
             if self.temperature == "rank":
                 g = rank_gamma(g, s, t)
             return sinkhorn_dense(C, gamma=g, max_iter=self.max_iter, tol=self.tol)
-        return sinkhorn_banded(s, t, gamma=gamma, max_iter=self.max_iter, tol=self.tol,
-                               band_eps=self.band_eps, temperature=self.temperature, grad=self.grad)
+        init = self._warm.get(key) if self.warm_start else None
+        if init is not None and (init[0].shape != s.shape or init[1].shape != t.shape):
+            init = None
+        plan = sinkhorn_banded(s, t, gamma=gamma, max_iter=self.max_iter, tol=self.tol,
+                               band_eps=self.band_eps, temperature=self.temperature, grad=self.grad,
+                               init=init)
+        if self.warm_start:
+            self._warm[key] = (plan.f.detach().to(s.dtype), plan.g.detach().to(t.dtype))
+        return plan
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.projection}, cost={self.cost!r}, gamma={self.gamma:g}, "

@@ -1,0 +1,88 @@
+r"""``compile-runs``: one row per run folder, the varying config parameters and the final metrics."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any
+
+from . import run_dir as R
+
+FINAL = ["steps_done", "loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5",
+         "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter", "band_halfwidth",
+         "runtime_sec_median", "runtime_sec_total"]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _last(rows: list[dict[str, str]], key: str) -> str:
+    for r in reversed(rows):
+        if r.get(key):
+            return r[key]
+    return ""
+
+
+def collect(logdir: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows: run name, the config keys that differ between runs, final metrics."""
+    runs = []
+    for name in sorted(os.listdir(logdir)):
+        folder = os.path.join(logdir, name)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            continue
+        rows = R.read_metrics(folder)
+        if not rows:
+            continue
+        cfg = _flatten(R.read_config(folder))
+        times = sorted(float(r["runtime_sec"]) for r in rows if r.get("runtime_sec"))
+        final = {k: _last(rows, k) for k in FINAL if k not in ("steps_done", "runtime_sec_median",
+                                                                 "runtime_sec_total")}
+        final["steps_done"] = rows[-1]["step"]
+        final["runtime_sec_median"] = f"{times[len(times) // 2]:.4g}" if times else ""
+        final["runtime_sec_total"] = f"{sum(times):.4g}" if times else ""
+        runs.append((name, cfg, final))
+    keys = sorted({k for _, c, _ in runs for k in c})
+    varying = [k for k in keys if len({repr(c.get(k)) for _, c, _ in runs}) > 1 and k != "exp_name"]
+    columns = ["run"] + varying + FINAL
+    table = [{"run": name, **{k: c.get(k, "") for k in varying}, **f} for name, c, f in runs]
+    return columns, table
+
+
+def to_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool) or v is None:
+            return "" if v is None else str(v).lower()
+        try:
+            x = float(v)
+            return f"{x:.4g}" if not float(x).is_integer() or abs(x) >= 1e6 else str(int(x))
+        except (TypeError, ValueError):
+            return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compile_runs(logdir: str, out_prefix: str | None = None) -> tuple[str, str, str]:
+    """Write ``<prefix>.csv`` and ``<prefix>.md`` (default ``logdir/summary``); return paths and the table."""
+    if not os.path.isdir(logdir):
+        raise FileNotFoundError(f"no run folder {logdir!r}")
+    columns, rows = collect(logdir)
+    if not rows:
+        raise FileNotFoundError(f"{logdir!r} holds no run folders with metrics")
+    prefix = out_prefix or os.path.join(logdir, "summary")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    md = to_markdown(columns, rows)
+    R.atomic_write_text(prefix + ".csv", buf.getvalue())
+    R.atomic_write_text(prefix + ".md", md)
+    return prefix + ".csv", prefix + ".md", md

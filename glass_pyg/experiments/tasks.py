@@ -1,0 +1,87 @@
+r"""The two experiment tasks: an S^2 point-set pair and an SBM graph pair, behind one interface."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import losses, metrics
+from ..datasets import SBMPairDataset, SpherePairDataset
+from ..geometry.rotation import rotation_error_deg
+from ..nn import GLASS, DiffusionFeatures, GLASSOutput, GraphProjection, LearnedRotation, SphereProjection
+from .config import ExperimentConfig
+
+DTYPE = torch.float64
+
+
+@dataclass
+class Task:
+    """A matching problem and its model: ``forward(gamma)`` runs the head once."""
+
+    model: torch.nn.Module  #: every trainable module, for the optimiser and checkpoints
+    head: GLASS
+    src: Tensor
+    dst: Tensor
+    y: Tensor
+    rotation: LearnedRotation | None = None
+    true_rotation: Tensor | None = None
+
+    def target(self) -> Tensor:
+        return self.dst if self.rotation is None else self.rotation(self.dst)
+
+    def forward(self, gamma: float) -> GLASSOutput:
+        return self.head(self.src, self.target(), gamma=gamma)
+
+    def cost(self):
+        factory = losses.squared_euclidean if self.head.cost == "sq_euclidean" else losses.squared_geodesic
+        return factory(self.src, self.target().detach())
+
+    def evaluate(self, out: GLASSOutput, full: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {"perm_acc": metrics.perm_accuracy(out.plan, self.y, "argmax")}
+        if full:
+            row["perm_acc_hungarian"] = metrics.perm_accuracy(out.plan, self.y, "hungarian")
+            row["perm_acc_refined"] = metrics.perm_accuracy(out.plan, self.y, "hungarian", cost=self.cost())
+            row["hits_at_5"] = metrics.hits_at_k(out.plan, self.y, 5)
+        if self.rotation is not None and self.true_rotation is not None:
+            est = self.rotation.matrix().detach().to(self.true_rotation.dtype)
+            # the model rotates the target back: est @ R_true should be the identity
+            row["rotation_err_deg"] = float(rotation_error_deg(est.t(), self.true_rotation))
+        return row
+
+
+def _head(cfg: ExperimentConfig, projection: torch.nn.Module, cost: str) -> GLASS:
+    o = cfg.ot
+    return GLASS(projection, cost, gamma=o.gamma, temperature=o.temperature, band_eps=o.band_eps,
+                 max_iter=o.max_iter, tol=o.tol, grad=o.grad, solver="banded" if o.use_banded else "dense",
+                 warm_start=cfg.train.warm_start)
+
+
+def build_task(cfg: ExperimentConfig) -> Task:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.kind == "manifold":
+        d, m = cfg.data, cfg.model
+        pair = SpherePairDataset(n=d.n, noise_deg=d.noise_deg, rotation=d.rotation,
+                                 max_rotation_deg=d.max_rotation_deg, distribution=d.distribution,
+                                 num_clusters=d.num_clusters, kappa=d.kappa, seed=cfg.seed)[0]
+        space = None
+        if m.geometry == "geomstats":
+            from ..geometry.geomstats_backend import hypersphere
+            space = hypersphere()
+        proj = SphereProjection(m.K, cfg.train.slices, m.chart_radius_deg, m.gate_mode, m.gate_c_per_sqrtk_deg,
+                                m.init_u_scale, space=space, geometry=m.geometry, generator=gen).to(DTYPE)
+        learn = d.rotation if m.learn_rotation is None else m.learn_rotation
+        rot = LearnedRotation().to(DTYPE) if learn else None
+        model = torch.nn.ModuleDict({"projection": proj} | ({"rotation": rot} if rot is not None else {}))
+        return Task(model, _head(cfg, proj, "sq_geodesic"), pair.pos_s.to(DTYPE), pair.pos_t.to(DTYPE),
+                    pair.y, rot, pair.rotation[0].to(DTYPE))
+    d, m = cfg.data, cfg.model
+    pair = SBMPairDataset(n=d.n, blocks=d.blocks, p_in=d.p_in, p_out=d.p_out, rewire_prob=d.rewire_prob,
+                          planted_perm=d.planted_perm, seed=cfg.seed)[0]
+    feat = DiffusionFeatures(m.feat_dim, m.tau, m.cheby_degree)
+    psi_s = feat(None, pair.edge_index_s, num_nodes=d.n, dtype=DTYPE)
+    psi_t = feat(None, pair.edge_index_t, num_nodes=d.n, dtype=DTYPE)
+    proj = GraphProjection(m.feat_dim, cfg.train.slices).to(DTYPE)
+    proj.reset_parameters(gen)
+    return Task(torch.nn.ModuleDict({"projection": proj}), _head(cfg, proj, "sq_euclidean"), psi_s, psi_t, pair.y)

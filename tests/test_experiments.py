@@ -1,0 +1,142 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from glass_pyg.experiments import run_dir as R
+from glass_pyg.experiments.config import ConfigError, from_dict, load_config, shipped_configs
+from glass_pyg.experiments.train import gamma_at, run
+
+EXPECTED = (
+    [f"_auto_s2_M1_tie_K{k}_g{g}" for k in (8, 16, 32) for g in ("0.05", "0.10")] + ["_auto_s2_M1_tie_K8_g0.15"]
+    + [f"_auto_s2_M1_K{k}_g0.10" for k in (8, 16, 32)] + [f"_auto_s2_M2_r{r}" for r in (10, 20, 30, 40)]
+    + [f"_auto_s2_M4_n{n}" for n in (64, 128, 256, 512, 1024)] + [f"_auto_sbm_G1_n{n}" for n in (200, 500, 1000)]
+    + [f"_auto_sbm_G1_noise_rw{r}" for r in ("0.00", "0.02", "0.05", "0.10")]
+    + [f"_auto_sbm_G2_q{q}_tau{t}" for q in (8, 12, 16, 24) for t in ("0.2", "0.5", "1.0")]
+    + [f"_auto_sbm_G2_tau{t}" for t in ("0.10", "0.15", "0.20", "0.25", "0.30", "0.40")]
+    + [f"_auto_sbm_G3_n{n}" for n in (500, 1000, 2000, 4000)] + ["manifold_s2_small", "graph_sbm_small"])
+
+
+def test_every_reference_config_ships_and_validates():
+    assert sorted(shipped_configs()) == sorted(EXPECTED)
+    for name in EXPECTED:
+        cfg = load_config(name)
+        assert cfg.exp_name and cfg.kind in ("manifold", "graph")
+    assert load_config("_auto_s2_M1_tie_K16_g0.10").model.K == 16
+    assert load_config("_auto_s2_M1_K8_g0.10.yaml").model.gate_mode == "fixed"
+    assert load_config("_auto_s2_M2_r30").model.chart_radius_deg == 30
+    assert load_config("_auto_sbm_G2_q24_tau1.0").model.cheby_degree == 24
+    assert load_config("_auto_sbm_G1_noise_rw0.05").data.rewire_prob == 0.05
+    assert load_config("_auto_sbm_G3_n4000").data.n == 4000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.bogus=3", "unknown key data.bogus"), ("train.stepz=3", "unknown key train.stepz"),
+    ("ot.gamma=-1", "ot.gamma=-1.0 is outside"), ("train.steps=abc", "train.steps must be int"),
+    ("data.p_in=1.5", "data.p_in=1.5 is outside"), ("ot.temperature=hot", "ot.temperature must be one of"),
+    ("model.manifold.K=4", "exactly one of model.manifold or model.graph"), ("extra=1", "unknown key extra")])
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("graph_sbm_small", [override])
+    assert "graph_sbm_small.yaml" in str(info.value)
+
+
+def test_overrides_and_unknown_names():
+    cfg = load_config("graph_sbm_small", ["train.steps=50", "ot.gamma=0.02", "ot.temperature=rank"])
+    assert (cfg.train.steps, cfg.ot.gamma, cfg.ot.temperature) == (50, 0.02, "rank")
+    with pytest.raises(ConfigError, match="no config file or shipped config named"):
+        load_config("_auto_nothing")
+    with pytest.raises(ConfigError, match="blocks"):
+        from_dict({"data": {"n": 2, "blocks": 3}, "model": {"graph": {}}})
+
+
+def small(name, tmp_path, steps=2, extra=()):
+    n = ["data.n=40"]
+    return load_config(name, [f"train.steps={steps}", "log.save_every=1", f"log.out_dir={tmp_path}", *n, *extra])
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_config_runs_two_steps(name, tmp_path):
+    result = run(small(name, tmp_path), quiet=True)
+    rows = R.read_metrics(result.run_dir)
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["loss"]) >= 0 for r in rows)
+    assert os.path.exists(os.path.join(result.run_dir, "state_step000002.pt"))
+
+
+def _strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "runtime_sec"} for r in rows]
+
+
+@pytest.mark.parametrize("name", ["graph_sbm_small", "manifold_s2_small"])
+def test_deterministic_and_resumable(name, tmp_path):
+    cfg = small(name, tmp_path / "a", steps=6, extra=("log.save_every=3",))
+    full = R.read_metrics(run(cfg, quiet=True).run_dir)
+    again = R.read_metrics(run(cfg, quiet=True, out_dir=str(tmp_path / "b")).run_dir)
+    assert _strip_time(full) == _strip_time(again)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(row):
+        if row["step"] == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cfg, quiet=True, out_dir=str(tmp_path / "c"), progress=crash)
+    (folder,) = [os.path.join(tmp_path / "c", d) for d in os.listdir(tmp_path / "c")]
+    assert [int(r["step"]) for r in R.read_metrics(folder)] == [0, 1, 2, 3, 4]  # every finished row kept
+    state = torch.load(os.path.join(folder, "state_step000003.pt"), weights_only=True)
+    assert state["step"] == 3
+    resumed = run(cfg, quiet=True, resume=folder)
+    rows = R.read_metrics(resumed.run_dir)
+    assert [int(r["step"]) for r in rows] == list(range(7))
+    assert _strip_time(rows) == _strip_time(full)
+
+
+def test_gamma_annealing():
+    cfg = load_config("graph_sbm_small", ["ot.gamma=0.1", "train.gamma_decay=0.5", "train.gamma_min=0.02"])
+    assert [gamma_at(cfg, k) for k in range(4)] == [0.1, 0.05, 0.025, 0.02]
+    off = load_config("graph_sbm_small", ["train.anneal_gamma=false"])
+    assert gamma_at(off, 10) == off.ot.gamma
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "glass_pyg.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_end_to_end(tmp_path):
+    out = cli("configs", cwd=tmp_path)
+    assert out.returncode == 0 and "_auto_sbm_G3_n4000" in out.stdout.split()
+    out = cli("graph", "--config", "graph_sbm_small", "--set", "train.steps=3", "data.n=45",
+              "--out_dir", "runs", "--plot", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run_folder,) = os.listdir(tmp_path / "runs")
+    files = set(os.listdir(tmp_path / "runs" / run_folder))
+    assert {"config.json", "metrics.csv", "curves.png", "coupling.png", "state_step000003.pt"} <= files
+    with open(tmp_path / "runs" / run_folder / "metrics.csv") as fh:
+        header = next(csv.reader(fh))
+    for col in ("step", "loss", "plan_entropy", "gamma", "runtime_sec", "nnz", "sinkhorn_iter",
+                "band_radius", "perm_acc"):
+        assert col in header
+    out = cli("manifold", "--config", "_auto_s2_M2_r10", "--set", "train.steps=2", "data.n=30",
+              "--out_dir", "runs", "--plot", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = cli("compile-runs", "--logdir", "runs", cwd=tmp_path)
+    assert out.returncode == 0 and "model.manifold.chart_radius_deg" in out.stdout
+    assert (tmp_path / "runs" / "summary.csv").exists() and (tmp_path / "runs" / "summary.md").exists()
+    out = cli("graph", "--config", "graph_sbm_small", "--set", "data.bogus=3", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown key data.bogus" in out.stderr
+    out = cli("manifold", "--config", "graph_sbm_small", cwd=tmp_path)
+    assert out.returncode != 0 and "glass-pyg graph" in out.stderr
+
+
+def test_sweep_runs_globs(tmp_path):
+    out = cli("sweep", "_auto_s2_M2_r*", "--set", "train.steps=1", "data.n=20", "--out_dir", "sw", "--quiet",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert len([d for d in os.listdir(tmp_path / "sw") if d.startswith("s2_M2")]) == 4
+    assert "summary.md" in os.listdir(tmp_path / "sw")
