@@ -1,0 +1,16 @@
+import os
+import re
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+
+
+def test_pipeline_example_runs(capsys):
+    text = open(README).read()
+    section = text.split("## GLASS in a PyG pipeline", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2  # two mini-batches of two pairs, each printing (loss, accuracy)
+    for line in printed:
+        loss, acc = map(float, line.split())
+        assert loss > 0 and 0 <= acc <= 1
