@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -99,7 +97,6 @@ def test_bad_options():
 
 
 def test_training_recovers_the_permutation():
-    start = time.process_time()  # CPU seconds: robust to other jobs sharing the machine
     pair = SBMPairDataset(n=200, rewire_prob=0.0, seed=0)[0]
     psi_s, psi_t = features(pair, dim=32)
     model = head(32, gamma=0.1)
@@ -119,4 +116,3 @@ def test_training_recovers_the_permutation():
     assert metrics.perm_accuracy(out.plan, pair.y, "hungarian", cost=cost) == 1.0
     assert metrics.perm_accuracy(out.plan, pair.y, "argmax") >= 0.9
     assert metrics.hits_at_k(out.plan, pair.y, 5) == 1.0
-    assert time.process_time() - start < 120  # under a minute on the 2 cores it may use
