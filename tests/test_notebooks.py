@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -14,11 +15,13 @@ def test_three_notebooks_exist():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes(name, tmp_path):
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    # the python3 kernelspec launches `python`: make it this interpreter, venv or not
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     book = nbformat.read(os.path.join(ROOT, name), as_version=4)
     assert book.cells[0].cell_type == "markdown"  # the first cell says what it shows
     assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code"), "outputs are not committed"
-    client = nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
+    client = nbclient.NotebookClient(book, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
