@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .geometry.sphere import geodesic_distance
 from .ot.plan import TransportPlan
 
 PairCost = Callable[[Tensor, Tensor], Tensor]
@@ -31,7 +32,6 @@ def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PairCost:
 def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PairCost:
     r"""The cost :math:`(i, j) \mapsto d_{S^2}(x^s_i, x^t_j)^2` on index pairs of unit vectors."""
     _check_points(x_s, x_t)
-    from .geometry.sphere import geodesic_distance
 
     def cost(rows: Tensor, cols: Tensor) -> Tensor:
         d = geodesic_distance(x_s[rows.flatten()], x_t[cols.flatten()])

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch_geometric.typing import OptTensor
 
 from .. import losses
+from ..metrics import plan_entropy
 from ..ot import TransportPlan, sinkhorn_banded, sinkhorn_dense
 from ..ot.banded import rank_gamma
 
@@ -110,7 +111,7 @@ class GLASS(torch.nn.Module):
             plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma, k)
             pair_losses.append(losses.lifted_loss(plan, factory(geom_s[s0:s1], geom_t[t0:t1])))
             avg = plan.averaged()
-            entropies.append(float(-torch.special.xlogy(avg.values(), avg.values()).detach().sum()))
+            entropies.append(plan_entropy(avg))
             offset = torch.tensor([[s0], [t0]], device=avg.device)
             blocks.append((avg.indices() + offset, avg.values()))
             plans.append(plan)
