@@ -67,7 +67,15 @@ def sym_norm_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes:
     src, dst = edge_index[0], edge_index[1]
     w = (torch.ones(src.numel(), dtype=dtype, device=src.device) if edge_weight is None
          else edge_weight.to(dtype))
-    deg = torch.zeros(num_nodes, dtype=dtype, device=src.device).index_add_(0, dst, w)
+    deg = weighted_degree(edge_index, w, num_nodes, dtype)
     isolated = deg <= 0
     inv_sqrt = torch.where(isolated, torch.zeros_like(deg), deg.clamp_min(torch.finfo(dtype).tiny).rsqrt())
     return -inv_sqrt[src] * w * inv_sqrt[dst], isolated
+
+
+def weighted_degree(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int,
+                    dtype: torch.dtype) -> Tensor:
+    """Sum of the weights of the edges arriving at each node, ``(num_nodes,)``."""
+    w = (torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device) if edge_weight is None
+         else edge_weight.to(dtype))
+    return torch.zeros(num_nodes, dtype=dtype, device=edge_index.device).index_add_(0, edge_index[1], w)

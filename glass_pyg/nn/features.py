@@ -8,6 +8,7 @@ from torch import Tensor
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
+from ..geometry.heat import weighted_degree
 from .cheb_diffusion import ChebDiffusion
 
 
@@ -70,7 +71,7 @@ class DiffusionFeatures(torch.nn.Module):
         elif batch.shape != (num_nodes,):
             raise ValueError(f"batch must have shape ({num_nodes},), got {tuple(batch.shape)}")
         num_graphs = int(batch.max()) + 1 if num_nodes > 0 else 0
-        deg = _degree(edge_index, edge_weight, num_nodes, dtype)
+        deg = weighted_degree(edge_index, edge_weight, num_nodes, dtype)
         signals = [_structural(edge_index, edge_weight, deg)]
         if x is not None:
             x = x.reshape(num_nodes, -1).to(dtype)
@@ -102,11 +103,6 @@ def _as_edge_index(adj: Adj, edge_weight: OptTensor) -> tuple[Tensor, OptTensor]
         index, value = to_edge_index(adj)  # adj_t: rows are targets
         return index.flip(0), value
     return adj, edge_weight
-
-
-def _degree(edge_index: Tensor, w: OptTensor, n: int, dtype: torch.dtype) -> Tensor:
-    w = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device) if w is None else w.to(dtype)
-    return torch.zeros(n, dtype=dtype, device=edge_index.device).index_add_(0, edge_index[1], w)
 
 
 def _structural(edge_index: Tensor, w: OptTensor, deg: Tensor) -> Tensor:
