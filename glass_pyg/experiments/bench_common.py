@@ -1,0 +1,186 @@
+r"""Shared pieces of the matching benchmarks: budgeted runs, summaries, tables.
+
+Each method runs in a fresh worker process (``spawn``) with a wall-clock
+budget; one that exceeds it is killed and reported as ``dnf`` (did not
+finish), one that raises as ``error`` with its message. The worker measures
+wall and CPU seconds of the call and its peak resident memory above the
+worker's own baseline (the interpreter and imports).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing as mp
+import os
+import resource
+import time
+import traceback
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any, Callable, Sequence
+
+from .run_dir import atomic_write_text
+
+
+@dataclass
+class Outcome:
+    """What one budgeted call returned and cost."""
+
+    status: str  #: ``ok``, ``dnf`` (over budget) or ``error``
+    value: Any = None  #: the function's return value when ``ok``
+    wall_s: float = math.nan
+    cpu_s: float = math.nan
+    peak_mib: float = math.nan  #: peak RSS above the worker's baseline
+    message: str = ""
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _worker(conn, fn: Callable, kwargs: dict, threads: int | None) -> None:
+    try:
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        base = _rss_mib()
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        value = fn(**kwargs)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        peak = r1.ru_maxrss / 1024 - base  # ru_maxrss is KiB on Linux
+        conn.send(Outcome("ok", value, wall, cpu, max(peak, 0.0)))
+    except BaseException as exc:  # reported, never raised across the process boundary
+        conn.send(Outcome("error", message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
+    finally:
+        conn.close()
+
+
+def run_budgeted(fn: Callable, kwargs: dict, budget_s: float, threads: int | None = None) -> Outcome:
+    """Run ``fn(**kwargs)`` in a spawned worker; kill it after ``budget_s`` seconds.
+
+    ``fn`` must be a module-level function and ``kwargs`` picklable. The
+    budget covers the call itself plus the worker's start (imports), which is
+    excluded from the reported times.
+    """
+    if budget_s <= 0:
+        raise ValueError(f"budget_s must be positive, got {budget_s}")
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(send, fn, kwargs, threads), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if recv.poll(budget_s):
+            try:
+                return recv.recv()
+            except EOFError:
+                return Outcome("error", message=f"worker died (exit code {proc.exitcode})")
+        return Outcome("dnf", message=f"over the budget of {budget_s:g} s")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        recv.close()
+
+
+def hits_from_similarity(sim, truth, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """hits@k of a dense ``(n, m)`` similarity (numpy) for ``truth[i]`` = target of source ``i``."""
+    import numpy as np
+    sim = np.asarray(sim)
+    rows = np.arange(sim.shape[0])
+    rank = (sim > sim[rows, truth][:, None]).sum(1)  # entries strictly better than the truth
+    return {f"hits_at_{k}": float((rank < k).mean()) for k in ks}
+
+
+@dataclass
+class Table:
+    """Rows of one benchmark, with the columns that identify an instance."""
+
+    keys: list[str]
+    metrics: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Median [min, max] of every metric over the rows that share the keys (seeds)."""
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in self.rows:
+            groups.setdefault(tuple(r.get(k) for k in self.keys), []).append(r)
+        out = []
+        for key, rows in groups.items():
+            s = dict(zip(self.keys, key))
+            ok = [r for r in rows if r.get("status") == "ok"]
+            s["runs"] = f"{len(ok)}/{len(rows)}"
+            for m in self.metrics:
+                vals = [float(r[m]) for r in ok if r.get(m) is not None and not _nan(r[m])]
+                s[m] = _spread(vals)
+            bad = sorted({r["status"] for r in rows if r.get("status") != "ok"})
+            s["note"] = ", ".join(bad)
+            out.append(s)
+        return out
+
+    def to_csv(self) -> str:
+        cols = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: _fmt(r.get(k)) for k in cols})
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        summ = self.summary()
+        cols = self.keys + ["runs"] + self.metrics + ["note"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for s in summ:
+            lines.append("| " + " | ".join(_fmt(s.get(c)) for c in cols) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: str, name: str, header: str = "") -> tuple[str, str]:
+        """Write ``name.csv`` (every run) and ``name.md`` (summary), atomically."""
+        os.makedirs(out_dir, exist_ok=True)
+        csv_path, md_path = os.path.join(out_dir, f"{name}.csv"), os.path.join(out_dir, f"{name}.md")
+        atomic_write_text(csv_path, self.to_csv())
+        atomic_write_text(md_path, (header + "\n\n" if header else "") + self.to_markdown())
+        return csv_path, md_path
+
+
+def _nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _spread(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return _num(vals[0])
+    return f"{_num(median(vals))} [{_num(min(vals))}, {_num(max(vals))}]"
+
+
+def _num(v: float) -> str:
+    if v == 0 or (1e-3 <= abs(v) < 1e5):
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:.4g}"
+    return f"{v:.2e}"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else _num(v)
+    return str(v).replace("|", "/").replace("\n", " ")
+
+
+def machine() -> str:
+    """One line naming the machine the numbers came from."""
+    import platform
+
+    import torch
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")

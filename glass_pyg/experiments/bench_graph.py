@@ -1,0 +1,201 @@
+r"""Graph matching benchmark: glass-pyg against the matchers people use, on SBM pairs.
+
+Instances come from :func:`glass_pyg.datasets.sbm.make_sbm_pair` (3 blocks,
+``p_in = 0.15``, ``p_out = 0.02``; the ``sparse`` family keeps the same
+ratio with average degree ``log n``). Every method runs in its own worker
+with a time budget (:func:`~glass_pyg.experiments.bench_common.run_budgeted`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import baselines as B
+from .. import losses, metrics
+from ..datasets.sbm import SBMPairDataset
+from ..nn import GLASS, DiffusionFeatures, GraphProjection
+from ..refinement import refine_matching
+from .bench_common import Table, hits_from_similarity, run_budgeted
+
+METHODS = ["glass", "features_lap", "features_lap+refine", "grampa", "grampa+refine", "umeyama",
+           "degree_profile", "faq", "entropic_gw"]
+METRICS = ["acc_hungarian", "acc_argmax", "acc_lifted", "acc_refined", "hits_at_1", "hits_at_5", "hits_at_10",
+           "edges_preserved", "wall_s", "cpu_s", "peak_mib"]
+
+
+@dataclass
+class GlassSettings:
+    """How the benchmark trains glass-pyg (documented in the README table header)."""
+
+    feat_dim: int = 32
+    tau: float = 0.5
+    cheby_degree: int = 12
+    slices: int = 4
+    gamma: float = 3.0
+    temperature: str = "rank"
+    lr: float = 1e-2
+    steps: int = 10
+    refine_rounds: int = 30
+
+
+@dataclass
+class GraphBenchConfig:
+    sizes: list[int] = field(default_factory=lambda: [200, 500, 1000, 2000])
+    rewire: list[float] = field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2, 0.3])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    families: list[str] = field(default_factory=lambda: ["sbm"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    budget_s: float = 300.0
+    threads: int | None = None
+    glass: GlassSettings = field(default_factory=GlassSettings)
+
+
+def family_params(family: str, n: int) -> tuple[float, float]:
+    """``(p_in, p_out)`` of an instance family at size ``n``."""
+    if family == "sbm":
+        return 0.15, 0.02
+    if family == "sparse":  # same in/out ratio, average degree log n
+        p_out = 3.0 * math.log(n) / ((0.15 / 0.02) * n + 2.0 * n)
+        return min(1.0, 7.5 * p_out), p_out
+    raise ValueError(f"family must be 'sbm' or 'sparse', got {family!r}")
+
+
+def instance(n: int, rewire: float, seed: int, family: str = "sbm") -> dict[str, Any]:
+    p_in, p_out = family_params(family, n)
+    pair = SBMPairDataset(n=n, blocks=3, p_in=p_in, p_out=p_out, rewire_prob=rewire, seed=seed)[0]
+    truth = np.empty(n, dtype=np.int64)
+    truth[pair.y[0].numpy()] = pair.y[1].numpy()
+    return {"n": n, "edge_index_s": pair.edge_index_s, "edge_index_t": pair.edge_index_t, "truth": truth}
+
+
+def edges_preserved(perm: np.ndarray, inst: dict[str, Any]) -> float:
+    """Edges of the source kept by ``perm``, relative to the number the true matching keeps."""
+    def kept(p: np.ndarray) -> int:
+        es, et = inst["edge_index_s"].numpy(), inst["edge_index_t"].numpy()
+        n = inst["n"]
+        target = set((et[0] * n + et[1]).tolist())
+        u, v = p[es[0]], p[es[1]]
+        ok = (u >= 0) & (v >= 0)
+        return sum(1 for k in (u[ok] * n + v[ok]).tolist() if k in target)
+    best = kept(inst["truth"])
+    return kept(perm) / best if best else math.nan
+
+
+def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
+    n, out = inst["n"], {}
+    t0 = time.perf_counter()
+    feat = DiffusionFeatures(s.feat_dim, s.tau, s.cheby_degree)
+    xs = feat(None, inst["edge_index_s"], num_nodes=n, dtype=torch.float64)
+    xt = feat(None, inst["edge_index_t"], num_nodes=n, dtype=torch.float64)
+    t1 = time.perf_counter()
+    proj = GraphProjection(s.feat_dim, s.slices).double()
+    proj.reset_parameters(torch.Generator().manual_seed(0))
+    head = GLASS(proj, "sq_euclidean", gamma=s.gamma, temperature=s.temperature, warm_start=True)
+    opt = torch.optim.Adam(proj.parameters(), lr=s.lr)
+    for _ in range(s.steps):
+        res = head(xs, xt)
+        opt.zero_grad()
+        res.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        res = head(xs, xt)
+    t2 = time.perf_counter()
+    plan = res.plan
+    out["perm_argmax"] = metrics.row_argmax(plan).numpy()
+    out["perm"] = metrics.to_permutation(plan).numpy()
+    lifted = metrics.to_permutation(plan, losses.squared_euclidean(xs, xt))
+    out["perm_lifted"] = lifted.numpy()
+    t3 = time.perf_counter()
+    # the lifted decoding seeds the neighbourhood votes (a hard seed set votes more sharply than the soft plan)
+    ref = refine_matching(lifted, inst["edge_index_s"], inst["edge_index_t"], num_nodes=(n, n),
+                          max_rounds=s.refine_rounds)
+    t4 = time.perf_counter()
+    out["perm_refined"] = ref.perm.numpy()
+    y = torch.stack([torch.arange(n), torch.as_tensor(inst["truth"])])
+    out["hits"] = {f"hits_at_{k}": metrics.hits_at_k(plan, y, k) for k in (1, 5, 10)}
+    out["split_s"] = {"features_s": t1 - t0, "train_s": t2 - t1, "decode_s": t3 - t2, "refine_s": t4 - t3}
+    return out
+
+
+def _baseline(method: str, inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
+    """A baseline; ``<name>+refine`` also refines its matching by neighbourhood votes."""
+    n, base = inst["n"], method.removesuffix("+refine")
+    if base == "features_lap":
+        feat = DiffusionFeatures(s.feat_dim, s.tau, s.cheby_degree)
+        xs = feat(None, inst["edge_index_s"], num_nodes=n, dtype=torch.float64).numpy()
+        xt = feat(None, inst["edge_index_t"], num_nodes=n, dtype=torch.float64).numpy()
+        m = B.feature_lap(xs, xt)
+    else:
+        a, b = B.adjacency(inst["edge_index_s"], n), B.adjacency(inst["edge_index_t"], n)
+        fn: Callable = {"grampa": B.grampa, "umeyama": B.umeyama, "degree_profile": B.degree_profile,
+                        "faq": B.faq, "entropic_gw": B.entropic_gw}[base]
+        m = fn(a, b)
+    out = {"perm": m.perm, "sim": m.similarity}
+    if method.endswith("+refine"):
+        ref = refine_matching(torch.as_tensor(m.perm), inst["edge_index_s"], inst["edge_index_t"],
+                              num_nodes=(n, n), max_rounds=s.refine_rounds)
+        out["perm_refined"] = ref.perm.numpy()
+    return out
+
+
+def bench_one(method: str, inst: dict[str, Any], settings: GlassSettings) -> dict[str, Any]:
+    """Run one method on one instance and score it (the worker's entry point)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = _glass(inst, settings) if method == "glass" else _baseline(method, inst, settings)
+    row: dict[str, Any] = {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}
+    truth = inst["truth"]
+    final = out.get("perm_refined", out["perm"])
+    row["acc_hungarian"] = float((out["perm"] == truth).mean())
+    if "perm_argmax" in out:
+        row["acc_argmax"] = float((out["perm_argmax"] == truth).mean())
+    if "perm_lifted" in out:
+        row["acc_lifted"] = float((out["perm_lifted"] == truth).mean())
+    if "perm_refined" in out:
+        row["acc_refined"] = float((out["perm_refined"] == truth).mean())
+    if out.get("sim") is not None:
+        row.update(hits_from_similarity(out["sim"], truth))
+    row.update(out.get("hits", {}))
+    row.update(out.get("split_s", {}))
+    row["edges_preserved"] = edges_preserved(final, inst)
+    return row
+
+
+def run(cfg: GraphBenchConfig, progress: Callable[[str], None] | None = None,
+        on_row: Callable[[Table], None] | None = None) -> Table:
+    """Run the grid; ``on_row(table)`` after every result (e.g. to save partial tables)."""
+    unknown = sorted(set(cfg.methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    table = Table(["family", "n", "rewire", "method"], METRICS)
+    for family in cfg.families:
+        for n in cfg.sizes:
+            for r in cfg.rewire:
+                for seed in cfg.seeds:
+                    inst = instance(n, r, seed, family)
+                    for method in cfg.methods:
+                        o = run_budgeted(bench_one, {"method": method, "inst": inst, "settings": cfg.glass},
+                                         cfg.budget_s, cfg.threads)
+                        row = {"family": family, "n": n, "rewire": r, "seed": seed, "method": method,
+                               "status": o.status, "message": o.message.splitlines()[0] if o.message else ""}
+                        if o.status == "ok":
+                            row.update(o.value)
+                            row["peak_mib"] = o.peak_mib
+                        table.add(row)
+                        if on_row:
+                            on_row(table)
+                        if progress:
+                            acc = row.get("acc_refined", row.get("acc_hungarian"))
+                            progress(f"{family} n={n} r={r} seed={seed} {method}: {o.status}"
+                                     + (f" acc={acc:.3f} {row['wall_s']:.1f}s" if o.status == "ok" else ""))
+    return table
+
+
+def settings_line(cfg: GraphBenchConfig) -> str:
+    g = asdict(cfg.glass)
+    return ("glass: " + ", ".join(f"{k}={v}" for k, v in g.items())
+            + f"; budget {cfg.budget_s:g} s per method and instance")

@@ -1,0 +1,148 @@
+r"""Refining a graph matching by its neighbourhoods (the plan as soft seeds).
+
+A soft plan :math:`P` (or a matching :math:`\Pi`) between the nodes of two
+graphs with adjacency matrices :math:`A_s` (``n x n``) and :math:`A_t`
+(``m x m``) votes for pairs whose neighbours are matched to each other:
+
+.. math::
+    W = A_s \, P \, A_t^{\top}, \qquad W_{ij} = \sum_{k \sim i,\ l \sim j} P_{kl},
+
+the number of matched edges a pair :math:`(i, j)` would close. Each round
+decodes :math:`W` into a one-to-one matching with
+:func:`~glass_pyg.metrics.to_permutation` and votes again with that matching,
+until the matching stops changing. On correlated graphs a few percent of
+correct pairs are enough: a true pair collects about ``accuracy x degree``
+votes, a false one about ``accuracy x degree^2 / n``.
+
+Runs on the CPU in scipy sparse arithmetic (like the assignment solvers it
+calls); the result lives on the device of the input.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .metrics import DecodingWarning, PlanLike, _coo, to_permutation
+
+
+@dataclass
+class RefinedMatching:
+    """Result of :func:`refine_matching`."""
+
+    perm: Tensor  #: ``(n,)`` target of every source node (``-1`` if unmatched)
+    rounds: int  #: voting rounds run
+    converged: bool  #: the last round reproduced the previous matching
+    history: list[int]  #: nodes whose match changed, per round
+
+
+def _adjacency(edge_index: Tensor, num_nodes: int, name: str) -> sp.csr_matrix:
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"{name} must be a [2, E] edge index, got "
+                         f"{tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__}")
+    ei = edge_index.detach().cpu().numpy()
+    if ei.size and (ei.min() < 0 or ei.max() >= num_nodes):
+        raise ValueError(f"{name} holds node indices outside [0, {num_nodes})")
+    a = sp.csr_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(num_nodes, num_nodes))
+    a = ((a + a.T) > 0).astype(np.float64)  # undirected, unweighted
+    a.setdiag(0)
+    a.eliminate_zeros()
+    return a.tocsr()
+
+
+def _sparse_votes(w: sp.spmatrix, keep: int) -> Tensor:
+    """The ``keep`` largest votes per row of ``w`` as a sparse ``(n, m)`` tensor."""
+    w = w.tocsr()
+    n, m = w.shape
+    rows, cols, vals = [], [], []
+    for i in range(n):
+        lo, hi = w.indptr[i], w.indptr[i + 1]
+        if hi == lo:
+            continue
+        v, c = w.data[lo:hi], w.indices[lo:hi]
+        if hi - lo > keep:
+            top = np.argpartition(-v, keep - 1)[:keep]
+            v, c = v[top], c[top]
+        rows.append(np.full(v.size, i))
+        cols.append(c)
+        vals.append(v)
+    if not rows:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, m))
+    idx = torch.as_tensor(np.stack([np.concatenate(rows), np.concatenate(cols)]))
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(np.concatenate(vals)), (n, m)).coalesce()
+
+
+def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:
+    w = a_s @ p @ a_t.T
+    n, m = w.shape
+    if keep is None:  # all votes, dense
+        return torch.as_tensor(w.toarray() if sp.issparse(w) else np.asarray(w))
+    return _sparse_votes(sp.csr_matrix(w), keep)
+
+
+def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
+                    num_nodes: tuple[int, int] | None = None, max_rounds: int = 20,
+                    keep: int | None = None) -> RefinedMatching:
+    r"""Refine a plan or matching between two graphs by neighbourhood votes.
+
+    Args:
+        init: a soft plan (:class:`~glass_pyg.ot.TransportPlan`, sparse or dense
+            ``(n, m)`` tensor) or a matching ``(n,)`` of target indices
+            (``-1`` for unmatched).
+        edge_index_s: ``[2, E_s]`` edges of the source graph (made undirected).
+        edge_index_t: ``[2, E_t]`` edges of the target graph.
+        num_nodes: ``(n, m)``; read from ``init`` when it is a plan.
+        max_rounds: voting rounds at most (``>= 1``).
+        keep: votes kept per row for the assignment; ``None`` keeps all while
+            ``n * m <= 2^22`` and 64 beyond (the assignment is then sparse).
+
+    Returns:
+        :class:`RefinedMatching` with ``perm`` of shape ``(n,)``.
+    """
+    if not isinstance(max_rounds, int) or max_rounds < 1:
+        raise ValueError(f"max_rounds must be a positive integer, got {max_rounds!r}")
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
+    if isinstance(init, Tensor) and init.dim() == 1:
+        if num_nodes is None:
+            raise ValueError("num_nodes=(n, m) is required when init is a matching")
+        n, m = num_nodes
+        if init.numel() != n:
+            raise ValueError(f"init has {init.numel()} entries but num_nodes says n = {n}")
+        if init.numel() and (int(init.max()) >= m or int(init.min()) < -1):
+            raise ValueError(f"init holds targets outside [-1, {m})")
+        device, perm = init.device, init.detach().cpu().long()
+        p = _perm_matrix(perm.numpy(), n, m)
+    else:
+        rows, cols, vals, n, m = _coo(init)
+        if num_nodes is not None and tuple(num_nodes) != (n, m):
+            raise ValueError(f"num_nodes {tuple(num_nodes)} does not match the plan's shape {(n, m)}")
+        device, perm = rows.device, None
+        p = sp.csr_matrix((vals.double().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, m))
+    a_s = _adjacency(edge_index_s, n, "edge_index_s")
+    a_t = _adjacency(edge_index_t, m, "edge_index_t")
+    if keep is None and n * m > (1 << 22):
+        keep = 64
+    history: list[int] = []
+    converged = False
+    for _ in range(max_rounds):
+        with warnings.catch_warnings():  # pairs without votes are expected to be matched outside
+            warnings.simplefilter("ignore", DecodingWarning)
+            new = to_permutation(_votes(a_s, p, a_t, keep)).cpu()
+        changed = int((new != perm).sum()) if perm is not None else n
+        history.append(changed)
+        perm = new
+        if changed == 0:
+            converged = True
+            break
+        p = _perm_matrix(perm.numpy(), n, m)
+    return RefinedMatching(perm.to(device), len(history), converged, history)
+
+
+def _perm_matrix(perm: np.ndarray, n: int, m: int) -> sp.csr_matrix:
+    ok = perm >= 0
+    return sp.csr_matrix((np.ones(int(ok.sum())), (np.nonzero(ok)[0], perm[ok])), shape=(n, m))
