@@ -73,7 +73,8 @@ def _sparse_votes(w: sp.spmatrix, keep: int) -> Tensor:
     if not rows:
         return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, m))
     idx = torch.as_tensor(np.stack([np.concatenate(rows), np.concatenate(cols)]))
-    return torch.sparse_coo_tensor(idx, torch.as_tensor(np.concatenate(vals)), (n, m)).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(np.concatenate(vals)), (n, m),
+                                   check_invariants=False).coalesce()
 
 
 def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:

@@ -20,7 +20,7 @@ from .. import losses, metrics
 from ..datasets.sbm import SBMPairDataset
 from ..nn import GLASS, DiffusionFeatures, GraphProjection
 from ..refinement import refine_matching
-from .bench_common import Table, hits_from_similarity, run_budgeted
+from .bench_common import Table, hits_from_similarity, run_grid
 
 METHODS = ["glass", "features_lap", "features_lap+refine", "grampa", "grampa+refine", "umeyama",
            "degree_profile", "faq", "entropic_gw"]
@@ -171,28 +171,10 @@ def run(cfg: GraphBenchConfig, progress: Callable[[str], None] | None = None,
     unknown = sorted(set(cfg.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
-    table = Table(["family", "n", "rewire", "method"], METRICS)
-    for family in cfg.families:
-        for n in cfg.sizes:
-            for r in cfg.rewire:
-                for seed in cfg.seeds:
-                    inst = instance(n, r, seed, family)
-                    for method in cfg.methods:
-                        o = run_budgeted(bench_one, {"method": method, "inst": inst, "settings": cfg.glass},
-                                         cfg.budget_s, cfg.threads)
-                        row = {"family": family, "n": n, "rewire": r, "seed": seed, "method": method,
-                               "status": o.status, "message": o.message.splitlines()[0] if o.message else ""}
-                        if o.status == "ok":
-                            row.update(o.value)
-                            row["peak_mib"] = o.peak_mib
-                        table.add(row)
-                        if on_row:
-                            on_row(table)
-                        if progress:
-                            acc = row.get("acc_refined", row.get("acc_hungarian"))
-                            progress(f"{family} n={n} r={r} seed={seed} {method}: {o.status}"
-                                     + (f" acc={acc:.3f} {row['wall_s']:.1f}s" if o.status == "ok" else ""))
-    return table
+    cases = ((dict(family=f, n=n, rewire=r, seed=seed), instance(n, r, seed, f))
+             for f in cfg.families for n in cfg.sizes for r in cfg.rewire for seed in cfg.seeds)
+    return run_grid(Table(["family", "n", "rewire", "method"], METRICS), cases, cfg.methods, bench_one,
+                    cfg.glass, cfg.budget_s, cfg.threads, progress, on_row)
 
 
 def settings_line(cfg: GraphBenchConfig) -> str:

@@ -1,0 +1,98 @@
+import math
+import time
+
+import numpy as np
+import pytest
+
+from glass_pyg.experiments import bench_common as C
+from glass_pyg.experiments import bench_graph as G
+
+
+def sleepy(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def failing(message):
+    raise RuntimeError(message)
+
+
+def allocating(mib):
+    block = np.ones(mib * 2**20 // 8)
+    return float(block.sum())
+
+
+def test_budgeted_run_reports_ok_dnf_and_error():
+    ok = C.run_budgeted(allocating, {"mib": 200}, budget_s=120)
+    assert ok.status == "ok" and ok.value == 200 * 2**20 // 8
+    assert ok.wall_s >= 0 and ok.cpu_s >= 0 and 150 < ok.peak_mib < 400
+    slow = C.run_budgeted(sleepy, {"seconds": 60}, budget_s=8)
+    assert slow.status == "dnf" and slow.value is None and "budget" in slow.message
+    bad = C.run_budgeted(failing, {"message": "no such matrix"}, budget_s=120)
+    assert bad.status == "error" and "no such matrix" in bad.message
+    with pytest.raises(ValueError, match="budget_s"):
+        C.run_budgeted(sleepy, {"seconds": 0}, budget_s=0)
+
+
+def test_hits_from_similarity_brute_force():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(20, 25))
+    truth = rng.integers(0, 25, size=20)
+    got = C.hits_from_similarity(sim, truth, ks=(1, 3))
+    for k in (1, 3):
+        top = np.argsort(-sim, axis=1)[:, :k]
+        assert got[f"hits_at_{k}"] == pytest.approx(np.mean([truth[i] in top[i] for i in range(20)]))
+
+
+def test_table_summary_and_files(tmp_path):
+    t = C.Table(["n", "method"], ["acc"])
+    for seed, acc in enumerate([0.5, 0.9, 0.7]):
+        t.add({"n": 10, "method": "x", "seed": seed, "status": "ok", "acc": acc})
+    t.add({"n": 10, "method": "x", "seed": 3, "status": "dnf"})
+    (s,) = t.summary()
+    assert s["acc"] == "0.7 [0.5, 0.9]" and s["runs"] == "3/4" and s["note"] == "dnf"
+    csv_path, md_path = t.write(str(tmp_path), "bench", "# header")
+    assert open(csv_path).read().splitlines()[0].split(",")[:4] == ["n", "method", "seed", "status"]
+    assert "| 10 | x | 3/4 | 0.7 [0.5, 0.9] | dnf |" in open(md_path).read()
+
+
+def test_graph_bench_rows_on_a_small_instance():
+    inst = G.instance(90, 0.0, seed=0)
+    settings = G.GlassSettings(steps=2)
+    row = G.bench_one("glass", inst, settings)
+    assert row["acc_refined"] == 1.0 and row["edges_preserved"] == pytest.approx(1.0)
+    assert 0 <= row["acc_argmax"] <= 1 and 0 <= row["hits_at_5"] <= 1
+    assert {"features_s", "train_s", "decode_s", "refine_s"} <= set(row)
+    base = G.bench_one("grampa+refine", inst, settings)
+    assert base["acc_refined"] == 1.0 and base["hits_at_10"] >= base["hits_at_1"]
+    p_in, p_out = G.family_params("sparse", 1000)
+    deg = p_in * 1000 / 3 + p_out * 2000 / 3
+    assert deg == pytest.approx(math.log(1000), rel=1e-6)
+    with pytest.raises(ValueError, match="family"):
+        G.family_params("dense", 10)
+
+
+def test_sphere_bench_rows_on_a_small_instance():
+    from glass_pyg.experiments import bench_sphere as S
+    inst = S.instance(60, 1.0, "10", seed=0)
+    assert 0 < inst["true_angle_deg"] <= 10
+    row = S.bench_one("glass", inst, S.SphereGlassSettings(steps=3, slices=2))
+    assert {"acc_hungarian", "acc_argmax", "acc_refined", "rotation_err_deg"} <= set(row)
+    lap = S.bench_one("geodesic_lap", S.instance(60, 1.0, "none", seed=0), S.SphereGlassSettings())
+    assert lap["acc_hungarian"] > 0.9
+    with pytest.raises(ValueError, match="rotation"):
+        S.instance(60, 1.0, "sideways", seed=0)
+
+
+def test_scaling_rows_and_slopes(tmp_path):
+    from glass_pyg.experiments import bench_scaling as S
+    cfg = S.ScalingConfig(sphere_sizes=[32, 64, 128], temperatures=[("rank", 1.0)], repeats=1)
+    table = S.run(cfg, ["sphere"])
+    assert [r["n"] for r in table.rows] == [32, 64, 128]
+    for r in table.rows:
+        parts = sum(r[k] for k in ("features_s", "projection_s", "ot_s", "loss_s", "backward_s"))
+        assert parts <= r["step_s"] * 1.001 and r["nnz"] > 0
+    (fit,) = S.slopes(table)
+    assert fit["from_n"] == 32 and math.isfinite(fit["slope"])
+    S.plot(table, str(tmp_path / "scaling.png"))
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
