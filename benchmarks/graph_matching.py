@@ -9,10 +9,11 @@ Writes benchmarks/results/graph_matching.{csv,md} (every run, and median [min, m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from glass_pyg.experiments import bench_graph as G
-from glass_pyg.experiments.bench_common import machine
+from glass_pyg.experiments.bench_common import Table, machine
 
 
 def main(argv=None) -> int:
@@ -26,9 +27,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads in each worker")
     p.add_argument("--steps", type=int, help="glass training steps")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--from-csv", help="re-render the Markdown and the plot from a CSV of an earlier run")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="graph_matching")
     a = p.parse_args(argv)
+    if a.from_csv:
+        table = Table.from_csv(a.from_csv, ["family", "n", "rewire", "method"], G.METRICS)
+        md = open(os.path.join(a.out, f"{a.name}.md")).read() if os.path.exists(os.path.join(a.out, f"{a.name}.md")) else ""
+        header = md.split("\n\n###", 1)[0].split("\n\n|", 1)[0] if md else f"# {a.name}"
+        table.write(a.out, a.name, header + "\n\n" + G.headline(table) + "\n## Every metric\n")
+        G.plot(table, os.path.join(a.out, f"{a.name}.png"))
+        print(G.headline(table))
+        return 0
     cfg = G.GraphBenchConfig(budget_s=a.budget, threads=a.threads)
     if a.quick:
         cfg.sizes, cfg.rewire, cfg.seeds = [200], [0.0, 0.05], [0]
@@ -41,9 +51,11 @@ def main(argv=None) -> int:
               f"\n\nMachine: {machine()}. {G.settings_line(cfg)}. Cells: median [min, max] over seeds; "
               "acc_lifted = assignment with the lifted cost inside the plan's support; acc_refined = after "
               "neighbourhood refinement from it (glass_pyg.refinement), glass-pyg's full decoder.")
-    table = G.run(cfg, progress=lambda s: print(s, flush=True), on_row=lambda t: t.write(a.out, a.name, header))
-    csv_path, md_path = table.write(a.out, a.name, header)
-    print(table.to_markdown())
+    table = G.run(cfg, progress=lambda s: print(s, flush=True),
+                  on_row=lambda t: t.write(a.out, a.name, header + "\n\n" + G.headline(t) + "\n## Every metric\n"))
+    csv_path, md_path = table.write(a.out, a.name, header + "\n\n" + G.headline(table) + "\n## Every metric\n")
+    G.plot(table, os.path.join(a.out, f"{a.name}.png"))
+    print(G.headline(table))
     print(f"wrote {csv_path} and {md_path}")
     return 0
 

@@ -9,10 +9,11 @@ Writes benchmarks/results/sphere_matching.{csv,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from glass_pyg.experiments import bench_sphere as S
-from glass_pyg.experiments.bench_common import machine
+from glass_pyg.experiments.bench_common import Table, machine
 
 
 def main(argv=None) -> int:
@@ -28,9 +29,18 @@ def main(argv=None) -> int:
     p.add_argument("--gamma", type=float, help="glass entropic temperature")
     p.add_argument("--temperature", choices=["absolute", "rank"])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--from-csv", help="re-render the Markdown and the plot from a CSV of an earlier run")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="sphere_matching")
     a = p.parse_args(argv)
+    if a.from_csv:
+        table = Table.from_csv(a.from_csv, ["n", "noise_deg", "rotation", "method"], S.METRICS)
+        md = open(os.path.join(a.out, f"{a.name}.md")).read() if os.path.exists(os.path.join(a.out, f"{a.name}.md")) else ""
+        header = md.split("\n\n###", 1)[0].split("\n\n|", 1)[0] if md else f"# {a.name}"
+        table.write(a.out, a.name, header + "\n\n" + S.headline(table) + "\n## Every metric\n")
+        S.plot(table, os.path.join(a.out, f"{a.name}.png"))
+        print(S.headline(table))
+        return 0
     cfg = S.SphereBenchConfig(budget_s=a.budget, threads=a.threads)
     if a.quick:
         cfg.sizes, cfg.noise, cfg.rotations = [128], [2.0], ["none", "10"]
@@ -43,9 +53,11 @@ def main(argv=None) -> int:
     header = (f"# Sphere matching on S^2 pairs\n\n`python benchmarks/sphere_matching.py {' '.join(argv or sys.argv[1:])}`"
               f"\n\nMachine: {machine()}. {S.settings_line(cfg)}. acc_refined = assignment with the lifted "
               "geodesic cost inside the plan's support. rotation: maximum angle of the random rotation.")
-    table = S.run(cfg, progress=lambda s: print(s, flush=True), on_row=lambda t: t.write(a.out, a.name, header))
-    csv_path, md_path = table.write(a.out, a.name, header)
-    print(table.to_markdown())
+    table = S.run(cfg, progress=lambda s: print(s, flush=True),
+                  on_row=lambda t: t.write(a.out, a.name, header + "\n\n" + S.headline(t) + "\n## Every metric\n"))
+    csv_path, md_path = table.write(a.out, a.name, header + "\n\n" + S.headline(table) + "\n## Every metric\n")
+    S.plot(table, os.path.join(a.out, f"{a.name}.png"))
+    print(S.headline(table))
     print(f"wrote {csv_path} and {md_path}")
     return 0
 

@@ -167,6 +167,15 @@ class Table:
             out.append(s)
         return out
 
+    @classmethod
+    def from_csv(cls, path: str, keys: list[str], metrics: list[str]) -> "Table":
+        """Read a table written by :meth:`write` (numbers parsed back, empty cells dropped)."""
+        table = cls(keys, metrics)
+        with open(path, newline="") as fh:
+            for raw in csv.DictReader(fh):
+                table.add({k: _parse(v) for k, v in raw.items() if v != ""})
+        return table
+
     def to_csv(self) -> str:
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
@@ -191,6 +200,83 @@ class Table:
         atomic_write_text(csv_path, self.to_csv())
         atomic_write_text(md_path, (header + "\n\n" if header else "") + self.to_markdown())
         return csv_path, md_path
+
+
+def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str, value: Callable[[dict[str, Any]], float | None],
+          fmt: Callable[[float], str] = lambda v: f"{v:.3f}") -> str:
+    """Markdown table of the median ``value(row)`` over runs, by ``row_key`` (lines) and ``col_key`` (columns).
+
+    Runs that did not finish show as ``dnf`` (or ``error``) when no run of the cell finished.
+    """
+    lines_keys = list(dict.fromkeys(r[row_key] for r in rows))
+    cols = sorted(dict.fromkeys(r[col_key] for r in rows))
+    out = [f"| {row_key} | " + " | ".join(f"{col_key} = {c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for lk in lines_keys:
+        cells = []
+        for c in cols:
+            runs = [r for r in rows if r[row_key] == lk and r[col_key] == c]
+            vals = [value(r) for r in runs if r.get("status") == "ok"]
+            vals = [v for v in vals if v is not None and not _nan(v)]
+            if vals:
+                cells.append(fmt(median(vals)))
+            else:
+                cells.append(", ".join(sorted({r.get("status", "") for r in runs})) or "-")
+        out.append(f"| {lk} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], str], x_key: str, series_key: str,
+                value: Callable[[dict[str, Any]], float | None], path: str, xlabel: str, ylabel: str,
+                categorical_x: bool = False) -> None:
+    """One panel per ``panel(row)``: the median ``value`` against ``x_key``, one line per ``series_key``.
+
+    Written atomically as PNG. Cells where no run finished are left out of the line.
+    """
+    import tempfile
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = list(dict.fromkeys(panel(r) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        sub = [r for r in rows if panel(r) == name]
+        xs = list(dict.fromkeys(r[x_key] for r in sub)) if categorical_x else sorted({r[x_key] for r in sub})
+        for series in dict.fromkeys(r[series_key] for r in sub):
+            pts = []
+            for i, x in enumerate(xs):
+                vals = [value(r) for r in sub if r[series_key] == series and r[x_key] == x and r.get("status") == "ok"]
+                vals = [v for v in vals if v is not None and not _nan(v)]
+                if vals:
+                    pts.append((i if categorical_x else x, median(vals)))
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=str(series), ms=3)
+        if categorical_x:
+            ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _parse(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _nan(v: Any) -> bool:
@@ -225,4 +311,4 @@ def machine() -> str:
 
     import torch
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+            f"{time.strftime('%Y-%m-%d')}")

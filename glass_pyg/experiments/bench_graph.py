@@ -20,7 +20,7 @@ from .. import losses, metrics
 from ..datasets.sbm import SBMPairDataset
 from ..nn import GLASS, DiffusionFeatures, GraphProjection
 from ..refinement import refine_matching
-from .bench_common import Table, hits_from_similarity, run_grid
+from .bench_common import Table, hits_from_similarity, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "features_lap", "features_lap+refine", "grampa", "grampa+refine", "umeyama",
            "degree_profile", "faq", "entropic_gw"]
@@ -180,4 +180,29 @@ def run(cfg: GraphBenchConfig, progress: Callable[[str], None] | None = None,
 def settings_line(cfg: GraphBenchConfig) -> str:
     g = asdict(cfg.glass)
     return ("glass: " + ", ".join(f"{k}={v}" for k, v in g.items())
-            + f"; budget {cfg.budget_s:g} s per method and instance")
+            + f"; budget {cfg.budget_s:g} s per method and instance; torch threads per worker: "
+            + (str(cfg.threads) if cfg.threads else "default"))
+
+
+def final_accuracy(row: dict[str, Any]) -> float | None:
+    """The accuracy of a method's full decoder: after refinement where it has one, else Hungarian."""
+    return row.get("acc_refined", row.get("acc_hungarian"))
+
+
+def headline(table: Table) -> str:
+    """Per family and size: median final accuracy and wall seconds, methods by rewiring level."""
+    parts = []
+    for family in dict.fromkeys(r["family"] for r in table.rows):
+        for n in dict.fromkeys(r["n"] for r in table.rows if r["family"] == family):
+            rows = [r for r in table.rows if r["family"] == family and r["n"] == n]
+            parts.append(f"### {family}, n = {n}: accuracy (refined where the method has it, else Hungarian)\n\n"
+                         + pivot(rows, "method", "rewire", final_accuracy))
+            parts.append(f"### {family}, n = {n}: wall seconds\n\n"
+                         + pivot(rows, "method", "rewire", lambda r: r.get("wall_s"), lambda v: f"{v:.3g}"))
+    return "\n".join(parts)
+
+
+def plot(table: Table, path: str) -> None:
+    """Accuracy against rewiring, one panel per family and size, one line per method (PNG)."""
+    plot_panels(table.rows, lambda r: f"{r['family']}, n = {r['n']}", "rewire", "method", final_accuracy, path,
+                "rewired fraction of edges", "accuracy (refined / Hungarian)")

@@ -19,7 +19,7 @@ from .. import losses, metrics
 from ..datasets import SpherePairDataset
 from ..geometry.rotation import rotation_angle, rotation_error_deg
 from ..nn import GLASS, LearnedRotation, SphereProjection
-from .bench_common import Table, run_grid
+from .bench_common import Table, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "geodesic_lap", "sphere_gw"]
 METRICS = ["acc_hungarian", "acc_argmax", "acc_refined", "rotation_err_deg", "true_angle_deg", "wall_s",
@@ -119,4 +119,35 @@ def run(cfg: SphereBenchConfig, progress: Callable[[str], None] | None = None,
 
 def settings_line(cfg: SphereBenchConfig) -> str:
     return ("glass: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg.glass).items())
-            + f"; budget {cfg.budget_s:g} s per method and instance")
+            + f"; budget {cfg.budget_s:g} s per method and instance; torch threads per worker: "
+            + (str(cfg.threads) if cfg.threads else "default"))
+
+
+def final_accuracy(row: dict[str, Any]) -> float | None:
+    return row.get("acc_refined", row.get("acc_hungarian"))
+
+
+def headline(table: Table) -> str:
+    """Per size and noise: median accuracy (and glass's rotation error) by rotation."""
+    parts = []
+    for n in dict.fromkeys(r["n"] for r in table.rows):
+        for noise in dict.fromkeys(r["noise_deg"] for r in table.rows if r["n"] == n):
+            rows = [r for r in table.rows if r["n"] == n and r["noise_deg"] == noise]
+            parts.append(f"### n = {n}, noise {noise:g} deg: accuracy (glass: lifted-cost decoding)\n\n"
+                         + pivot(rows, "method", "rotation", final_accuracy))
+            parts.append(f"### n = {n}, noise {noise:g} deg: wall seconds\n\n"
+                         + pivot(rows, "method", "rotation", lambda r: r.get("wall_s"), lambda v: f"{v:.3g}"))
+            glass = [r for r in rows if r["method"] == "glass"]
+            if any(r.get("rotation_err_deg") is not None for r in glass):
+                parts.append(f"### n = {n}, noise {noise:g} deg: glass rotation error (deg) / true angle (deg)\n\n"
+                             + pivot(glass, "method", "rotation", lambda r: r.get("rotation_err_deg"),
+                                     lambda v: f"{v:.2f}")
+                             + pivot(glass, "method", "rotation", lambda r: r.get("true_angle_deg"),
+                                     lambda v: f"{v:.1f}"))
+    return "\n".join(parts)
+
+
+def plot(table: Table, path: str) -> None:
+    """Accuracy against rotation, one panel per size and noise, one line per method (PNG)."""
+    plot_panels(table.rows, lambda r: f"n = {r['n']}, noise {r['noise_deg']:g} deg", "rotation", "method",
+                final_accuracy, path, "rotation (max angle, deg)", "accuracy", categorical_x=True)
