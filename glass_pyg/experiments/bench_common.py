@@ -209,7 +209,9 @@ def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str, value: Callabl
     Runs that did not finish show as ``dnf`` (or ``error``) when no run of the cell finished.
     """
     lines_keys = list(dict.fromkeys(r[row_key] for r in rows))
-    cols = sorted(dict.fromkeys(r[col_key] for r in rows))
+    cols = list(dict.fromkeys(r[col_key] for r in rows))
+    if all(isinstance(c, (int, float)) for c in cols):
+        cols = sorted(cols)
     out = [f"| {row_key} | " + " | ".join(f"{col_key} = {c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for lk in lines_keys:
         cells = []
@@ -219,6 +221,8 @@ def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str, value: Callabl
             vals = [v for v in vals if v is not None and not _nan(v)]
             if vals:
                 cells.append(fmt(median(vals)))
+            elif any(r.get("status") == "ok" for r in runs):
+                cells.append("-")  # finished, but the quantity does not apply
             else:
                 cells.append(", ".join(sorted({r.get("status", "") for r in runs})) or "-")
         out.append(f"| {lk} | " + " | ".join(cells) + " |")
