@@ -54,6 +54,13 @@ def test_table_summary_and_files(tmp_path):
     csv_path, md_path = t.write(str(tmp_path), "bench", "# header")
     assert open(csv_path).read().splitlines()[0].split(",")[:4] == ["n", "method", "seed", "status"]
     assert "| 10 | x | 3/4 | 0.7 [0.5, 0.9] | dnf |" in open(md_path).read()
+    back = C.Table.from_csv(csv_path, ["n", "method"], ["acc"])
+    assert back.summary() == t.summary()
+    t.add({"n": 20, "method": "x", "seed": 0, "status": "dnf"})
+    t.add({"n": 10, "method": "y", "seed": 0, "status": "ok"})  # finished, no accuracy
+    table = C.pivot(t.rows, "method", "n", lambda r: r.get("acc"))
+    assert table.splitlines()[2] == "| x | 0.700 | dnf |"
+    assert table.splitlines()[3] == "| y | - | - |"
 
 
 def test_graph_bench_rows_on_a_small_instance():
