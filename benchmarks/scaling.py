@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from glass_pyg.experiments import bench_scaling as S
 from glass_pyg.experiments.bench_common import machine
 from glass_pyg.experiments.run_dir import atomic_write_text
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     if a.temperatures:
         cfg.temperatures = a.temperatures
     header = (f"# Time per training step\n\n`python benchmarks/scaling.py {' '.join(argv or sys.argv[1:])}`\n\n"
-              f"Machine: {machine()}. {cfg.slices} slices, float64, median of {cfg.repeats} steps after a "
+              f"Machine: {machine()}, {torch.get_num_threads()} torch threads. {cfg.slices} slices, float64, median of {cfg.repeats} steps after a "
               "warm-up (1 when a step exceeds the limit).")
     os.makedirs(a.out, exist_ok=True)
     table = S.run(cfg, a.kinds, progress=lambda s: print(s, flush=True),

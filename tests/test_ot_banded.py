@@ -152,8 +152,8 @@ def test_rank_temperature_keeps_band_constant(gen):
 
 
 def test_band_widens_from_a_poor_warm_start(gen):
-    """Warm-starting from another problem's potentials puts the band in the wrong
-    place; the certificate catches it and the band is widened and re-solved."""
+    """Warm-starting from another problem's potentials: the solver keeps the band of the
+    exact dual, falls back to the cold start where the warm one is worse, and converges."""
     n = 200
     s = torch.randn(n, generator=gen, dtype=torch.float64)
     t = torch.randn(n, generator=gen, dtype=torch.float64) + 2.0

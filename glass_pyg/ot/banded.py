@@ -12,7 +12,7 @@ from . import validation as V
 from .validation import ConvergenceWarning
 from .band import Band, Staircase, band_logits, exact_dual, make_band, search_extent, staircase, window_gather
 from .implicit import FixedPointPlan
-from .iterations import SolverState, newton, plan_row, sweeps
+from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
 from .plan import TransportPlan
 
 _TEMPERATURES = ("absolute", "rank")
@@ -213,26 +213,24 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
         f0, g0 = exact_dual(sd, td, stair)
         ref = _Reference(sd, td, gd, f0, g0)
         log_a, log_b = ad.log(), bd.log()
-        if init is None:  # start from the exact dual: zero corrections
-            phi0, psi0 = torch.zeros_like(ad), torch.zeros_like(bd)
-            # reduced cost below gamma * (log(1/eps) + log(max(n, m)) + 1)
-            thr = log_eps - math.log(max(n, m)) - 1.0
-        else:
+        # the band comes from the exact dual (reduced cost below gamma * (log(1/eps) + log(max(n, m)) + 1));
+        # the certificate below widens it where the converged plan needs more
+        zeros_r, zeros_c = torch.zeros_like(ad), torch.zeros_like(bd)
+        thr = log_eps - math.log(max(n, m)) - 1.0
+        band = make_band(*_extent(lambda j: ref.log_kernel(zeros_r, zeros_c, j) >= thr, stair, m), m)
+        st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b,
+                         zeros_r.to(dt), zeros_c.to(dt))
+        if init is not None:
+            # a warm start helps only while the scores have moved less than the band: keep it per
+            # slice where one sweep from it leaves a smaller marginal error than one from the exact dual
             f_in = torch.gather(_check_init(init[0], L, n, "init[0]").double(), 1, perm_s)
-            g_in = torch.gather(_check_init(init[1], L, m, "init[1]").double(), 1, perm_t)
-            phi0 = ((f_in - f0) / gd.unsqueeze(-1)).to(dt)
-            psi0 = ((g_in - g0) / gd.unsqueeze(-1)).to(dt)
-            thr = log_eps
-        if init is None:
-            def pred0(j):
-                return ref.log_kernel(phi0, psi0, j) >= thr
-        else:
-            st_init = SolverState(None, None, None, log_a, log_b, phi0, psi0)
-
-            def pred0(j):
-                return ref.log_density(st_init, j) >= thr
-        band = make_band(*_extent(pred0, stair, m), m)
-        st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, phi0, psi0)
+            _check_init(init[1], L, m, "init[1]")  # g follows from f by a column update
+            phi_w = ((f_in - f0) / gd.unsqueeze(-1)).to(dt)
+            e_cold = row_error(st, st.phi, row_update(st, col_update(st, st.phi)))
+            e_warm = row_error(st, phi_w, row_update(st, col_update(st, phi_w)))
+            use = (torch.isfinite(e_warm) & (e_warm < e_cold)).unsqueeze(-1)
+            st.phi = torch.where(use, phi_w, st.phi)
+        phi0, psi0 = st.phi, st.psi
         total_iter = newton_steps = 0
         for _ in range(max_band_rounds):
             left = max(max_iter - total_iter, 0)
