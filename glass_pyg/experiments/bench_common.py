@@ -16,6 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import resource
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -101,6 +102,13 @@ def run_budgeted(fn: Callable, kwargs: dict, budget_s: float, threads: int | Non
         recv.close()
 
 
+def _exit_on_sigterm() -> None:
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def run_grid(table: "Table", cases: Iterable[tuple[dict[str, Any], dict[str, Any]]], methods: Sequence[str],
              worker: Callable, settings: Any, budget_s: float, threads: int | None = None,
              progress: Callable[[str], None] | None = None,
@@ -111,6 +119,7 @@ def run_grid(table: "Table", cases: Iterable[tuple[dict[str, Any], dict[str, Any
     go into the row, the instance to the worker. ``on_row(table)`` runs after
     every row (e.g. to save the partial table).
     """
+    _exit_on_sigterm()  # so a killed benchmark still kills its running worker (the finally below)
     for keys, inst in cases:
         for method in methods:
             o = run_budgeted(worker, {"method": method, "inst": inst, "settings": settings}, budget_s, threads)
