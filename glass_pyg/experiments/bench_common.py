@@ -245,8 +245,6 @@ def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], st
 
     Written atomically as PNG. Cells where no run finished are left out of the line.
     """
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -271,6 +269,14 @@ def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], st
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG through a temporary file and a rename, then close it."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
     os.close(fd)

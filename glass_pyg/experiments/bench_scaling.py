@@ -22,7 +22,7 @@ import torch
 from .. import losses
 from ..datasets import SBMPairDataset, SpherePairDataset
 from ..nn import GLASS, DiffusionFeatures, GraphProjection, SphereProjection
-from .bench_common import Table
+from .bench_common import Table, save_figure
 
 PHASES = ["features_s", "projection_s", "ot_s", "loss_s", "backward_s", "step_s"]
 
@@ -148,9 +148,6 @@ def slopes(table: Table, key: str = "step_s") -> list[dict[str, Any]]:
 
 def plot(table: Table, path: str) -> None:
     """Log-log plot of the step time and its OT part per series, written atomically as PNG."""
-    import os
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,17 +167,7 @@ def plot(table: Table, path: str) -> None:
     ax.set_ylabel("seconds per training step (dashed: OT solve)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path)
 
 
 def slopes_markdown(table: Table) -> str:
