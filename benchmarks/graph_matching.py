@@ -9,11 +9,10 @@ Writes benchmarks/results/graph_matching.{csv,md} (every run, and median [min, m
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from glass_pyg.experiments import bench_graph as G
-from glass_pyg.experiments.bench_common import Table, machine
+from glass_pyg.experiments.bench_common import machine, render, rerender, settings_line
 
 
 def main(argv=None) -> int:
@@ -32,12 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="graph_matching")
     a = p.parse_args(argv)
     if a.from_csv:
-        table = Table.from_csv(a.from_csv, ["family", "n", "rewire", "method"], G.METRICS)
-        md = open(os.path.join(a.out, f"{a.name}.md")).read() if os.path.exists(os.path.join(a.out, f"{a.name}.md")) else ""
-        header = md.split("\n\n###", 1)[0].split("\n\n|", 1)[0] if md else f"# {a.name}"
-        table.write(a.out, a.name, header + "\n\n" + G.headline(table) + "\n## Every metric\n")
-        G.plot(table, os.path.join(a.out, f"{a.name}.png"))
-        print(G.headline(table))
+        print(rerender(a.from_csv, a.out, a.name, G.KEYS, G.METRICS, G.headline, G.plot))
         return 0
     cfg = G.GraphBenchConfig(budget_s=a.budget, threads=a.threads)
     if a.quick:
@@ -48,15 +42,13 @@ def main(argv=None) -> int:
     if a.steps is not None:
         cfg.glass.steps = a.steps
     header = (f"# Graph matching on SBM pairs\n\n`python benchmarks/graph_matching.py {' '.join(argv or sys.argv[1:])}`"
-              f"\n\nMachine: {machine()}. {G.settings_line(cfg)}. Cells: median [min, max] over seeds; "
+              f"\n\nMachine: {machine()}. {settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. Cells: median [min, max] over seeds; "
               "acc_lifted = assignment with the lifted cost inside the plan's support; acc_refined = after "
               "neighbourhood refinement from it (glass_pyg.refinement), glass-pyg's full decoder.")
     table = G.run(cfg, progress=lambda s: print(s, flush=True),
-                  on_row=lambda t: t.write(a.out, a.name, header + "\n\n" + G.headline(t) + "\n## Every metric\n"))
-    csv_path, md_path = table.write(a.out, a.name, header + "\n\n" + G.headline(table) + "\n## Every metric\n")
-    G.plot(table, os.path.join(a.out, f"{a.name}.png"))
-    print(G.headline(table))
-    print(f"wrote {csv_path} and {md_path}")
+                  on_row=lambda t: render(t, a.out, a.name, header, G.headline))
+    print(render(table, a.out, a.name, header, G.headline, G.plot))
+    print(f"wrote {a.out}/{a.name}.csv, .md and .png")
     return 0
 
 

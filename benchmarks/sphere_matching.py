@@ -9,11 +9,10 @@ Writes benchmarks/results/sphere_matching.{csv,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from glass_pyg.experiments import bench_sphere as S
-from glass_pyg.experiments.bench_common import Table, machine
+from glass_pyg.experiments.bench_common import machine, render, rerender, settings_line
 
 
 def main(argv=None) -> int:
@@ -34,12 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="sphere_matching")
     a = p.parse_args(argv)
     if a.from_csv:
-        table = Table.from_csv(a.from_csv, ["n", "noise_deg", "rotation", "method"], S.METRICS)
-        md = open(os.path.join(a.out, f"{a.name}.md")).read() if os.path.exists(os.path.join(a.out, f"{a.name}.md")) else ""
-        header = md.split("\n\n###", 1)[0].split("\n\n|", 1)[0] if md else f"# {a.name}"
-        table.write(a.out, a.name, header + "\n\n" + S.headline(table) + "\n## Every metric\n")
-        S.plot(table, os.path.join(a.out, f"{a.name}.png"))
-        print(S.headline(table))
+        print(rerender(a.from_csv, a.out, a.name, S.KEYS, S.METRICS, S.headline, S.plot))
         return 0
     cfg = S.SphereBenchConfig(budget_s=a.budget, threads=a.threads)
     if a.quick:
@@ -51,14 +45,12 @@ def main(argv=None) -> int:
         if getattr(a, key) is not None:
             setattr(cfg.glass, key, getattr(a, key))
     header = (f"# Sphere matching on S^2 pairs\n\n`python benchmarks/sphere_matching.py {' '.join(argv or sys.argv[1:])}`"
-              f"\n\nMachine: {machine()}. {S.settings_line(cfg)}. acc_refined = assignment with the lifted "
+              f"\n\nMachine: {machine()}. {settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. acc_refined = assignment with the lifted "
               "geodesic cost inside the plan's support. rotation: maximum angle of the random rotation.")
     table = S.run(cfg, progress=lambda s: print(s, flush=True),
-                  on_row=lambda t: t.write(a.out, a.name, header + "\n\n" + S.headline(t) + "\n## Every metric\n"))
-    csv_path, md_path = table.write(a.out, a.name, header + "\n\n" + S.headline(table) + "\n## Every metric\n")
-    S.plot(table, os.path.join(a.out, f"{a.name}.png"))
-    print(S.headline(table))
-    print(f"wrote {csv_path} and {md_path}")
+                  on_row=lambda t: render(t, a.out, a.name, header, S.headline))
+    print(render(table, a.out, a.name, header, S.headline, S.plot))
+    print(f"wrote {a.out}/{a.name}.csv, .md and .png")
     return 0
 
 

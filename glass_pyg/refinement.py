@@ -79,7 +79,6 @@ def _sparse_votes(w: sp.spmatrix, keep: int) -> Tensor:
 
 def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:
     w = a_s @ p @ a_t.T
-    n, m = w.shape
     if keep is None:  # all votes, dense
         return torch.as_tensor(w.toarray() if sp.issparse(w) else np.asarray(w))
     return _sparse_votes(sp.csr_matrix(w), keep)

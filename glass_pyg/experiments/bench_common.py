@@ -62,16 +62,12 @@ def _worker(conn, fn: Callable, kwargs: dict, threads: int | None) -> None:
         conn.close()
 
 
-_CONTEXTS: dict[str, Any] = {}
-
-
 def _context(module: str):
-    if module not in _CONTEXTS:
-        ctx = mp.get_context("forkserver")
-        if module != "__main__":
-            ctx.set_forkserver_preload(["torch", module])
-        _CONTEXTS[module] = ctx
-    return _CONTEXTS[module]
+    """The forkserver context; its server (started on first use) preloads torch and ``module``."""
+    ctx = mp.get_context("forkserver")
+    if module != "__main__":
+        ctx.set_forkserver_preload(["torch", module])  # no effect once the server runs
+    return ctx
 
 
 def run_budgeted(fn: Callable, kwargs: dict, budget_s: float, threads: int | None = None) -> Outcome:
@@ -136,6 +132,41 @@ def run_grid(table: "Table", cases: Iterable[tuple[dict[str, Any], dict[str, Any
                 progress(" ".join(f"{k}={v}" for k, v in keys.items()) + f" {method}: {o.status}"
                          + (f" acc={acc:.3f} {row['wall_s']:.1f}s" if o.status == "ok" else ""))
     return table
+
+
+def final_accuracy(row: dict[str, Any]) -> float | None:
+    """The accuracy of a method's full decoder: refined where it has one, else Hungarian."""
+    return row.get("acc_refined", row.get("acc_hungarian"))
+
+
+def settings_line(glass: Any, budget_s: float, threads: int | None) -> str:
+    """One line with glass's settings (a dataclass), the budget and the worker threads."""
+    from dataclasses import asdict
+    return ("glass: " + ", ".join(f"{k}={v}" for k, v in asdict(glass).items())
+            + f"; budget {budget_s:g} s per method and instance; torch threads per worker: "
+            + (str(threads) if threads else "default"))
+
+
+def render(table: "Table", out: str, name: str, header: str, headline: Callable[["Table"], str],
+           plot: Callable[["Table", str], None] | None = None) -> str:
+    """Write ``name.csv``, ``name.md`` (header, headline tables, every metric) and, with ``plot``, ``name.png``."""
+    text = headline(table)
+    table.write(out, name, header + "\n\n" + text + "\n## Every metric\n")
+    if plot is not None:
+        plot(table, os.path.join(out, f"{name}.png"))
+    return text
+
+
+def rerender(csv_path: str, out: str, name: str, keys: list[str], metrics: list[str],
+             headline: Callable[["Table"], str], plot: Callable[["Table", str], None]) -> str:
+    """Re-render a benchmark's Markdown and plot from its CSV, keeping the header of ``out/name.md``."""
+    table = Table.from_csv(csv_path, keys, metrics)
+    md_path = os.path.join(out, f"{name}.md")
+    header = f"# {name}"
+    if os.path.exists(md_path):
+        with open(md_path) as fh:
+            header = fh.read().split("\n\n###", 1)[0].split("\n\n|", 1)[0]
+    return render(table, out, name, header, headline, plot)
 
 
 def hits_from_similarity(sim, truth, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -20,10 +20,11 @@ from .. import losses, metrics
 from ..datasets.sbm import SBMPairDataset
 from ..nn import GLASS, DiffusionFeatures, GraphProjection
 from ..refinement import refine_matching
-from .bench_common import Table, hits_from_similarity, pivot, plot_panels, run_grid
+from .bench_common import Table, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "features_lap", "features_lap+refine", "grampa", "grampa+refine", "umeyama",
            "degree_profile", "faq", "entropic_gw"]
+KEYS = ["family", "n", "rewire", "method"]
 METRICS = ["acc_hungarian", "acc_argmax", "acc_lifted", "acc_refined", "hits_at_1", "hits_at_5", "hits_at_10",
            "edges_preserved", "wall_s", "cpu_s", "peak_mib"]
 
@@ -75,10 +76,10 @@ def instance(n: int, rewire: float, seed: int, family: str = "sbm") -> dict[str,
 
 def edges_preserved(perm: np.ndarray, inst: dict[str, Any]) -> float:
     """Edges of the source kept by ``perm``, relative to the number the true matching keeps."""
+    es, et, n = inst["edge_index_s"].numpy(), inst["edge_index_t"].numpy(), inst["n"]
+    target = set((et[0] * n + et[1]).tolist())
+
     def kept(p: np.ndarray) -> int:
-        es, et = inst["edge_index_s"].numpy(), inst["edge_index_t"].numpy()
-        n = inst["n"]
-        target = set((et[0] * n + et[1]).tolist())
         u, v = p[es[0]], p[es[1]]
         ok = (u >= 0) & (v >= 0)
         return sum(1 for k in (u[ok] * n + v[ok]).tolist() if k in target)
@@ -173,20 +174,8 @@ def run(cfg: GraphBenchConfig, progress: Callable[[str], None] | None = None,
         raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
     cases = ((dict(family=f, n=n, rewire=r, seed=seed), instance(n, r, seed, f))
              for f in cfg.families for n in cfg.sizes for r in cfg.rewire for seed in cfg.seeds)
-    return run_grid(Table(["family", "n", "rewire", "method"], METRICS), cases, cfg.methods, bench_one,
+    return run_grid(Table(KEYS, METRICS), cases, cfg.methods, bench_one,
                     cfg.glass, cfg.budget_s, cfg.threads, progress, on_row)
-
-
-def settings_line(cfg: GraphBenchConfig) -> str:
-    g = asdict(cfg.glass)
-    return ("glass: " + ", ".join(f"{k}={v}" for k, v in g.items())
-            + f"; budget {cfg.budget_s:g} s per method and instance; torch threads per worker: "
-            + (str(cfg.threads) if cfg.threads else "default"))
-
-
-def final_accuracy(row: dict[str, Any]) -> float | None:
-    """The accuracy of a method's full decoder: after refinement where it has one, else Hungarian."""
-    return row.get("acc_refined", row.get("acc_hungarian"))
 
 
 def headline(table: Table) -> str:

@@ -8,7 +8,7 @@ projections and, when the pair is rotated, a rotation of the target.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -19,9 +19,10 @@ from .. import losses, metrics
 from ..datasets import SpherePairDataset
 from ..geometry.rotation import rotation_angle, rotation_error_deg
 from ..nn import GLASS, LearnedRotation, SphereProjection
-from .bench_common import Table, pivot, plot_panels, run_grid
+from .bench_common import Table, final_accuracy, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "geodesic_lap", "sphere_gw"]
+KEYS = ["n", "noise_deg", "rotation", "method"]
 METRICS = ["acc_hungarian", "acc_argmax", "acc_refined", "rotation_err_deg", "true_angle_deg", "wall_s",
            "cpu_s", "peak_mib"]
 
@@ -113,18 +114,8 @@ def run(cfg: SphereBenchConfig, progress: Callable[[str], None] | None = None,
         raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
     cases = ((dict(n=n, noise_deg=noise, rotation=rot, seed=seed), instance(n, noise, rot, seed))
              for n in cfg.sizes for noise in cfg.noise for rot in cfg.rotations for seed in cfg.seeds)
-    return run_grid(Table(["n", "noise_deg", "rotation", "method"], METRICS), cases, cfg.methods, bench_one,
+    return run_grid(Table(KEYS, METRICS), cases, cfg.methods, bench_one,
                     cfg.glass, cfg.budget_s, cfg.threads, progress, on_row)
-
-
-def settings_line(cfg: SphereBenchConfig) -> str:
-    return ("glass: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg.glass).items())
-            + f"; budget {cfg.budget_s:g} s per method and instance; torch threads per worker: "
-            + (str(cfg.threads) if cfg.threads else "default"))
-
-
-def final_accuracy(row: dict[str, Any]) -> float | None:
-    return row.get("acc_refined", row.get("acc_hungarian"))
 
 
 def headline(table: Table) -> str:

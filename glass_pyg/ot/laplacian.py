@@ -39,6 +39,8 @@ class BandOperator:
     row_pos: Tensor  # (L, n) node order along the staircase
     col_pos: Tensor  # (L, m)
     cut: Tensor  # (L, n + m - 1) path preconditioner weights
+    inv_row_sum: Tensor  # (L, n) diagonal preconditioner, 0 on empty rows
+    inv_col_sum: Tensor  # (L, m)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
@@ -67,14 +69,6 @@ class BandOperator:
         xc = torch.gather(x, 1, self.col_pos) + yc * self.inv_col_sum
         return xr, xc
 
-    @property
-    def inv_row_sum(self) -> Tensor:
-        return _safe_inverse(self.row_sum)
-
-    @property
-    def inv_col_sum(self) -> Tensor:
-        return _safe_inverse(self.col_sum)
-
 
 def _safe_inverse(x: Tensor) -> Tensor:
     return torch.where(x > 0, 1.0 / torch.where(x > 0, x, torch.ones_like(x)), torch.zeros_like(x))
@@ -101,8 +95,9 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor) ->
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * 1e-12
     cut = torch.maximum(cut, floor)
-    return BandOperator(band, p_row, p_col, p_row.sum(-1), p_col.sum(-1),
-                        stair.row_pos, stair.col_pos, cut)
+    row_sum, col_sum = p_row.sum(-1), p_col.sum(-1)
+    return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
+                        _safe_inverse(row_sum), _safe_inverse(col_sum))
 
 
 @dataclass(frozen=True)
