@@ -13,6 +13,7 @@ strided views, so no ``(L, n, W)`` index table is ever stored.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,84 @@ def exact_dual(s: Tensor, t: Tensor, st: Staircase) -> tuple[Tensor, Tensor]:
     g0 = (s[:, :1] - t[:, :1]) ** 2
     g = torch.cat([g0, g0 + torch.cumsum(dg, -1)], -1)
     return f, g
+
+
+def _log_link_relaxation(eps: Tensor, m1: Tensor, m2: Tensor, gap: Tensor, gamma: Tensor) -> Tensor:
+    r"""Reduced cost :math:`x \in [0, G/2]` of a staircase cell of mass ``eps`` that links two
+    heavy cells of masses ``m1``, ``m2``, the other diagonal of the 4-cycle having gap ``G``.
+
+    The entropic plan moves the net flux ``eps`` across the link with cross entries
+    :math:`P_{\times} - P_{\times}' = \varepsilon`, :math:`P_\times P_\times' =
+    m_1 m_2 e^{-G/\gamma}`, so :math:`P_\times = \sqrt{m_1 m_2}\,u` with
+    :math:`u^2 - e u - e^{-G/\gamma} = 0`, :math:`e = \varepsilon/\sqrt{m_1 m_2}`, and
+    :math:`x = -\gamma \log u`.
+    """
+    log_e = eps.log() - 0.5 * (m1.log() + m2.log())
+    log_c = -gap / gamma
+    log_root = 0.5 * torch.logaddexp(2 * log_e, log_c + math.log(4.0))
+    log_u = torch.logaddexp(log_e, log_root) - math.log(2.0)
+    x = torch.nan_to_num(-gamma * log_u, nan=0.0, posinf=float("inf"), neginf=0.0)
+    return torch.minimum(x.clamp_min(0.0), 0.5 * gap)
+
+
+def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Exact 1-D dual potentials with weak staircase links relaxed for temperature ``gamma``.
+
+    :func:`exact_dual` makes every staircase cell tight, including cells of
+    (nearly) zero mass where the staircase breaks into blocks (every cell
+    boundary when ``n = m`` with uniform weights). Across such a link the exact
+    dual may take any value in an interval of width
+    :math:`G = 2(s_i - s_{i-1})(t_q - t_p)`, and the entropic dual sits near its
+    middle, up to :math:`G/(2\gamma)` units of :math:`\gamma` away from
+    ``exact_dual``'s end of it. Where scores are sparse against
+    :math:`\sqrt\gamma` (distribution tails at rank temperature) that is
+    thousands of units. Each link (a node and the latest node of the other side
+    before it on the staircase path) is relaxed by :func:`_log_link_relaxation`;
+    a relaxed link shifts everything after it on the path, rows down and
+    columns up, which keeps every other staircase cell tight.
+
+    ``s`` ``(L, n)``, ``t`` ``(L, m)`` sorted, ``gamma`` ``(L,)``; float64 in, float64 out.
+    """
+    f, g = exact_dual(s, t, st)
+    L, n = s.shape
+    m = t.shape[1]
+    gam = gamma.view(-1, 1)
+    one = torch.ones_like(s[:, :1])
+    a_start, b_start = st.a_start, st.b_start
+    a_end = torch.cat([a_start[:, 1:], one], -1)
+    b_end = torch.cat([b_start[:, 1:], one], -1)
+    # rows i >= 1: parent column p (latest start strictly before), alternative column q = p + 1
+    p = _searchsorted(b_start, a_start, right=False) - 1
+    q = p + 1
+    ok_r = (p >= 0) & (q < m)
+    p_, q_ = p.clamp(0, m - 1), q.clamp(0, m - 1)
+    prev = torch.cat([a_start[:, :1], a_start[:, :-1]], -1)
+    eps_r = (torch.gather(b_end, 1, p_) - a_start).clamp(min=0.0)
+    m1_r = a_start - torch.maximum(prev, torch.gather(b_start, 1, p_))
+    m2_r = torch.minimum(a_end, torch.gather(b_end, 1, q_)) - torch.gather(b_start, 1, q_)
+    ds = torch.cat([torch.zeros_like(s[:, :1]), s[:, 1:] - s[:, :-1]], -1)
+    gap_r = 2 * ds * (torch.gather(t, 1, q_) - torch.gather(t, 1, p_))
+    ok_r = ok_r & (torch.arange(n, device=s.device) > 0)
+    x_r = torch.where(ok_r & (m1_r > 0) & (m2_r > 0),
+                      _log_link_relaxation(eps_r, m1_r, m2_r, gap_r, gam), torch.zeros_like(s))
+    # columns j >= 1: parent row r (latest start at or before), alternative row r + 1
+    r = _searchsorted(a_start, b_start, right=True) - 1
+    ok_c = (r >= 0) & (r + 1 < n) & (torch.arange(m, device=s.device) > 0)
+    r_, r1 = r.clamp(0, n - 1), (r + 1).clamp(0, n - 1)
+    prev_b = torch.cat([b_start[:, :1], b_start[:, :-1]], -1)
+    eps_c = (torch.gather(a_end, 1, r_) - b_start).clamp(min=0.0)
+    m1_c = b_start - torch.maximum(prev_b, torch.gather(a_start, 1, r_))
+    m2_c = torch.minimum(b_end, torch.gather(a_end, 1, r1)) - torch.gather(a_start, 1, r1)
+    dt = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], -1)
+    gap_c = 2 * (torch.gather(s, 1, r1) - torch.gather(s, 1, r_)) * dt
+    x_c = torch.where(ok_c & (m1_c > 0) & (m2_c > 0),
+                      _log_link_relaxation(eps_c, m1_c, m2_c, gap_c, gam), torch.zeros_like(t))
+    # cumulative shift along the path: rows down, columns up
+    shift = s.new_zeros(L, n + m)
+    shift.scatter_(1, st.row_pos, x_r)
+    shift.scatter_(1, st.col_pos, -x_c)
+    shift = torch.cumsum(shift, -1)
+    return f - torch.gather(shift, 1, st.row_pos), g + torch.gather(shift, 1, st.col_pos)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from . import validation as V
 from .validation import ConvergenceWarning
-from .band import Band, Staircase, band_logits, exact_dual, make_band, search_extent, staircase, window_gather
+from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase, window_gather
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
 from .plan import TransportPlan
@@ -122,7 +122,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
                     band_eps: float = 1e-6, *, temperature: str = "absolute", grad: str = "implicit",
                     method: str = "newton", init: tuple[Tensor, Tensor] | None = None,
                     compute_dtype: torch.dtype | None = None, check_every: int = 10,
-                    max_band_rounds: int = 8, newton_warmup: int = 10, max_newton: int = 30,
+                    max_band_rounds: int = 8, newton_warmup: int = 3, max_newton: int = 30,
                     cg_tol: float | None = None, cg_max_iter: int = 200,
                     warn: bool = True) -> TransportPlan:
     r"""Entropic 1-D optimal transport between scores ``s`` and ``t`` on a certified band.
@@ -210,7 +210,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
         sd, td, gd = ss.detach().double(), ts.detach().double(), gam.detach().double()
         ad, bd = a_s.detach(), b_s.detach()
         stair = staircase(ad.double(), bd.double())
-        f0, g0 = exact_dual(sd, td, stair)
+        f0, g0 = reference_dual(sd, td, stair, gd)
         ref = _Reference(sd, td, gd, f0, g0)
         log_a, log_b = ad.log(), bd.log()
         # the band comes from the exact dual (reduced cost below gamma * (log(1/eps) + log(max(n, m)) + 1));
@@ -255,8 +255,8 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             omitted = torch.zeros_like(omitted)
 
     if grad == "implicit":
-        values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair, f0, g0,
-                                      cg_tol, cg_max_iter)
+        values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair,
+                                      st.theta_row, st.theta_col, cg_tol, cg_max_iter)
     else:
         with torch.enable_grad():
             ust = SolverState(band, *band_logits(ss, ts, gam, band, f0, g0, dt), a_s.log(), b_s.log(),

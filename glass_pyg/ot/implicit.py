@@ -20,18 +20,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .band import Band, Staircase, band_logits, window_gather
+from .band import Band, Staircase, window_gather
 from .laplacian import band_operator, solve_laplacian
 
 
 class FixedPointPlan(torch.autograd.Function):
-    """Plan entries on the band from converged potentials; implicit backward."""
+    """Plan entries on the band from converged potentials; implicit backward.
+
+    ``theta_row``/``theta_col`` are the solver's logits of ``s, t, gamma`` on the
+    band (constants here; the backward differentiates the logits itself).
+    """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
-                phi: Tensor, psi: Tensor, band: Band, stair: Staircase, f0: Tensor, g0: Tensor,
-                cg_tol: float, cg_max_iter: int) -> Tensor:
-        theta_row, theta_col = band_logits(s, t, gamma, band, f0, g0, phi.dtype)
+                phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
+                theta_row: Tensor, theta_col: Tensor, cg_tol: float, cg_max_iter: int) -> Tensor:
         p_row = torch.exp(phi.unsqueeze(-1) + window_gather(psi, band.row_start, band.width) + theta_row)
         p_col = torch.exp(psi.unsqueeze(-1) + window_gather(phi, band.col_start, band.col_width) + theta_col)
         ctx.save_for_backward(s, t, gamma, p_row, p_col, theta_row)
