@@ -25,7 +25,9 @@ def check_kkt(plan, s, t, a, b, gamma, tol, band_eps):
     C = dense_cost(s.double(), t.double())
     gibbs = torch.exp((plan.f.double()[0, :, None] + plan.g.double()[0, None, :] - C) / float(plan.gamma[0]))
     inside = P > 0
-    assert torch.allclose(P[inside], gibbs[inside], rtol=1e-6, atol=1e-300)
+    # entries below ~1e-250 of the mass are the solver's logit floor, not the Gibbs value
+    floor = 1e-250 if P.dtype == torch.float64 and plan.values.dtype == torch.float64 else 1e-30
+    assert torch.allclose(P[inside], gibbs[inside], rtol=1e-6, atol=floor)
     omitted = gibbs[~inside].sum()
     assert omitted <= band_eps * a.sum() * 1.0001, f"band omitted {float(omitted):.3g}"
     assert float(omitted) <= float(plan.omitted_mass) * 1.0001 + 1e-300

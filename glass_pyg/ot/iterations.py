@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .band import Band, Staircase, window_gather
+from .band import Band, Staircase
+from .blocks import blockwise, window_gather
 from .laplacian import band_operator, solve_laplacian
 
 
@@ -31,14 +32,26 @@ class SolverState:
     psi: Tensor
 
 
+def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
+    r""":math:`\log\sum_k \exp(x_{start_i + k} + \theta_{ik})` per row, in row blocks."""
+    L, n = start.shape
+    return blockwise(lambda sl: torch.logsumexp(window_gather(x, start[:, sl], width) + theta[:, sl], -1),
+                     L, n, width, x.device)
+
+
+def _exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
+    r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks."""
+    L, n = start.shape
+    return blockwise(lambda sl: torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width)
+                                          + theta[:, sl]), L, n, width, x.device)
+
+
 def row_update(st: SolverState, psi: Tensor) -> Tensor:
-    x = window_gather(psi, st.band.row_start, st.band.width) + st.theta_row
-    return st.log_a - torch.logsumexp(x, -1)
+    return st.log_a - _lse_windows(psi, st.band.row_start, st.band.width, st.theta_row)
 
 
 def col_update(st: SolverState, phi: Tensor) -> Tensor:
-    y = window_gather(phi, st.band.col_start, st.band.col_width) + st.theta_col
-    return st.log_b - torch.logsumexp(y, -1)
+    return st.log_b - _lse_windows(phi, st.band.col_start, st.band.col_width, st.theta_col)
 
 
 def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
@@ -49,12 +62,12 @@ def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
 
 def plan_row(st: SolverState) -> Tensor:
     b = st.band
-    return torch.exp(st.phi.unsqueeze(-1) + window_gather(st.psi, b.row_start, b.width) + st.theta_row)
+    return _exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row)
 
 
 def plan_col(st: SolverState) -> Tensor:
     b = st.band
-    return torch.exp(st.psi.unsqueeze(-1) + window_gather(st.phi, b.col_start, b.col_width) + st.theta_col)
+    return _exp_windows(st.psi, st.phi, b.col_start, b.col_width, st.theta_col)
 
 
 def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int) -> tuple[int, Tensor]:

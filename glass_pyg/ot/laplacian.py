@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .band import Band, Staircase, window_gather
+from .band import Band, Staircase
+from .blocks import blockwise, row_blocks, window_gather
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class BandOperator:
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
-        pxc = (self.p_row * window_gather(xc, b.row_start, b.width)).sum(-1)
-        ptxr = (self.p_col * window_gather(xr, b.col_start, b.col_width)).sum(-1)
+        pxc = window_dot(self.p_row, xc, b.row_start, b.width)
+        ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
         return self.row_sum * xr - pxc, self.col_sum * xc - ptxr
 
     def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,24 +75,35 @@ def _safe_inverse(x: Tensor) -> Tensor:
     return torch.where(x > 0, 1.0 / torch.where(x > 0, x, torch.ones_like(x)), torch.zeros_like(x))
 
 
+def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
+    r""":math:`\sum_k p_{ik}\, x_{start_i + k}` per row, in row blocks."""
+    L, n = start.shape
+    return blockwise(lambda sl: (p[:, sl] * window_gather(x, start[:, sl], width)).sum(-1),
+                     L, n, width, x.device)
+
+
 def _drop_subnormal_range(p: Tensor) -> Tensor:
     # entries below sqrt(tiny) cannot matter at the dtype's precision, and
     # products with them go subnormal, which is many times slower on CPUs
-    return p.masked_fill(p < torch.finfo(p.dtype).tiny ** 0.5, 0.0)
+    tiny = torch.finfo(p.dtype).tiny ** 0.5
+    return blockwise(lambda sl: p[:, sl].masked_fill(p[:, sl] < tiny, 0.0), p.shape[0], p.shape[1],
+                     p.shape[2], p.device)
 
 
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor) -> BandOperator:
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     p_row, p_col = _drop_subnormal_range(p_row), _drop_subnormal_range(p_col)
     L = p_row.shape[0]
-    pos_c = window_gather(stair.col_pos, band.row_start, band.width)
-    pos_r = stair.row_pos.unsqueeze(-1).expand_as(pos_c)
-    lo = torch.minimum(pos_r, pos_c)
-    hi = torch.maximum(pos_r, pos_c)
-    w = p_row * (hi - lo).to(p_row.dtype)
     diff = p_row.new_zeros(L, n + m)
-    diff.scatter_add_(1, lo.reshape(L, -1), w.reshape(L, -1))
-    diff.scatter_add_(1, hi.reshape(L, -1), -w.reshape(L, -1))
+    for sl in row_blocks(L, n, band.width, p_row.device):
+        # each plan entry crosses the path cuts between its row's and its column's positions
+        pos_c = window_gather(stair.col_pos, band.row_start[:, sl], band.width)
+        pos_r = stair.row_pos[:, sl].unsqueeze(-1).expand_as(pos_c)
+        lo = torch.minimum(pos_r, pos_c)
+        hi = torch.maximum(pos_r, pos_c)
+        w = p_row[:, sl] * (hi - lo).to(p_row.dtype)
+        diff.scatter_add_(1, lo.reshape(L, -1), w.reshape(L, -1))
+        diff.scatter_add_(1, hi.reshape(L, -1), -w.reshape(L, -1))
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * 1e-12
     cut = torch.maximum(cut, floor)

@@ -1,0 +1,71 @@
+r"""Windowed access to a band, processed in row blocks.
+
+A band of ``n`` rows of width ``W`` is touched by every iteration. On CPU,
+band-sized temporaries are slow twice over: each fresh multi-megabyte buffer
+is page-faulted in 4 KiB at a time, and it falls out of cache between the
+operations of one expression. Working through the rows in blocks of about
+``2^17`` entries keeps every temporary cache-resident and reused by the
+allocator (measured: a windowed multiply-and-sum over ``n = 2^18`` rows of
+width 58 takes 20 ms in blocks and 180 ms at once). Accelerators take the
+band in one block.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+_CPU_BLOCK_ENTRIES = 1 << 17
+
+
+def window_gather(x: Tensor, start: Tensor, width: int) -> Tensor:
+    r"""``out[l, i, k] = x[l, start[l, i] + k]`` for ``x`` of shape ``(L, m)``
+    and ``start`` of shape ``(L, n)`` with ``start <= m - width``.
+
+    Rows of a strided view of the flattened ``x`` are selected whole (one
+    ``index_select`` of ``L n`` row indices), which is an order of magnitude
+    faster than an elementwise gather and needs no ``(L, n, W)`` index table.
+    """
+    L, m = x.shape
+    rows = x.reshape(-1).unfold(0, width, 1)  # (L m - width + 1, width), a view
+    offset = start + (torch.arange(L, device=x.device) * m).unsqueeze(-1)
+    return rows.index_select(0, offset.reshape(-1)).view(L, start.shape[1], width)
+
+
+def row_blocks(L: int, n: int, width: int, device: torch.device) -> list[slice]:
+    r"""Slices of the ``n`` rows, each about ``2^17`` band entries on CPU; one slice elsewhere."""
+    if device.type != "cpu":
+        return [slice(0, n)]
+    rows = max(1, _CPU_BLOCK_ENTRIES // max(1, L * width))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)] or [slice(0, n)]
+
+
+def blockwise(fn: Callable[[slice], Tensor], L: int, n: int, width: int, device: torch.device) -> Tensor:
+    r"""``fn`` evaluated on row blocks and joined along dim 1: ``fn(slice)`` returns
+    ``(L, rows, ...)`` for the rows of the slice. Autograd flows through."""
+    blocks = row_blocks(L, n, width, device)
+    if len(blocks) == 1:
+        return fn(blocks[0])
+    first = fn(blocks[0])
+    out = first.new_empty((first.shape[0], n, *first.shape[2:]))
+    out[:, blocks[0]] = first
+    for sl in blocks[1:]:
+        out[:, sl] = fn(sl)
+    return out
+
+
+def column_sums(x_block: Callable[[slice], Tensor], start: Tensor, width: int, m: int) -> Tensor:
+    r""":math:`\sum_{i,k:\ start_i + k = j} X_{ik}` for a row-layout band ``X`` given
+    block by block (``x_block(slice)`` is ``(L, rows, width)``); returns ``(L, m)``."""
+    L, n = start.shape
+    out = None
+    k = torch.arange(width, device=start.device)
+    base = (torch.arange(L, device=start.device) * m).view(L, 1, 1)
+    for sl in row_blocks(L, n, width, start.device):
+        xb = x_block(sl)
+        if out is None:
+            out = xb.new_zeros(L * m)
+        idx = start[:, sl].unsqueeze(-1) + k + base
+        out.index_add_(0, idx.reshape(-1), xb.reshape(-1))
+    return out.view(L, m)
