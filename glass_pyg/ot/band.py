@@ -173,23 +173,6 @@ class Band:
     def shape(self) -> tuple[int, int, int]:
         return (self.row_start.shape[0], self.row_start.shape[1], self.col_start.shape[1])
 
-    def col_mask(self) -> Tensor:
-        """(L, m, col_width) bool: which padded column-window entries are in the band."""
-        k = torch.arange(self.col_width, device=self.col_start.device)
-        rows = self.col_start.unsqueeze(-1) + k
-        return (rows >= self.col_lo.unsqueeze(-1)) & (rows <= self.col_hi.unsqueeze(-1))
-
-    def row_to_col(self, x: Tensor, fill: float = 0.0) -> Tensor:
-        r"""Re-lay a row-layout tensor ``(L, n, width)`` as ``(L, m, col_width)``."""
-        L, n, m = self.shape
-        rows = self.col_start.unsqueeze(-1) + torch.arange(self.col_width, device=x.device)
-        rs = window_gather(self.row_start, self.col_start, self.col_width)
-        j = torch.arange(m, device=x.device).view(1, m, 1)
-        offset = (j - rs).clamp(0, self.width - 1)
-        flat = (rows * self.width + offset).view(L, -1)
-        out = torch.gather(x.reshape(L, -1), 1, flat).view(L, m, self.col_width)
-        return out.masked_fill(~self.col_mask(), fill)
-
 
 def make_band(lo: Tensor, hi: Tensor, m: int) -> Band:
     r"""Smallest padded band whose row ``i`` covers columns ``lo[i]..hi[i]``.

@@ -55,17 +55,10 @@ def blockwise(fn: Callable[[slice], Tensor], L: int, n: int, width: int, device:
     return out
 
 
-def column_sums(x_block: Callable[[slice], Tensor], start: Tensor, width: int, m: int) -> Tensor:
-    r""":math:`\sum_{i,k:\ start_i + k = j} X_{ik}` for a row-layout band ``X`` given
-    block by block (``x_block(slice)`` is ``(L, rows, width)``); returns ``(L, m)``."""
-    L, n = start.shape
-    out = None
-    k = torch.arange(width, device=start.device)
-    base = (torch.arange(L, device=start.device) * m).view(L, 1, 1)
-    for sl in row_blocks(L, n, width, start.device):
-        xb = x_block(sl)
-        if out is None:
-            out = xb.new_zeros(L * m)
-        idx = start[:, sl].unsqueeze(-1) + k + base
-        out.index_add_(0, idx.reshape(-1), xb.reshape(-1))
-    return out.view(L, m)
+def add_to_columns(out: Tensor, x: Tensor, start: Tensor) -> None:
+    r"""``out[l, start[l, i] + k] += x[l, i, k]`` for a block of rows: ``out`` ``(L, m)``
+    (contiguous), ``x`` ``(L, rows, W)``, ``start`` ``(L, rows)``."""
+    L, m = out.shape
+    idx = start.unsqueeze(-1) + torch.arange(x.shape[-1], device=x.device) \
+        + (torch.arange(L, device=x.device) * m).view(L, 1, 1)
+    out.view(-1).index_add_(0, idx.reshape(-1), x.reshape(-1))

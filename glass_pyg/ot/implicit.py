@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .band import Band, Staircase, window_gather
+from .band import Band, Staircase
+from .blocks import add_to_columns, row_blocks, window_gather
+from .iterations import exp_windows
 from .laplacian import band_operator, solve_laplacian
 
 
@@ -35,30 +37,41 @@ class FixedPointPlan(torch.autograd.Function):
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
                 theta_row: Tensor, theta_col: Tensor, cg_tol: float, cg_max_iter: int) -> Tensor:
-        p_row = torch.exp(phi.unsqueeze(-1) + window_gather(psi, band.row_start, band.width) + theta_row)
-        p_col = torch.exp(psi.unsqueeze(-1) + window_gather(phi, band.col_start, band.col_width) + theta_col)
-        ctx.save_for_backward(s, t, gamma, p_row, p_col, theta_row)
+        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row)
+        ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row, theta_col)
         ctx.band, ctx.stair = band, stair
         ctx.cg = (cg_tol, cg_max_iter)
         return p_row
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        s, t, gamma, p_row, p_col, theta_row = ctx.saved_tensors
+        s, t, gamma, p_row, phi, psi, theta_row, theta_col = ctx.saved_tensors
         band: Band = ctx.band
-        pg = p_row * grad
-        q_r = pg.sum(-1)
-        q_c = band.row_to_col(pg).sum(-1)
+        L, n, m = band.shape
+        W = band.width
+        q_r = torch.empty_like(phi)
+        q_c = torch.zeros_like(psi)
+        for sl in row_blocks(L, n, W, p_row.device):
+            pg = p_row[:, sl] * grad[:, sl]
+            q_r[:, sl] = pg.sum(-1)
+            add_to_columns(q_c, pg, band.row_start[:, sl])
+        p_col = exp_windows(psi, phi, band.col_start, band.col_width, theta_col)
         op = band_operator(band, ctx.stair, p_row, p_col)
+        del p_col
         u, v_neg, _ = solve_laplacian(op, q_r, -q_c, ctx.cg[0], ctx.cg[1])
         v = -v_neg
-        d_theta = p_row * (grad - u.unsqueeze(-1) - window_gather(v, band.row_start, band.width))
         g = gamma.view(-1, 1, 1)
-        t_win = window_gather(t, band.row_start, band.width)
-        e = d_theta * 2.0 * (s.unsqueeze(-1) - t_win) / g  # dl/dt_j contributions
-        grad_s = -e.sum(-1) if ctx.needs_input_grad[0] else None
-        grad_t = band.row_to_col(e).sum(-1) if ctx.needs_input_grad[1] else None
-        grad_gamma = (-(d_theta * theta_row).sum((-2, -1)) / gamma) if ctx.needs_input_grad[2] else None
-        grad_a = u if ctx.needs_input_grad[3] else None
-        grad_b = v if ctx.needs_input_grad[4] else None
-        return grad_s, grad_t, grad_gamma, grad_a, grad_b, None, None, None, None, None, None, None, None
+        grad_s = torch.empty_like(s)
+        grad_t = torch.zeros_like(t)
+        grad_gamma = torch.zeros_like(gamma)
+        for sl in row_blocks(L, n, W, p_row.device):
+            start = band.row_start[:, sl]
+            d_theta = p_row[:, sl] * (grad[:, sl] - u[:, sl].unsqueeze(-1) - window_gather(v, start, W))
+            e = d_theta * 2.0 * (s[:, sl].unsqueeze(-1) - window_gather(t, start, W)) / g  # dl/dt_j terms
+            grad_s[:, sl] = -e.sum(-1)
+            add_to_columns(grad_t, e, start)
+            grad_gamma -= (d_theta * theta_row[:, sl]).sum((-2, -1)) / gamma
+        return (grad_s if ctx.needs_input_grad[0] else None, grad_t,
+                grad_gamma if ctx.needs_input_grad[2] else None,
+                u if ctx.needs_input_grad[3] else None, v if ctx.needs_input_grad[4] else None,
+                None, None, None, None, None, None, None, None)

@@ -39,7 +39,7 @@ def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
                      L, n, width, x.device)
 
 
-def _exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
+def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
     r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks."""
     L, n = start.shape
     return blockwise(lambda sl: torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width)
@@ -62,12 +62,12 @@ def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
 
 def plan_row(st: SolverState) -> Tensor:
     b = st.band
-    return _exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row)
+    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row)
 
 
 def plan_col(st: SolverState) -> Tensor:
     b = st.band
-    return _exp_windows(st.psi, st.phi, b.col_start, b.col_width, st.theta_col)
+    return exp_windows(st.psi, st.phi, b.col_start, b.col_width, st.theta_col)
 
 
 def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int) -> tuple[int, Tensor]:
@@ -109,7 +109,7 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         if not bool(todo.any()):
             break
         p_row, p_col = plan_row(st), plan_col(st)
-        op = band_operator(st.band, stair, p_row, p_col)
+        op = band_operator(st.band, stair, p_row, p_col, cut_floor=1e-9)
         rhs_r = torch.where(todo.unsqueeze(-1), a - op.row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
         # inexact Newton: CG to min(0.1, err), never below what the dtype resolves

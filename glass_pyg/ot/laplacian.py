@@ -90,7 +90,18 @@ def _drop_subnormal_range(p: Tensor) -> Tensor:
                      p.shape[2], p.device)
 
 
-def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor) -> BandOperator:
+def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
+                  cut_floor: float = 1e-12) -> BandOperator:
+    r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout).
+
+    ``cut_floor`` bounds the path preconditioner's cut weights below, relative to the
+    largest. The running sum that forms the cuts carries rounding of order
+    ``eps * max(cut)``, so in decoupled stretches of the path (distribution tails at
+    rank temperature) a cut at that level divides rounding by rounding. The adjoint
+    solve of the backward keeps ``1e-12`` (the size of the step along such a stretch
+    does not reach the gradient: it shifts ``u`` and ``-v`` together); Newton takes
+    ``1e-9``, since its step there would move the weak couplings by ``exp`` of noise.
+    """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     p_row, p_col = _drop_subnormal_range(p_row), _drop_subnormal_range(p_col)
     L = p_row.shape[0]
@@ -105,7 +116,7 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor) ->
         diff.scatter_add_(1, lo.reshape(L, -1), w.reshape(L, -1))
         diff.scatter_add_(1, hi.reshape(L, -1), -w.reshape(L, -1))
     cut = torch.cumsum(diff, -1)[:, :-1]
-    floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * 1e-12
+    floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     cut = torch.maximum(cut, floor)
     row_sum, col_sum = p_row.sum(-1), p_col.sum(-1)
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
