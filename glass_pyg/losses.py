@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from .geometry.sphere import geodesic_distance
@@ -18,26 +17,46 @@ from .ot.plan import TransportPlan
 PairCost = Callable[[Tensor, Tensor], Tensor]
 
 
-def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PairCost:
+class PointPairCost:
+    r"""A cost :math:`D_{ij} = c(x^s_i, x^t_j)` from per-point geometry.
+
+    ``cost(rows, cols)`` evaluates it on index pairs of any shape;
+    :meth:`TransportPlan.expectation` uses ``points`` and ``pair`` to visit the
+    pairs in row blocks (forward and backward) instead of gathering them all.
+    """
+
+    def __init__(self, x_s: Tensor, x_t: Tensor, pair: Callable[[Tensor, Tensor], Tensor], name: str):
+        _check_points(x_s, x_t)
+        self.points = (x_s, x_t)
+        self.pair = pair
+        self.name = name
+
+    def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
+        x_s, x_t = self.points
+        return self.pair(x_s[rows.flatten()], x_t[cols.flatten()]).view(rows.shape)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(n_s={self.points[0].shape[0]}, n_t={self.points[1].shape[0]})"
+
+
+def _sq_euclidean_pairs(x: Tensor, y: Tensor) -> Tensor:
+    diff = x - y
+    return (diff * diff).sum(-1)
+
+
+def _sq_geodesic_pairs(x: Tensor, y: Tensor) -> Tensor:
+    d = geodesic_distance(x, y)
+    return d * d
+
+
+def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PointPairCost:
     r"""The cost :math:`(i, j) \mapsto \lVert x^s_i - x^t_j\rVert^2` on index pairs."""
-    _check_points(x_s, x_t)
-
-    def cost(rows: Tensor, cols: Tensor) -> Tensor:
-        diff = x_s[rows.flatten()] - x_t[cols.flatten()]
-        return (diff * diff).sum(-1).view(rows.shape)
-
-    return cost
+    return PointPairCost(x_s, x_t, _sq_euclidean_pairs, "squared_euclidean")
 
 
-def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PairCost:
+def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PointPairCost:
     r"""The cost :math:`(i, j) \mapsto d_{S^2}(x^s_i, x^t_j)^2` on index pairs of unit vectors."""
-    _check_points(x_s, x_t)
-
-    def cost(rows: Tensor, cols: Tensor) -> Tensor:
-        d = geodesic_distance(x_s[rows.flatten()], x_t[cols.flatten()])
-        return (d * d).view(rows.shape)
-
-    return cost
+    return PointPairCost(x_s, x_t, _sq_geodesic_pairs, "squared_geodesic")
 
 
 def lifted_loss(plan: TransportPlan, cost: PairCost, reduction: str = "mean") -> Tensor:

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .expectation import BlockedExpectation
+
 
 @dataclass(frozen=True)
 class TransportPlan:
@@ -127,9 +129,16 @@ class TransportPlan:
         r""":math:`\langle P, D\rangle` per slice for a cost given on index pairs.
 
         ``cost(rows, cols)`` receives original indices of shape ``(L, n, W)``
-        and returns costs of that shape; no ``n x m`` matrix is built.
+        and returns costs of that shape; no ``n x m`` matrix is built. A cost
+        that also has ``points = (x_s, x_t)`` and ``pair(x, y)`` (the costs of
+        :mod:`glass_pyg.losses`) is evaluated in row blocks instead, forward
+        and backward (:class:`~glass_pyg.ot.expectation.BlockedExpectation`).
         """
         rows, cols = self.index_pairs()
+        points = getattr(cost, "points", None)
+        if points is not None:  # per-point geometry: visit the pairs in row blocks
+            x_s, x_t = points
+            return self._out(BlockedExpectation.apply(self.values, x_s, x_t, rows, cols, cost.pair))
         d = cost(rows, cols)
         if d.shape != rows.shape:
             raise ValueError(f"cost(rows, cols) must return shape {tuple(rows.shape)}, got {tuple(d.shape)}")
