@@ -130,12 +130,15 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
 
         # Full step, then longer ones while they help: on nearly decoupled
         # parts of the band the dual is exponential and a Newton step from the
-        # convex side undershoots (it gains only a factor e per step).
+        # convex side undershoots (it gains only a factor e per step). A full
+        # step that gains more than a factor 4 is in the quadratic regime.
         improved = torch.zeros_like(todo)
+        before = err
         for alpha in (1.0, 2.0, 4.0, 8.0, 16.0):
             better = trial(alpha, todo)
             improved |= better
-            if not bool(better.any()):
+            longer = better & (best[2] > 0.25 * before)
+            if not bool(longer.any()):
                 break
         for alpha in (0.5, 0.25, 0.125, 0.0625):  # backtracking where nothing helped
             if bool((improved | ~todo).all()):
