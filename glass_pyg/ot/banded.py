@@ -10,7 +10,8 @@ from torch import Tensor
 
 from . import validation as V
 from .validation import ConvergenceWarning
-from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase, window_gather
+from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase
+from .blocks import blockwise, window_gather
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
 from .plan import TransportPlan
@@ -278,8 +279,10 @@ def _check_init(x: Tensor, L: int, n: int, name: str) -> Tensor:
 
 def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
             total_iter, newton_steps, in_dtype, batched, warn) -> TransportPlan:
-    t_win = window_gather(ts, band.row_start, band.width)
-    cost = (values * (ss.unsqueeze(-1) - t_win) ** 2).sum((-2, -1))
+    L, n = ss.shape
+    cost = blockwise(lambda sl: (values[:, sl] * (ss[:, sl].unsqueeze(-1)
+                                                  - window_gather(ts, band.row_start[:, sl], band.width)) ** 2
+                                 ).sum(-1), L, n, band.width, ss.device).sum(-1)
     inv_s, inv_t = torch.argsort(perm_s, -1), torch.argsort(perm_t, -1)
     g = ref.gamma.unsqueeze(-1)
     f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)

@@ -109,12 +109,13 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         if not bool(todo.any()):
             break
         p_row, p_col = plan_row(st), plan_col(st)
-        op = band_operator(st.band, stair, p_row, p_col, cut_floor=1e-9)
+        op = band_operator(st.band, stair, p_row, p_col, cut_floor=1e-9, in_place=True)
         rhs_r = torch.where(todo.unsqueeze(-1), a - op.row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
         # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
         rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)
         d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
+        del op, p_row, p_col  # the next step's plan is built while this one would still be held
         cg_total += info.iterations
         best = [st.phi, st.psi, err]
 

@@ -82,16 +82,20 @@ def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
                      L, n, width, x.device)
 
 
-def _drop_subnormal_range(p: Tensor) -> Tensor:
+def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
     # entries below sqrt(tiny) cannot matter at the dtype's precision, and
     # products with them go subnormal, which is many times slower on CPUs
     tiny = torch.finfo(p.dtype).tiny ** 0.5
+    if in_place:
+        for sl in row_blocks(p.shape[0], p.shape[1], p.shape[2], p.device):
+            p[:, sl].masked_fill_(p[:, sl] < tiny, 0.0)
+        return p
     return blockwise(lambda sl: p[:, sl].masked_fill(p[:, sl] < tiny, 0.0), p.shape[0], p.shape[1],
                      p.shape[2], p.device)
 
 
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
-                  cut_floor: float = 1e-12) -> BandOperator:
+                  cut_floor: float = 1e-12, in_place: bool = False) -> BandOperator:
     r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout).
 
     ``cut_floor`` bounds the path preconditioner's cut weights below, relative to the
@@ -101,9 +105,11 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
     solve of the backward keeps ``1e-12`` (the size of the step along such a stretch
     does not reach the gradient: it shifts ``u`` and ``-v`` together); Newton takes
     ``1e-9``, since its step there would move the weak couplings by ``exp`` of noise.
+    With ``in_place`` the operator takes ``p_row`` and ``p_col`` over (zeroing their
+    subnormal range) instead of copying them.
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
-    p_row, p_col = _drop_subnormal_range(p_row), _drop_subnormal_range(p_col)
+    p_row, p_col = _drop_subnormal_range(p_row, in_place), _drop_subnormal_range(p_col, in_place)
     L = p_row.shape[0]
     diff = p_row.new_zeros(L, n + m)
     for sl in row_blocks(L, n, band.width, p_row.device):
