@@ -103,3 +103,17 @@ def test_scaling_rows_and_slopes(tmp_path):
     assert fit["from_n"] == 32 and math.isfinite(fit["slope"])
     S.plot(table, str(tmp_path / "scaling.png"))
     assert (tmp_path / "scaling.png").stat().st_size > 1000
+
+
+def test_scaling_series_stop_before_a_size_that_cannot_fit(monkeypatch):
+    from glass_pyg.experiments import bench_scaling as S
+
+    monkeypatch.setattr(S, "_physical_memory", lambda: 24 * 2**30)
+    # quadratic growth (absolute temperature): 0.7 s -> 10.8 s from n = 1024 to 4096
+    done = [{"n": 1024, "step_s": 0.7, "nnz": 2 * 1024 ** 2}, {"n": 4096, "step_s": 10.8, "nnz": 2 * 4096 ** 2}]
+    assert "projected band working set" in S._projected_limit(done, 16384, max_step_s=1000)
+    assert "projected step" in S._projected_limit(done, 16384 // 4 * 2, max_step_s=5)
+    # near-linear growth fits
+    done = [{"n": 1024, "step_s": 0.1, "nnz": 40 * 1024}, {"n": 4096, "step_s": 0.42, "nnz": 40 * 4096}]
+    assert S._projected_limit(done, 16384, max_step_s=30) == ""
+    assert S._projected_limit(done[:1], 16384, max_step_s=30) == ""
