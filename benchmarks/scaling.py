@@ -15,7 +15,7 @@ import sys
 import torch
 
 from glass_pyg.experiments import bench_scaling as S
-from glass_pyg.experiments.bench_common import machine
+from glass_pyg.experiments.bench_common import Table, machine
 from glass_pyg.experiments.run_dir import atomic_write_text
 
 
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-step", type=float, default=60.0, help="stop a series after a step this slow (s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="scaling")
+    p.add_argument("--from-csv", help="re-render the Markdown, slopes and plot from a CSV of an earlier run")
     a = p.parse_args(argv)
     cfg = S.ScalingConfig(slices=a.slices, repeats=a.repeats, max_step_s=a.max_step)
     if a.sphere_sizes:
@@ -49,8 +50,14 @@ def main(argv=None) -> int:
               f"Machine: {machine()}, {torch.get_num_threads()} torch threads. {cfg.slices} slices, float64, median of {cfg.repeats} steps after a "
               "warm-up (1 when a step exceeds the limit).")
     os.makedirs(a.out, exist_ok=True)
-    table = S.run(cfg, a.kinds, progress=lambda s: print(s, flush=True),
-                  on_row=lambda t: t.write(a.out, a.name, header))
+    if a.from_csv:
+        table = Table.from_csv(a.from_csv, ["kind", "temperature", "gamma", "n"],
+                               S.PHASES + ["nnz", "band_halfwidth", "iterations"])
+        header = open(os.path.join(a.out, f"{a.name}.md")).read().split("\n\n|")[0] \
+            if os.path.exists(os.path.join(a.out, f"{a.name}.md")) else header
+    else:
+        table = S.run(cfg, a.kinds, progress=lambda s: print(s, flush=True),
+                      on_row=lambda t: t.write(a.out, a.name, header))
     table.write(a.out, a.name, header)
     fits = S.slopes_markdown(table)
     if fits:

@@ -173,7 +173,8 @@ def slopes(table: Table, key: str = "step_s") -> list[dict[str, Any]]:
     """Least-squares log-log slope of ``key`` against ``n`` per series (sizes >= 1000 if there are 3)."""
     series: dict[tuple, list[tuple[int, float]]] = {}
     for r in table.rows:
-        series.setdefault((r["kind"], r["temperature"], r["gamma"]), []).append((r["n"], r[key]))
+        if r.get("status") == "ok":
+            series.setdefault((r["kind"], r["temperature"], r["gamma"]), []).append((r["n"], r[key]))
     out = []
     for (kind, temp, gamma), pts in series.items():
         big = [p for p in pts if p[0] >= 1000]
@@ -194,7 +195,8 @@ def plot(table: Table, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in table.rows:
-        series.setdefault((r["kind"], r["temperature"], r["gamma"]), []).append(r)
+        if r.get("status") == "ok":
+            series.setdefault((r["kind"], r["temperature"], r["gamma"]), []).append(r)
     fits = {(s["kind"], s["temperature"], s["gamma"]): s["slope"] for s in slopes(table)}
     for key, rows in series.items():
         n = [r["n"] for r in rows]
