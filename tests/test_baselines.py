@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from glass_pyg import baselines as B
 from glass_pyg.datasets import SBMPairDataset, SpherePairDataset

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from glass_pyg.ot import TransportPlan, sinkhorn_banded, sinkhorn_dense, staircase_plan
-from conftest import dense_cost, pot_plan
+from conftest import dense_cost
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Banded solver against the dense solver, POT and the entropic optimality conditions."""
-import math
 
 import pytest
 import torch
