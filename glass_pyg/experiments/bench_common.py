@@ -38,9 +38,13 @@ class Outcome:
     message: str = ""
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mib() -> float:
+    """Resident memory of this process in MiB (0 where ``/proc`` is not available)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # not Linux
+        return 0.0
 
 
 def _worker(conn, fn: Callable, kwargs: dict, threads: int | None) -> None:
@@ -48,7 +52,7 @@ def _worker(conn, fn: Callable, kwargs: dict, threads: int | None) -> None:
         if threads:
             import torch
             torch.set_num_threads(threads)
-        base = _rss_mib()
+        base = rss_mib()
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         value = fn(**kwargs)
         wall = time.perf_counter() - t0

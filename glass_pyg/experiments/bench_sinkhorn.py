@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..ot import sinkhorn_banded, sinkhorn_dense
+from .bench_common import rss_mib
 
 
 @dataclass
@@ -62,23 +62,15 @@ class BenchConfig:
     seed: int = 0
 
 
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):  # not Linux
-        return 0
-
-
 def _peak_memory(fn):
     """``fn()`` and its peak resident memory above the level before it, in MiB (sampled)."""
-    base = _resident_bytes()
+    base = rss_mib()
     peak = [base]
     done = threading.Event()
 
     def watch():
         while not done.wait(0.002):
-            peak[0] = max(peak[0], _resident_bytes())
+            peak[0] = max(peak[0], rss_mib())
 
     th = threading.Thread(target=watch, daemon=True)
     th.start()
@@ -87,8 +79,8 @@ def _peak_memory(fn):
     finally:
         done.set()
         th.join()
-    peak[0] = max(peak[0], _resident_bytes())
-    return out, (peak[0] - base) / 2**20
+    peak[0] = max(peak[0], rss_mib())
+    return out, peak[0] - base
 
 
 def _median_time(fn, repeats: int):

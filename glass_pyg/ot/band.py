@@ -124,7 +124,7 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
     a_start, b_start = st.a_start, st.b_start
     a_end = torch.cat([a_start[:, 1:], one], -1)
     b_end = torch.cat([b_start[:, 1:], one], -1)
-    # rows i >= 1: parent column p (latest start strictly before), alternative column q = p + 1
+    # rows: parent column p (latest start strictly before; none for row 0), alternative q = p + 1
     p = _searchsorted(b_start, a_start, right=False) - 1
     q = p + 1
     ok_r = (p >= 0) & (q < m)
@@ -135,7 +135,6 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
     m2_r = torch.minimum(a_end, torch.gather(b_end, 1, q_)) - torch.gather(b_start, 1, q_)
     ds = torch.cat([torch.zeros_like(s[:, :1]), s[:, 1:] - s[:, :-1]], -1)
     gap_r = 2 * ds * (torch.gather(t, 1, q_) - torch.gather(t, 1, p_))
-    ok_r = ok_r & (torch.arange(n, device=s.device) > 0)
     x_r = torch.where(ok_r & (m1_r > 0) & (m2_r > 0),
                       _log_link_relaxation(eps_r, m1_r, m2_r, gap_r, gam), torch.zeros_like(s))
     # columns j >= 1: parent row r (latest start at or before), alternative row r + 1

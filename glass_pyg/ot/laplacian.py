@@ -86,12 +86,11 @@ def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
     # entries below sqrt(tiny) cannot matter at the dtype's precision, and
     # products with them go subnormal, which is many times slower on CPUs
     tiny = torch.finfo(p.dtype).tiny ** 0.5
-    if in_place:
-        for sl in row_blocks(p.shape[0], p.shape[1], p.shape[2], p.device):
-            p[:, sl].masked_fill_(p[:, sl] < tiny, 0.0)
-        return p
-    return blockwise(lambda sl: p[:, sl].masked_fill(p[:, sl] < tiny, 0.0), p.shape[0], p.shape[1],
-                     p.shape[2], p.device)
+    if not in_place:
+        p = p.clone()
+    for sl in row_blocks(p.shape[0], p.shape[1], p.shape[2], p.device):
+        p[:, sl].masked_fill_(p[:, sl] < tiny, 0.0)
+    return p
 
 
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
