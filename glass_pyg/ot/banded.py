@@ -256,8 +256,10 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             omitted = torch.zeros_like(omitted)
 
     if grad == "implicit":
+        buf = st.workspace.pop("row", None)  # Newton's plan buffer, free now
+        buf = buf if buf is not None and buf.shape == st.theta_row.shape else None
         values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair,
-                                      st.theta_row, st.theta_col, cg_tol, cg_max_iter)
+                                      st.theta_row, st.theta_col, cg_tol, cg_max_iter, buf)
     else:
         with torch.enable_grad():
             ust = SolverState(band, *band_logits(ss, ts, gam, band, f0, g0, dt), a_s.log(), b_s.log(),

@@ -41,10 +41,16 @@ def row_blocks(L: int, n: int, width: int, device: torch.device) -> list[slice]:
     return [slice(i, min(i + rows, n)) for i in range(0, n, rows)] or [slice(0, n)]
 
 
-def blockwise(fn: Callable[[slice], Tensor], L: int, n: int, width: int, device: torch.device) -> Tensor:
+def blockwise(fn: Callable[[slice], Tensor], L: int, n: int, width: int, device: torch.device,
+              out: Tensor | None = None) -> Tensor:
     r"""``fn`` evaluated on row blocks and joined along dim 1: ``fn(slice)`` returns
-    ``(L, rows, ...)`` for the rows of the slice. Autograd flows through."""
+    ``(L, rows, ...)`` for the rows of the slice. Autograd flows through, except
+    into a given ``out``, which receives the result."""
     blocks = row_blocks(L, n, width, device)
+    if out is not None:
+        for sl in blocks:
+            out[:, sl] = fn(sl)
+        return out
     if len(blocks) == 1:
         return fn(blocks[0])
     first = fn(blocks[0])

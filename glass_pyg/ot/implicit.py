@@ -30,14 +30,16 @@ class FixedPointPlan(torch.autograd.Function):
     """Plan entries on the band from converged potentials; implicit backward.
 
     ``theta_row``/``theta_col`` are the solver's logits of ``s, t, gamma`` on the
-    band (constants here; the backward differentiates the logits itself).
+    band (constants here; the backward differentiates the logits itself). ``out``,
+    a buffer the solver no longer needs, receives the plan.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
-                theta_row: Tensor, theta_col: Tensor, cg_tol: float, cg_max_iter: int) -> Tensor:
-        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row)
+                theta_row: Tensor, theta_col: Tensor, cg_tol: float, cg_max_iter: int,
+                out: Tensor | None = None) -> Tensor:
+        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, out)
         ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row, theta_col)
         ctx.band, ctx.stair = band, stair
         ctx.cg = (cg_tol, cg_max_iter)
@@ -74,4 +76,4 @@ class FixedPointPlan(torch.autograd.Function):
         return (grad_s if ctx.needs_input_grad[0] else None, grad_t,
                 grad_gamma if ctx.needs_input_grad[2] else None,
                 u if ctx.needs_input_grad[3] else None, v if ctx.needs_input_grad[4] else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)

@@ -9,11 +9,12 @@ row marginals is the marginal error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from . import native
 from .band import Band, Staircase
 from .blocks import blockwise, window_gather
 from .laplacian import band_operator, solve_laplacian
@@ -30,20 +31,34 @@ class SolverState:
     log_b: Tensor
     phi: Tensor
     psi: Tensor
+    # band-sized buffers reused by successive plans (a fresh multi-megabyte
+    # tensor is page-faulted in at about the cost of two passes over it)
+    workspace: dict[str, Tensor] = field(default_factory=dict)
+
+    def buffer(self, name: str, like: Tensor) -> Tensor:
+        buf = self.workspace.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.workspace[name] = torch.empty_like(like)
+        return buf
 
 
 def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
     r""":math:`\log\sum_k \exp(x_{start_i + k} + \theta_{ik})` per row, in row blocks."""
+    if native.usable(x, theta):
+        return native.lse_windows(x, start, width, theta)
     L, n = start.shape
     return blockwise(lambda sl: torch.logsumexp(window_gather(x, start[:, sl], width) + theta[:, sl], -1),
                      L, n, width, x.device)
 
 
-def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
-    r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks."""
+def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor,
+                out: Tensor | None = None) -> Tensor:
+    r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks, into ``out`` if given."""
+    if native.usable(x, y, theta):
+        return native.exp_windows(x, y, start, width, theta, out)
     L, n = start.shape
     return blockwise(lambda sl: torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width)
-                                          + theta[:, sl]), L, n, width, x.device)
+                                          + theta[:, sl]), L, n, width, x.device, out)
 
 
 def row_update(st: SolverState, psi: Tensor) -> Tensor:
@@ -60,14 +75,17 @@ def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
     return (a * (-torch.expm1(phi - phi_next)).abs()).sum(-1) / a.sum(-1)
 
 
-def plan_row(st: SolverState) -> Tensor:
+def plan_row(st: SolverState, reuse: bool = False) -> Tensor:
+    r"""The plan on the row windows; with ``reuse`` written into the state's workspace."""
     b = st.band
-    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row)
+    out = st.buffer("row", st.theta_row) if reuse else None
+    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out)
 
 
-def plan_col(st: SolverState) -> Tensor:
+def plan_col(st: SolverState, reuse: bool = False) -> Tensor:
     b = st.band
-    return exp_windows(st.psi, st.phi, b.col_start, b.col_width, st.theta_col)
+    out = st.buffer("col", st.theta_col) if reuse else None
+    return exp_windows(st.psi, st.phi, b.col_start, b.col_width, st.theta_col, out)
 
 
 def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int) -> tuple[int, Tensor]:
@@ -108,14 +126,14 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         todo = err > tol
         if not bool(todo.any()):
             break
-        p_row, p_col = plan_row(st), plan_col(st)
+        p_row, p_col = plan_row(st, reuse=True), plan_col(st, reuse=True)
         op = band_operator(st.band, stair, p_row, p_col, cut_floor=1e-9, in_place=True)
         rhs_r = torch.where(todo.unsqueeze(-1), a - op.row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
         # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
         rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)
         d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
-        del op, p_row, p_col  # the next step's plan is built while this one would still be held
+        del op, p_row, p_col  # the next step rewrites the workspace
         cg_total += info.iterations
         best = [st.phi, st.psi, err]
 

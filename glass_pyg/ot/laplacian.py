@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import native
 from .band import Band, Staircase
 from .blocks import blockwise, row_blocks, window_gather
 
@@ -77,6 +78,8 @@ def _safe_inverse(x: Tensor) -> Tensor:
 
 def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
     r""":math:`\sum_k p_{ik}\, x_{start_i + k}` per row, in row blocks."""
+    if native.usable(p, x):
+        return native.window_dot(p, x, start, width)
     L, n = start.shape
     return blockwise(lambda sl: (p[:, sl] * window_gather(x, start[:, sl], width)).sum(-1),
                      L, n, width, x.device)

@@ -1,0 +1,118 @@
+"""Compiled band kernels against the torch implementation, and the fallback."""
+import math
+
+import pytest
+import torch
+
+from glass_pyg.ot import native, sinkhorn_banded
+from glass_pyg.ot.iterations import _lse_windows, exp_windows
+from glass_pyg.ot.laplacian import window_dot
+
+pytestmark = pytest.mark.skipif(not native.usable(torch.zeros(1)), reason=native.status())
+
+
+def _band(L, n, m, W, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(L, m, generator=g, dtype=torch.float64).to(dtype)
+    start = torch.sort(torch.randint(0, m - W + 1, (L, n), generator=g), -1).values
+    theta = (-torch.rand(L, n, W, generator=g, dtype=torch.float64) * 40).to(dtype)
+    return x, start, theta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("W", [1, 7, 64, 1100])  # 1100 spans three chunks of the running maximum
+def test_kernels_match_torch(dtype, W):
+    L, n, m = 2, 300, 1500
+    x, start, theta = _band(L, n, m, W, dtype)
+    y = torch.randn(L, n, dtype=torch.float64).to(dtype)
+    p = theta.exp()
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    got = (_lse_windows(x, start, W, theta), exp_windows(y, x, start, W, theta), window_dot(p, x, start, W))
+    with native.disabled():
+        ref = (_lse_windows(x, start, W, theta), exp_windows(y, x, start, W, theta), window_dot(p, x, start, W))
+    for a, b in zip(got, ref):
+        assert a.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
+
+
+def test_underflow_and_minus_infinity():
+    # rows far below exp's underflow point, a row of -inf (zero weights) and a partly -inf row
+    L, n, m, W = 1, 4, 10, 5
+    x = torch.zeros(L, m, dtype=torch.float64)
+    x[0, 5:] = -math.inf
+    start = torch.tensor([[0, 5, 3, 1]])
+    theta = torch.zeros(L, n, W, dtype=torch.float64)
+    theta[0, 0] = torch.tensor([-800.0, -750.0, -2000.0, -900.0, -710.0])
+    got = _lse_windows(x, start, W, theta)
+    with native.disabled():
+        ref = _lse_windows(x, start, W, theta)
+    assert got[0, 1] == -math.inf and ref[0, 1] == -math.inf
+    torch.testing.assert_close(got[0, 2:], ref[0, 2:])
+    # the all-underflow row keeps its maximum (exp of the shifted maximum is 1)
+    torch.testing.assert_close(got[0, 0], ref[0, 0])
+    e = exp_windows(torch.zeros(L, n, dtype=torch.float64), x, start, W, theta)
+    assert torch.isfinite(e).all() and (e[0, 0] == 0).all() and (e[0, 1] == 0).all()
+
+
+def test_rows_split_between_threads_agree():
+    x, start, theta = _band(1, 4096, 5000, 40, torch.float64, seed=3)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _lse_windows(x, start, 40, theta)
+        torch.set_num_threads(3)
+        three = _lse_windows(x, start, 40, theta)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, three)
+
+
+def test_window_past_the_end_is_an_error():
+    x, start, theta = _band(1, 10, 20, 5, torch.float64)
+    start[0, -1] = 16
+    with pytest.raises(ValueError, match="width 5"):
+        native.lse_windows(x, start, 5, theta)
+
+
+def test_out_must_fit():
+    x, start, theta = _band(1, 10, 20, 5, torch.float64)
+    with pytest.raises(ValueError, match="out must be"):
+        native.exp_windows(x[:, :10], x, start, 5, theta, out=torch.empty(1, 10, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("temperature,gamma", [("rank", 1.0), ("absolute", 0.05)])
+def test_solver_same_with_and_without_kernels(temperature, gamma):
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 3000, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 2500, generator=g, dtype=torch.float64).exp()
+    got = sinkhorn_banded(s, t, gamma=gamma, temperature=temperature)
+    with native.disabled():
+        ref = sinkhorn_banded(s, t, gamma=gamma, temperature=temperature)
+    assert got.converged.all() and ref.converged.all()
+    torch.testing.assert_close(got.cost, ref.cost, rtol=1e-9, atol=0)
+    torch.testing.assert_close(got.values, ref.values, rtol=0, atol=1e-9 / 3000)
+
+
+def test_autograd_takes_the_torch_path():
+    x, start, theta = _band(1, 50, 80, 6, torch.float64)
+    theta.requires_grad_(True)
+    assert not native.usable(x, theta)
+    _lse_windows(x, start, 6, theta).sum().backward()
+    torch.testing.assert_close(theta.grad.sum(-1), torch.ones(1, 50, dtype=torch.float64))
+
+
+def test_build_into_a_fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
+    lib = native._compile()
+    assert list(tmp_path.glob("band_kernels-*.so")) and hasattr(lib, "lse_windows_f64")
+
+
+def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setattr(native, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
+                                           "pool": None, "pool_size": 0})
+    assert native.status().startswith("torch (not built")
+    plan = sinkhorn_banded(torch.randn(200, dtype=torch.float64), torch.randn(200, dtype=torch.float64),
+                           gamma=1.0, temperature="rank")
+    assert plan.converged.all()
