@@ -116,3 +116,74 @@ def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
     plan = sinkhorn_banded(torch.randn(200, dtype=torch.float64), torch.randn(200, dtype=torch.float64),
                            gamma=1.0, temperature="rank")
     assert plan.converged.all()
+
+
+def _staircase_band(n, m, gamma, extra, seed=0):
+    from glass_pyg.ot.band import make_band, reference_dual, staircase
+    g = torch.Generator().manual_seed(seed)
+    s = torch.sort(torch.randn(2, n, generator=g, dtype=torch.float64)).values
+    t = torch.sort(torch.randn(2, m, generator=g, dtype=torch.float64).exp()).values
+    a = torch.full((2, n), 1.0 / n, dtype=torch.float64)
+    b = torch.full((2, m), 1.0 / m, dtype=torch.float64)
+    stair = staircase(a, b)
+    gam = torch.tensor([gamma, 3 * gamma], dtype=torch.float64)
+    f0, g0 = reference_dual(s, t, stair, gam)
+    band = make_band((stair.lo - extra).clamp(min=0), (stair.hi + extra).clamp(max=m - 1), m)
+    return s, t, gam, band, stair, f0, g0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_bitwise_as_torch_in_both_layouts(dtype):
+    from glass_pyg.ot.band import band_logits
+    s, t, gam, band, _, f0, g0 = _staircase_band(700, 500, 1e-5, 9)
+    rows, cols = band_logits(s, t, gam, band, f0, g0, dtype)
+    with native.disabled():
+        rows_ref, cols_ref = band_logits(s, t, gam, band, f0, g0, dtype)
+    assert torch.equal(rows, rows_ref) and torch.equal(cols, cols_ref)
+    # the same entry (i, j) in the row and the column layout: bitwise equal, or the
+    # iterations see two different kernels when gamma is tiny against the scores
+    i = torch.arange(700)
+    for k in range(band.width):
+        j = band.row_start[0] + k
+        inside = (i >= band.col_lo[0, j]) & (i <= band.col_hi[0, j])
+        kc = i - band.col_start[0, j]
+        assert torch.equal(rows[0, i[inside], k], cols[0, j[inside], kc[inside]])
+
+
+def test_operator_as_torch(monkeypatch):
+    from glass_pyg.ot.laplacian import band_operator
+    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=2)
+    L, n, m = band.shape
+    g = torch.Generator().manual_seed(5)
+    p_row = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) ** 8
+    p_row[p_row < 1e-3] = 1e-200  # the subnormal range is dropped
+    dense = torch.zeros(L, n, m, dtype=torch.float64)
+    cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
+    dense.scatter_(2, cols, p_row)
+    rows = band.col_start.unsqueeze(-1) + torch.arange(band.col_width)
+    inside = (rows >= band.col_lo.unsqueeze(-1)) & (rows <= band.col_hi.unsqueeze(-1))
+    p_col = torch.gather(dense.transpose(1, 2), 2, rows) * inside
+    got = band_operator(band, stair, p_row, p_col)
+    with native.disabled():
+        ref = band_operator(band, stair, p_row, lambda: p_col)
+    assert (p_row == 1e-200).any()  # not in place
+    for name in ("row_sum", "col_sum", "cut"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=0)
+    xr = torch.randn(L, n, generator=g, dtype=torch.float64)
+    xc = torch.randn(L, m, generator=g, dtype=torch.float64)
+    for a, b in zip(got.matvec(xr, xc) + got.precondition(xr, xc), ref.matvec(xr, xc) + ref.precondition(xr, xc)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
+    # the products against the dense plan
+    dense = torch.where(dense < 1e-154, torch.zeros_like(dense), dense)
+    yr, yc = got.matvec(xr, xc)
+    torch.testing.assert_close(yr, dense.sum(-1) * xr - (dense @ xc.unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(yc, dense.sum(1) * xc - (dense.transpose(1, 2) @ xr.unsqueeze(-1)).squeeze(-1))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # one column accumulator per thread
+        monkeypatch.setattr(native, "_PARALLEL_MIN_ENTRIES", 1)
+        yr3, yc3 = got.matvec(xr, xc)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(yr3, yr)
+    torch.testing.assert_close(yc3, yc, rtol=1e-12, atol=1e-15)

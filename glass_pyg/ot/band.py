@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import native
 from .blocks import blockwise, window_gather
 
 
@@ -214,6 +215,11 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
     s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
     L, n, m = band.shape
     floor = 0.85 * math.log(torch.finfo(dtype).tiny)
+    if native.usable(s, t, f0, g0, g):
+        gl = g.reshape(L)
+        return (native.band_logits(s, t, f0, g0, gl, band.row_start, band.width, floor, dtype),
+                native.band_logits(t, s, g0, f0, gl, band.col_start, band.col_width, floor, dtype,
+                                   band.col_lo, band.col_hi, transposed=True))
     k = torch.arange(band.col_width, device=s.device)
 
     def rows(sl: slice) -> Tensor:

@@ -57,9 +57,9 @@ class FixedPointPlan(torch.autograd.Function):
             pg = p_row[:, sl] * grad[:, sl]
             q_r[:, sl] = pg.sum(-1)
             add_to_columns(q_c, pg, band.row_start[:, sl])
-        p_col = exp_windows(psi, phi, band.col_start, band.col_width, theta_col)
-        op = band_operator(band, ctx.stair, p_row, p_col)  # copies p_row: it is the plan's values
-        del p_col
+        # copies p_row (it is the plan's values); the column layout only where torch needs it
+        op = band_operator(band, ctx.stair, p_row,
+                           lambda: exp_windows(psi, phi, band.col_start, band.col_width, theta_col))
         u, v_neg, _ = solve_laplacian(op, q_r, -q_c, ctx.cg[0], ctx.cg[1])
         v = -v_neg
         g = gamma.view(-1, 1, 1)

@@ -126,14 +126,15 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         todo = err > tol
         if not bool(todo.any()):
             break
-        p_row, p_col = plan_row(st, reuse=True), plan_col(st, reuse=True)
-        op = band_operator(st.band, stair, p_row, p_col, cut_floor=1e-9, in_place=True)
+        p_row = plan_row(st, reuse=True)
+        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, reuse=True), cut_floor=1e-9,
+                           in_place=True)
         rhs_r = torch.where(todo.unsqueeze(-1), a - op.row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
         # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
         rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)
         d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
-        del op, p_row, p_col  # the next step rewrites the workspace
+        del op, p_row  # the next step rewrites the workspace
         cg_total += info.iterations
         best = [st.phi, st.psi, err]
 

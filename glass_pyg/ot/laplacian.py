@@ -20,6 +20,7 @@ diagonal, which carries wide, well-mixed bands.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -35,7 +36,7 @@ class BandOperator:
 
     band: Band
     p_row: Tensor  # (L, n, W)
-    p_col: Tensor  # (L, m, Wc), zero on padding
+    p_col: Tensor | None  # (L, m, Wc), zero on padding; None where the compiled kernels take p_row
     row_sum: Tensor  # (L, n)
     col_sum: Tensor  # (L, m)
     row_pos: Tensor  # (L, n) node order along the staircase
@@ -46,8 +47,11 @@ class BandOperator:
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
-        pxc = window_dot(self.p_row, xc, b.row_start, b.width)
-        ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
+        if self.p_col is None:
+            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc)
+        else:
+            pxc = window_dot(self.p_row, xc, b.row_start, b.width)
+            ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
         return self.row_sum * xr - pxc, self.col_sum * xc - ptxr
 
     def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,6 +63,9 @@ class BandOperator:
         dominated by long edges and its inverse alone needs hundreds of CG
         iterations). Their sum is symmetric positive definite on the range.
         """
+        if self.p_col is None:
+            return native.path_precondition(self.row_pos, self.col_pos, yr, yc, self.cut,
+                                            self.inv_row_sum, self.inv_col_sum)
         L, n = yr.shape
         z = yr.new_zeros(L, n + yc.shape[1])
         z.scatter_(1, self.row_pos, yr)
@@ -96,9 +103,10 @@ def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
     return p
 
 
-def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
+def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | Callable[[], Tensor],
                   cut_floor: float = 1e-12, in_place: bool = False) -> BandOperator:
-    r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout).
+    r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout,
+    or a function that builds it: the compiled kernels work from the row layout alone).
 
     ``cut_floor`` bounds the path preconditioner's cut weights below, relative to the
     largest. The running sum that forms the cuts carries rounding of order
@@ -111,6 +119,18 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
     subnormal range) instead of copying them.
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
+    if native.usable(p_row):
+        tiny = torch.finfo(p_row.dtype).tiny ** 0.5
+        if not in_place:
+            p_row = p_row.clone()
+        native.clean_rows(p_row, tiny)
+        row_sum, col_sum = native.band_matvec(p_row, band.row_start, band.width,
+                                              torch.ones_like(stair.a_start, dtype=p_row.dtype),
+                                              torch.ones_like(stair.b_start, dtype=p_row.dtype))
+        diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos)
+        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor)
+    if callable(p_col):
+        p_col = p_col()
     p_row, p_col = _drop_subnormal_range(p_row, in_place), _drop_subnormal_range(p_col, in_place)
     L = p_row.shape[0]
     diff = p_row.new_zeros(L, n + m)
@@ -123,10 +143,14 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor,
         w = p_row[:, sl] * (hi - lo).to(p_row.dtype)
         diff.scatter_add_(1, lo.reshape(L, -1), w.reshape(L, -1))
         diff.scatter_add_(1, hi.reshape(L, -1), -w.reshape(L, -1))
+    return _operator(band, stair, p_row, p_col, p_row.sum(-1), p_col.sum(-1), diff, cut_floor)
+
+
+def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None, row_sum: Tensor,
+              col_sum: Tensor, diff: Tensor, cut_floor: float) -> BandOperator:
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     cut = torch.maximum(cut, floor)
-    row_sum, col_sum = p_row.sum(-1), p_col.sum(-1)
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
                         _safe_inverse(row_sum), _safe_inverse(col_sum))
 

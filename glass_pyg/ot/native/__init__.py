@@ -33,7 +33,9 @@ import torch
 from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("band_kernels.c")
-_BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+# no FMA contraction: logits must round exactly as the torch implementation's
+_BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+               "-ffp-contract=off"]
 _PARALLEL_MIN_ENTRIES = 1 << 16
 _lock = threading.Lock()
 _state: dict = {"lib": None, "reason": None, "tried": False, "disabled": False, "pool": None,
@@ -83,10 +85,15 @@ def _compile() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for suf in ("f32", "f64"):
+    for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         getattr(lib, f"lse_windows_{suf}").argtypes = [i64] * 6 + [ptr] * 4
         getattr(lib, f"exp_windows_{suf}").argtypes = [i64] * 6 + [ptr] * 5
         getattr(lib, f"window_dot_{suf}").argtypes = [i64] * 6 + [ptr] * 4
+        getattr(lib, f"band_logits_{suf}").argtypes = [i64] * 6 + [ptr] * 8 + [i64, ctypes.c_double, ptr]
+        getattr(lib, f"clean_rows_{suf}").argtypes = [i64] * 6 + [ptr, real, ptr]
+        getattr(lib, f"band_cut_diff_{suf}").argtypes = [i64] * 6 + [ptr] * 5
+        getattr(lib, f"band_matvec_{suf}").argtypes = [i64] * 6 + [ptr] * 6
+        getattr(lib, f"path_precondition_{suf}").argtypes = [i64] * 3 + [ptr] * 10
     return lib
 
 
@@ -139,19 +146,27 @@ def usable(*tensors: Tensor) -> bool:
     return _library() is not None
 
 
-def _run(fn, L: int, n: int, width: int, *args) -> None:
+def _threads(L: int, n: int, width: int) -> int:
     threads = max(1, torch.get_num_threads())
-    if threads == 1 or L * n * width < _PARALLEL_MIN_ENTRIES or n < 2 * threads:
-        fn(*args[:4], 0, n, *args[4:])
+    return 1 if L * n * width < _PARALLEL_MIN_ENTRIES or n < 2 * threads else threads
+
+
+def _parallel(calls: list[tuple]) -> None:
+    if len(calls) == 1:
+        calls[0][0](*calls[0][1:])
         return
-    if _state["pool"] is None or _state["pool_size"] != threads:
-        _state["pool"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="glass_pyg")
-        _state["pool_size"] = threads
-    bounds = [n * k // threads for k in range(threads + 1)]
-    futures = [_state["pool"].submit(fn, *args[:4], lo, hi, *args[4:])
-               for lo, hi in zip(bounds[:-1], bounds[1:])]
-    for f in futures:
+    if _state["pool"] is None or _state["pool_size"] != len(calls):
+        _state["pool"] = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="glass_pyg")
+        _state["pool_size"] = len(calls)
+    for f in [_state["pool"].submit(*c) for c in calls]:
         f.result()
+
+
+def _run(fn, L: int, n: int, width: int, *args) -> None:
+    r"""``fn(L, n, m, W, i0, i1, ...)`` over the rows, split between threads."""
+    threads = _threads(L, n, width)
+    bounds = [n * k // threads for k in range(threads + 1)]
+    _parallel([(fn, *args[:4], lo, hi, *args[4:]) for lo, hi in zip(bounds[:-1], bounds[1:])])
 
 
 def _windows(start: Tensor, width: int, m: int) -> Tensor:
@@ -208,6 +223,89 @@ def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
     fn = getattr(lib, "window_dot_" + _suffix(x))
     _run(fn, L, n, width, L, n, m, width, _ptr(p), _ptr(x), _ptr(start), _ptr(out))
     return out
+
+
+def band_logits(x: Tensor, y: Tensor, fx: Tensor, fy: Tensor, gamma: Tensor, start: Tensor, width: int,
+                floor: float, dtype: torch.dtype, lo: Tensor | None = None,
+                hi: Tensor | None = None, transposed: bool = False) -> Tensor:
+    r""":math:`\max(-((x_{li} - y_{lj})^2 - fx_{li} - fy_{lj}) / \gamma_l, floor)` on the windows
+    ``j = start_{li} + k`` (float64 inputs, ``dtype`` output); the floor outside
+    ``lo <= j <= hi`` when given. ``x, fx`` (L, n), ``y, fy`` (L, m), ``gamma`` (L,).
+    ``transposed``: ``x`` holds the plan's columns (the subtraction order stays that of
+    the rows, so both layouts agree bitwise)."""
+    lib = _library()
+    L, m = y.shape
+    n = start.shape[1]
+    x, y, fx, fy, gamma = (v.contiguous() for v in (x, y, fx, fy, gamma))
+    start = _windows(start, width, m)
+    out = torch.empty(L, n, width, dtype=dtype, device=x.device)
+    no = ctypes.c_void_p(None)
+    lo_p = _ptr(lo := lo.to(torch.int64).contiguous()) if lo is not None else no
+    hi_p = _ptr(hi := hi.to(torch.int64).contiguous()) if hi is not None else no
+    fn = getattr(lib, "band_logits_" + _suffix(out))
+    _run(fn, L, n, width, L, n, m, width, _ptr(x), _ptr(y), _ptr(fx), _ptr(fy), _ptr(gamma),
+         _ptr(start), lo_p, hi_p, int(transposed), ctypes.c_double(floor), _ptr(out))
+    return out
+
+
+def clean_rows(p: Tensor, tiny: float) -> Tensor:
+    r"""Zero the entries of ``p`` (L, n, W), contiguous, below ``tiny`` in place; the row sums (L, n)."""
+    lib = _library()
+    L, n, W = p.shape
+    if not p.is_contiguous():
+        raise ValueError("clean_rows needs a contiguous band")
+    sums = p.new_empty(L, n)
+    fn = getattr(lib, "clean_rows_" + _suffix(p))
+    _run(fn, L, n, W, L, n, 0, W, _ptr(p), tiny, _ptr(sums))
+    return sums
+
+
+def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor) -> Tensor:
+    r"""Differences of the path cut weights (L, n + m): entry ``(i, j)`` of ``p`` adds
+    ``p_{ij} |pos_i - pos_j|`` at the lower and removes it at the higher position."""
+    lib = _library()
+    L, n, W = p.shape
+    m = col_pos.shape[1]
+    p, start = p.contiguous(), _windows(start, width, m)
+    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
+    diff = p.new_zeros(L, n + m)
+    getattr(lib, "band_cut_diff_" + _suffix(p))(L, n, m, W, 0, n, _ptr(p), _ptr(start), _ptr(row_pos),
+                                                 _ptr(col_pos), _ptr(diff))
+    return diff
+
+
+def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout, in one pass:
+    ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``."""
+    lib = _library()
+    L, n, W = p.shape
+    m = xc.shape[1]
+    p, start, xr, xc = p.contiguous(), _windows(start, width, m), xr.contiguous(), xc.contiguous()
+    fn = getattr(lib, "band_matvec_" + _suffix(p))
+    yr = xr.new_empty(L, n)
+    threads = _threads(L, n, W)
+    # the column products of neighbouring row ranges overlap: one accumulator per thread
+    yc = xc.new_zeros(threads, L, m)
+    bounds = [n * k // threads for k in range(threads + 1)]
+    calls = [(fn, L, n, m, W, lo, hi, _ptr(p), _ptr(start), _ptr(xr), _ptr(xc), _ptr(yr), _ptr(yc[k]))
+             for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    _parallel(calls)
+    return yr, yc.sum(0) if threads > 1 else yc[0]
+
+
+def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, cut: Tensor,
+                      inv_r: Tensor, inv_c: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The path preconditioner of :class:`~glass_pyg.ot.laplacian.BandOperator` in one pass."""
+    lib = _library()
+    L, n = yr.shape
+    m = yc.shape[1]
+    args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, cut, inv_r, inv_c)]
+    if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
+        raise ValueError("row_pos and col_pos must be int64")
+    z, xr, xc = yr.new_empty(L, n + m), torch.empty_like(yr), torch.empty_like(yc)
+    getattr(lib, "path_precondition_" + _suffix(yr))(L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr),
+                                                      _ptr(xc))
+    return xr, xc
 
 
 def _suffix(x: Tensor) -> str:
