@@ -5,79 +5,115 @@ import pytest
 import torch
 
 from glass_pyg.ot import native, sinkhorn_banded
-from glass_pyg.ot.iterations import _lse_windows, exp_windows
-from glass_pyg.ot.laplacian import window_dot
+from glass_pyg.ot.iterations import _lse_windows
 
 pytestmark = pytest.mark.skipif(not native.usable(torch.zeros(1)), reason=native.status())
 
 
 def _band(L, n, m, W, dtype, seed=0):
+    r"""Random windows with monotone extents inside them, potentials and logits."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(L, m, generator=g, dtype=torch.float64).to(dtype)
     start = torch.sort(torch.randint(0, m - W + 1, (L, n), generator=g), -1).values
+    lo = start + torch.randint(0, max(1, W // 3), (L, n), generator=g)
+    hi = (lo + torch.randint(0, W, (L, n), generator=g)).clamp(max=start + W - 1)
     theta = (-torch.rand(L, n, W, generator=g, dtype=torch.float64) * 40).to(dtype)
-    return x, start, theta
+    return x, start, lo, hi, theta
+
+
+def _dense_logits(start, lo, hi, theta, m):
+    r"""(L, n, m) logits with -inf off the extents."""
+    L, n, W = theta.shape
+    dense = torch.full((L, n, m), -math.inf, dtype=theta.dtype)
+    j = start.unsqueeze(-1) + torch.arange(W)
+    inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+    dense.scatter_(2, j, torch.where(inside, theta, torch.full_like(theta, -math.inf)))
+    return dense
+
+
+def _close(a, b, dtype):
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    finite = torch.isfinite(b)
+    assert torch.equal(finite, torch.isfinite(a)) and torch.equal(a[~finite], b[~finite])
+    torch.testing.assert_close(a[finite], b[finite], rtol=rtol, atol=rtol * float(b[finite].abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("W", [1, 7, 64, 1100])  # 1100 spans three chunks of the running maximum
-def test_kernels_match_torch(dtype, W):
+def test_row_and_column_logsumexp(dtype, W):
     L, n, m = 2, 300, 1500
-    x, start, theta = _band(L, n, m, W, dtype)
-    y = torch.randn(L, n, dtype=torch.float64).to(dtype)
-    p = theta.exp()
-    rtol = 1e-5 if dtype == torch.float32 else 1e-12
-    got = (_lse_windows(x, start, W, theta), exp_windows(y, x, start, W, theta), window_dot(p, x, start, W))
-    with native.disabled():
-        ref = (_lse_windows(x, start, W, theta), exp_windows(y, x, start, W, theta), window_dot(p, x, start, W))
-    for a, b in zip(got, ref):
-        assert a.dtype == dtype and a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
+    x, start, lo, hi, theta = _band(L, n, m, W, dtype)
+    dense = _dense_logits(start, lo, hi, theta, m)
+    phi = torch.randn(L, n, dtype=torch.float64).to(dtype)
+    ref_rows = torch.logsumexp(dense + x.unsqueeze(1), -1)
+    ref_cols = torch.logsumexp(dense + phi.unsqueeze(-1), 1)
+    # without a guess, with a close one, and with one far outside the exponent range
+    for shift in (None, ref_rows + 0.3, ref_rows - 5000.0):
+        _close(native.lse_rows(x, start, W, theta, lo, hi, shift), ref_rows, dtype)
+    covered = torch.isfinite(ref_cols)
+    for shift in (None, torch.where(covered, ref_cols - 0.7, torch.zeros_like(ref_cols)),
+                  torch.where(covered, ref_cols + 3000.0, torch.zeros_like(ref_cols))):
+        _close(native.lse_cols(phi, start, W, theta, m, lo, hi, shift), ref_cols, dtype)
+    # the whole window when no extent is given
+    _close(native.lse_rows(x, start, W, theta), torch.logsumexp(
+        torch.gather(x, 1, (start.unsqueeze(-1) + torch.arange(W)).flatten(1)).view(L, n, W) + theta, -1), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_entries_on_the_extent(dtype):
+    L, n, m, W = 2, 200, 900, 30
+    y, start, lo, hi, theta = _band(L, n, m, W, dtype, seed=1)
+    x = torch.randn(L, n, dtype=torch.float64).to(dtype)
+    got = native.exp_rows(x, y, start, W, theta, lo, hi)
+    j = start.unsqueeze(-1) + torch.arange(W)
+    inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+    ref = torch.exp(x.unsqueeze(-1) + torch.gather(y, 1, j.flatten(1)).view(L, n, W) + theta) * inside
+    _close(got, ref, dtype)
+    assert (got[~inside] == 0).all()
 
 
 def test_underflow_and_minus_infinity():
-    # rows far below exp's underflow point, a row of -inf (zero weights) and a partly -inf row
+    # a row far below exp's underflow point, a row of -inf (zero weights), a partly -inf row
     L, n, m, W = 1, 4, 10, 5
     x = torch.zeros(L, m, dtype=torch.float64)
     x[0, 5:] = -math.inf
     start = torch.tensor([[0, 5, 3, 1]])
     theta = torch.zeros(L, n, W, dtype=torch.float64)
     theta[0, 0] = torch.tensor([-800.0, -750.0, -2000.0, -900.0, -710.0])
-    got = _lse_windows(x, start, W, theta)
-    with native.disabled():
-        ref = _lse_windows(x, start, W, theta)
-    assert got[0, 1] == -math.inf and ref[0, 1] == -math.inf
-    torch.testing.assert_close(got[0, 2:], ref[0, 2:])
-    # the all-underflow row keeps its maximum (exp of the shifted maximum is 1)
-    torch.testing.assert_close(got[0, 0], ref[0, 0])
-    e = exp_windows(torch.zeros(L, n, dtype=torch.float64), x, start, W, theta)
+    got = native.lse_rows(x, start, W, theta)
+    ref = torch.logsumexp(torch.stack([x[0, s:s + W] for s in start[0].tolist()]).unsqueeze(0) + theta, -1)
+    _close(got, ref, torch.float64)
+    e = native.exp_rows(torch.zeros(L, n, dtype=torch.float64), x, start, W, theta)
     assert torch.isfinite(e).all() and (e[0, 0] == 0).all() and (e[0, 1] == 0).all()
 
 
-def test_rows_split_between_threads_agree():
-    x, start, theta = _band(1, 4096, 5000, 40, torch.float64, seed=3)
+def test_rows_split_between_threads_agree(monkeypatch):
+    x, start, lo, hi, theta = _band(1, 4096, 5000, 40, torch.float64, seed=3)
+    phi = torch.randn(1, 4096, dtype=torch.float64)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = _lse_windows(x, start, 40, theta)
+        one = (native.lse_rows(x, start, 40, theta, lo, hi), native.lse_cols(phi, start, 40, theta, 5000, lo, hi))
         torch.set_num_threads(3)
-        three = _lse_windows(x, start, 40, theta)
+        monkeypatch.setattr(native, "_PARALLEL_MIN_ENTRIES", 1)
+        three = (native.lse_rows(x, start, 40, theta, lo, hi), native.lse_cols(phi, start, 40, theta, 5000, lo, hi))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(one, three)
+    assert torch.equal(one[0], three[0])
+    _close(three[1], one[1], torch.float64)  # column sums add the threads' parts in another order
 
 
 def test_window_past_the_end_is_an_error():
-    x, start, theta = _band(1, 10, 20, 5, torch.float64)
+    x, start, lo, hi, theta = _band(1, 10, 20, 5, torch.float64)
     start[0, -1] = 16
     with pytest.raises(ValueError, match="width 5"):
-        native.lse_windows(x, start, 5, theta)
+        native.lse_rows(x, start, 5, theta)
 
 
 def test_out_must_fit():
-    x, start, theta = _band(1, 10, 20, 5, torch.float64)
+    x, start, lo, hi, theta = _band(1, 10, 20, 5, torch.float64)
     with pytest.raises(ValueError, match="out must be"):
-        native.exp_windows(x[:, :10], x, start, 5, theta, out=torch.empty(1, 10, 4, dtype=torch.float64))
+        native.exp_rows(x[:, :10], x, start, 5, theta, out=torch.empty(1, 10, 4, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("temperature,gamma", [("rank", 1.0), ("absolute", 0.05)])
@@ -94,7 +130,7 @@ def test_solver_same_with_and_without_kernels(temperature, gamma):
 
 
 def test_autograd_takes_the_torch_path():
-    x, start, theta = _band(1, 50, 80, 6, torch.float64)
+    x, start, lo, hi, theta = _band(1, 50, 80, 6, torch.float64)
     theta.requires_grad_(True)
     assert not native.usable(x, theta)
     _lse_windows(x, start, 6, theta).sum().backward()
@@ -104,7 +140,7 @@ def test_autograd_takes_the_torch_path():
 def test_build_into_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
     lib = native._compile()
-    assert list(tmp_path.glob("band_kernels-*.so")) and hasattr(lib, "lse_windows_f64")
+    assert list(tmp_path.glob("band_kernels-*.so")) and all(hasattr(lib, f"{k}_f64") and hasattr(lib, f"{k}_f32") for k in native._SIGNATURES)
 
 
 def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
@@ -136,18 +172,23 @@ def _staircase_band(n, m, gamma, extra, seed=0):
 def test_logits_bitwise_as_torch_in_both_layouts(dtype):
     from glass_pyg.ot.band import band_logits
     s, t, gam, band, _, f0, g0 = _staircase_band(700, 500, 1e-5, 9)
-    rows, cols = band_logits(s, t, gam, band, f0, g0, dtype)
+    rows, cols = band_logits(s, t, gam, band, f0, g0, dtype), band_logits(s, t, gam, band, f0, g0, dtype, "col")
     with native.disabled():
-        rows_ref, cols_ref = band_logits(s, t, gam, band, f0, g0, dtype)
+        rows_ref = band_logits(s, t, gam, band, f0, g0, dtype)
+        cols_ref = band_logits(s, t, gam, band, f0, g0, dtype, "col")
     assert torch.equal(rows, rows_ref) and torch.equal(cols, cols_ref)
     # the same entry (i, j) in the row and the column layout: bitwise equal, or the
     # iterations see two different kernels when gamma is tiny against the scores
     i = torch.arange(700)
+    floor = 0.85 * math.log(torch.finfo(dtype).tiny)
     for k in range(band.width):
         j = band.row_start[0] + k
-        inside = (i >= band.col_lo[0, j]) & (i <= band.col_hi[0, j])
+        inside = (j >= band.row_lo[0]) & (j <= band.row_hi[0])
+        also = (i >= band.col_lo[0, j]) & (i <= band.col_hi[0, j])
+        assert torch.equal(inside, also)  # the two layouts hold the same entries
         kc = i - band.col_start[0, j]
         assert torch.equal(rows[0, i[inside], k], cols[0, j[inside], kc[inside]])
+        assert (rows[0, i[~inside], k] == floor).all()
 
 
 def test_operator_as_torch(monkeypatch):
@@ -157,8 +198,9 @@ def test_operator_as_torch(monkeypatch):
     g = torch.Generator().manual_seed(5)
     p_row = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) ** 8
     p_row[p_row < 1e-3] = 1e-200  # the subnormal range is dropped
-    dense = torch.zeros(L, n, m, dtype=torch.float64)
     cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
+    p_row = p_row * ((cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1)))  # plans: 0 off the extents
+    dense = torch.zeros(L, n, m, dtype=torch.float64)
     dense.scatter_(2, cols, p_row)
     rows = band.col_start.unsqueeze(-1) + torch.arange(band.col_width)
     inside = (rows >= band.col_lo.unsqueeze(-1)) & (rows <= band.col_hi.unsqueeze(-1))

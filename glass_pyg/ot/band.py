@@ -160,7 +160,14 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
 
 @dataclass(frozen=True)
 class Band:
-    r"""Row windows of width ``width`` and their transposed column windows."""
+    r"""Row windows of width ``width`` and their transposed column windows.
+
+    Row ``i`` of the band holds the columns ``row_lo[i] .. row_hi[i]`` (its
+    extent, both ends non-decreasing in ``i``), stored in the window
+    ``row_start[i] .. row_start[i] + width - 1``; column ``j`` holds the rows
+    ``col_lo[j] .. col_hi[j]``, stored from ``col_start[j]``. Window entries
+    outside the extent are padding.
+    """
 
     row_start: Tensor  # (L, n) long, non-decreasing
     width: int
@@ -168,6 +175,8 @@ class Band:
     col_width: int
     col_lo: Tensor  # (L, m) long, first row of the band in column j
     col_hi: Tensor  # (L, m) long, last row
+    row_lo: Tensor  # (L, n) long, first column of the band in row i
+    row_hi: Tensor  # (L, n) long, last column
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -187,24 +196,26 @@ def make_band(lo: Tensor, hi: Tensor, m: int) -> Band:
     width = max(1, min(width, m))
     row_start = lo.clamp(max=m - width)
     j = torch.arange(m, device=lo.device).expand(lo.shape[0], m)
-    col_lo = _searchsorted(row_start + width, j, right=True)
-    col_hi = _searchsorted(row_start, j, right=True) - 1
+    col_lo = _searchsorted(hi, j, right=False)  # first row reaching column j
+    col_hi = _searchsorted(lo, j, right=True) - 1  # last row starting at or before j
     col_width = int((col_hi - col_lo + 1).max())
     col_width = max(1, min(col_width, n))
     col_start = col_lo.clamp(max=n - col_width)
-    return Band(row_start, width, col_start, col_width, col_lo, col_hi)
+    return Band(row_start, width, col_start, col_width, col_lo, col_hi, lo, hi)
 
 
 def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0: Tensor,
-                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    r"""Reduced logits :math:`-(C_{ij} - f^0_i - g^0_j)/\gamma` on the row and
-    column windows, evaluated in float64 and returned in ``dtype``.
+                dtype: torch.dtype, layout: str = "row") -> Tensor:
+    r"""Reduced logits :math:`-(C_{ij} - f^0_i - g^0_j)/\gamma` on the row (``layout="row"``,
+    ``(L, n, W)``) or column (``"col"``, ``(L, m, W_c)``) windows, evaluated in float64 and
+    returned in ``dtype``.
 
     ``f0, g0`` are the reference dual potentials; removing them before the
     division by a small :math:`\gamma` cancels the large parts of the logits
     exactly, so the iterations only carry corrections of order
     :math:`\log n`. That is what makes float32 usable when :math:`\gamma` is
-    tiny against the spread of the scores (rank temperature).
+    tiny against the spread of the scores (rank temperature). Both layouts
+    subtract in the same order, so an entry's logit is bitwise the same in each.
 
     Logits are floored at :math:`0.85\log(\text{tiny})` of ``dtype`` (about
     -600 in float64, -74 in float32), and padding takes the floor: entries
@@ -212,33 +223,40 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
     cell, and ``exp`` of an argument past the underflow point is an order of
     magnitude slower on CPUs.
     """
+    if layout not in ("row", "col"):
+        raise ValueError(f"layout must be 'row' or 'col', got {layout!r}")
     s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
     L, n, m = band.shape
     floor = 0.85 * math.log(torch.finfo(dtype).tiny)
     if native.usable(s, t, f0, g0, g):
         gl = g.reshape(L)
-        return (native.band_logits(s, t, f0, g0, gl, band.row_start, band.width, floor, dtype),
-                native.band_logits(t, s, g0, f0, gl, band.col_start, band.col_width, floor, dtype,
-                                   band.col_lo, band.col_hi, transposed=True))
-    k = torch.arange(band.col_width, device=s.device)
+        if layout == "row":
+            return native.band_logits(s, t, f0, g0, gl, band.row_start, band.width, floor, dtype,
+                                      band.row_lo, band.row_hi)
+        return native.band_logits(t, s, g0, f0, gl, band.col_start, band.col_width, floor, dtype,
+                                  band.col_lo, band.col_hi, transposed=True)
+
+    def masked(theta: Tensor, start: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        j = start.unsqueeze(-1) + torch.arange(theta.shape[-1], device=theta.device)
+        inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+        return theta.clamp(min=floor).masked_fill(~inside, floor).to(dtype)
 
     def rows(sl: slice) -> Tensor:
         start = band.row_start[:, sl]
         t_win = window_gather(t, start, band.width)
         theta = -((s[:, sl].unsqueeze(-1) - t_win) ** 2 - f0[:, sl].unsqueeze(-1)
                   - window_gather(g0, start, band.width)) / g
-        return theta.clamp(min=floor).to(dtype)
+        return masked(theta, start, band.row_lo[:, sl], band.row_hi[:, sl])
 
     def cols(sl: slice) -> Tensor:
         start = band.col_start[:, sl]
         theta = -((window_gather(s, start, band.col_width) - t[:, sl].unsqueeze(-1)) ** 2
                   - window_gather(f0, start, band.col_width) - g0[:, sl].unsqueeze(-1)) / g
-        i = start.unsqueeze(-1) + k
-        inside = (i >= band.col_lo[:, sl].unsqueeze(-1)) & (i <= band.col_hi[:, sl].unsqueeze(-1))
-        return theta.clamp(min=floor).masked_fill(~inside, floor).to(dtype)
+        return masked(theta, start, band.col_lo[:, sl], band.col_hi[:, sl])
 
-    return (blockwise(rows, L, n, band.width, s.device),
-            blockwise(cols, L, m, band.col_width, s.device))
+    if layout == "row":
+        return blockwise(rows, L, n, band.width, s.device)
+    return blockwise(cols, L, m, band.col_width, s.device)
 
 
 def search_extent(pred, anchor: Tensor, limit: int, size: int) -> Tensor:

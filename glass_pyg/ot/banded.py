@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -67,8 +68,8 @@ def _certify(st: SolverState, ref: _Reference, b: Tensor) -> tuple[Tensor, Tenso
     m = t.shape[1]
     b = b.double()
     a = st.log_a.double().exp()
-    start = band.row_start
-    end = start + band.width - 1
+    start = band.row_lo
+    end = band.row_hi
     idx = torch.arange(m, device=t.device).expand_as(t)
     new_group = torch.ones_like(t, dtype=torch.bool)
     new_group[:, 1:] = t[:, 1:] != t[:, :-1]
@@ -97,9 +98,13 @@ def _certify(st: SolverState, ref: _Reference, b: Tensor) -> tuple[Tensor, Tenso
     return bound.sum(-1), ok.all(-1)
 
 
+def _full(band: Band, m: int) -> bool:
+    return bool(((band.row_lo == 0) & (band.row_hi == m - 1)).all())
+
+
 def _widen(band: Band, lo: Tensor, hi: Tensor, m: int) -> Band:
-    cur_lo = band.row_start
-    cur_hi = band.row_start + band.width - 1
+    cur_lo = band.row_lo
+    cur_hi = band.row_hi
     new_lo, new_hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
     if bool((new_lo == cur_lo).all()) and bool((new_hi == cur_hi).all()):
         grow = max(1, band.width // 2)
@@ -219,7 +224,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
         zeros_r, zeros_c = torch.zeros_like(ad), torch.zeros_like(bd)
         thr = log_eps - math.log(max(n, m)) - 1.0
         band = make_band(*_extent(lambda j: ref.log_kernel(zeros_r, zeros_c, j) >= thr, stair, m), m)
-        st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b,
+        st = SolverState(band, *_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b,
                          zeros_r.to(dt), zeros_c.to(dt))
         if init is not None:
             # a warm start helps only while the scores have moved less than the band: keep it per
@@ -247,22 +252,22 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
                     total_iter += it
             omitted, ok = _certify(st, ref, bd)
             ok = ok & (omitted <= band_eps * bd.double().sum(-1))
-            if bool(ok.all()) or band.width >= m:
+            if bool(ok.all()) or _full(band, m):
                 break
             st_now = st
             band = _widen(band, *_extent(lambda j: ref.log_density(st_now, j) >= log_eps, stair, m), m)
-            st = SolverState(band, *band_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, st.phi, st.psi)
-        if band.width >= m:
+            st = SolverState(band, *_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, st.phi, st.psi)
+        if _full(band, m):
             omitted = torch.zeros_like(omitted)
 
     if grad == "implicit":
         buf = st.workspace.pop("row", None)  # Newton's plan buffer, free now
         buf = buf if buf is not None and buf.shape == st.theta_row.shape else None
         values = FixedPointPlan.apply(ss, ts, gam, a_s, b_s, st.phi, st.psi, band, stair,
-                                      st.theta_row, st.theta_col, cg_tol, cg_max_iter, buf)
+                                      st.theta_row, st.col_logits, cg_tol, cg_max_iter, buf)
     else:
         with torch.enable_grad():
-            ust = SolverState(band, *band_logits(ss, ts, gam, band, f0, g0, dt), a_s.log(), b_s.log(),
+            ust = SolverState(band, *_logits(ss, ts, gam, band, f0, g0, dt), a_s.log(), b_s.log(),
                               phi0.clone(), psi0.clone())
             it, err = sweeps(ust, max_iter, tol, check_every)
             total_iter, newton_steps = it, 0
@@ -270,6 +275,12 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             st = ust
     return _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
                    total_iter, newton_steps, in_dtype, batched, warn)
+
+
+def _logits(s: Tensor, t: Tensor, g: Tensor, band: Band, f0: Tensor, g0: Tensor,
+            dt: torch.dtype) -> tuple[Tensor, Callable[[], Tensor]]:
+    r"""Row logits now, and the column layout's on demand."""
+    return band_logits(s, t, g, band, f0, g0, dt), lambda: band_logits(s, t, g, band, f0, g0, dt, "col")
 
 
 def _check_init(x: Tensor, L: int, n: int, name: str) -> Tensor:
@@ -289,12 +300,12 @@ def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omit
     g = ref.gamma.unsqueeze(-1)
     f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)
     gg = torch.gather(st.psi.detach().double() * g + ref.g0, 1, inv_t)
-    end = band.row_start + band.width - 1
-    halfwidth = torch.maximum(stair.lo - band.row_start, end - stair.hi).amax(-1)
+    end = band.row_hi
+    halfwidth = torch.maximum(stair.lo - band.row_lo, end - stair.hi).amax(-1)
     td = ts.detach()
     partner = torch.gather(td, 1, stair.lo)
     radius = torch.maximum((torch.gather(td, 1, end) - partner).abs(),
-                           (partner - torch.gather(td, 1, band.row_start)).abs()).amax(-1)
+                           (partner - torch.gather(td, 1, band.row_lo)).abs()).amax(-1)
     converged = err <= tol
     if warn and not bool(converged.all()):
         warnings.warn(f"sinkhorn_banded stopped after {total_iter} iterations with marginal error "

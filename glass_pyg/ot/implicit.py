@@ -29,25 +29,26 @@ from .laplacian import band_operator, solve_laplacian
 class FixedPointPlan(torch.autograd.Function):
     """Plan entries on the band from converged potentials; implicit backward.
 
-    ``theta_row``/``theta_col`` are the solver's logits of ``s, t, gamma`` on the
-    band (constants here; the backward differentiates the logits itself). ``out``,
-    a buffer the solver no longer needs, receives the plan.
+    ``theta_row`` are the solver's logits of ``s, t, gamma`` on the band's rows
+    (constants here; the backward differentiates the logits itself);
+    ``col_logits()`` builds their column layout where the torch backward needs it.
+    ``out``, a buffer the solver no longer needs, receives the plan.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
-                theta_row: Tensor, theta_col: Tensor, cg_tol: float, cg_max_iter: int,
+                theta_row: Tensor, col_logits, cg_tol: float, cg_max_iter: int,
                 out: Tensor | None = None) -> Tensor:
-        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, out)
-        ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row, theta_col)
-        ctx.band, ctx.stair = band, stair
+        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, out, band.row_lo, band.row_hi)
+        ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row)
+        ctx.band, ctx.stair, ctx.col_logits = band, stair, col_logits
         ctx.cg = (cg_tol, cg_max_iter)
         return p_row
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        s, t, gamma, p_row, phi, psi, theta_row, theta_col = ctx.saved_tensors
+        s, t, gamma, p_row, phi, psi, theta_row = ctx.saved_tensors
         band: Band = ctx.band
         L, n, m = band.shape
         W = band.width
@@ -59,7 +60,7 @@ class FixedPointPlan(torch.autograd.Function):
             add_to_columns(q_c, pg, band.row_start[:, sl])
         # copies p_row (it is the plan's values); the column layout only where torch needs it
         op = band_operator(band, ctx.stair, p_row,
-                           lambda: exp_windows(psi, phi, band.col_start, band.col_width, theta_col))
+                           lambda: exp_windows(psi, phi, band.col_start, band.col_width, ctx.col_logits()))
         u, v_neg, _ = solve_laplacian(op, q_r, -q_c, ctx.cg[0], ctx.cg[1])
         v = -v_neg
         g = gamma.view(-1, 1, 1)

@@ -10,6 +10,7 @@ row marginals is the marginal error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -22,11 +23,15 @@ from .laplacian import band_operator, solve_laplacian
 
 @dataclass
 class SolverState:
-    r"""Potentials on a band, with the logits they are paired with."""
+    r"""Potentials on a band, with the logits they are paired with.
+
+    The column layout of the logits is built on first use (``col_logits``): the
+    compiled kernels reduce over columns from the row layout and never need it.
+    """
 
     band: Band
     theta_row: Tensor
-    theta_col: Tensor
+    col_logits: Callable[[], Tensor]
     log_a: Tensor
     log_b: Tensor
     phi: Tensor
@@ -35,38 +40,59 @@ class SolverState:
     # tensor is page-faulted in at about the cost of two passes over it)
     workspace: dict[str, Tensor] = field(default_factory=dict)
 
+    @property
+    def theta_col(self) -> Tensor:
+        if "theta_col" not in self.workspace:
+            self.workspace["theta_col"] = self.col_logits()
+        return self.workspace["theta_col"]
+
     def buffer(self, name: str, like: Tensor) -> Tensor:
         buf = self.workspace.get(name)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = self.workspace[name] = torch.empty_like(like)
         return buf
 
+    def native(self, *x: Tensor) -> bool:
+        r"""Whether the compiled kernels take this state's passes (with these vectors)."""
+        return native.usable(self.theta_row, *x)
+
 
 def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
     r""":math:`\log\sum_k \exp(x_{start_i + k} + \theta_{ik})` per row, in row blocks."""
-    if native.usable(x, theta):
-        return native.lse_windows(x, start, width, theta)
     L, n = start.shape
     return blockwise(lambda sl: torch.logsumexp(window_gather(x, start[:, sl], width) + theta[:, sl], -1),
                      L, n, width, x.device)
 
 
 def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor,
-                out: Tensor | None = None) -> Tensor:
-    r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks, into ``out`` if given."""
+                out: Tensor | None = None, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
+    r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks, into ``out`` if given.
+    The compiled kernel visits only the extent ``lo <= start_i + k <= hi`` when given (the
+    logits are floored outside it, where the torch path's ``exp`` gives at most 1e-260)."""
     if native.usable(x, y, theta):
-        return native.exp_windows(x, y, start, width, theta, out)
+        return native.exp_rows(x, y, start, width, theta, lo, hi, out)
     L, n = start.shape
     return blockwise(lambda sl: torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width)
                                           + theta[:, sl]), L, n, width, x.device, out)
 
 
-def row_update(st: SolverState, psi: Tensor) -> Tensor:
-    return st.log_a - _lse_windows(psi, st.band.row_start, st.band.width, st.theta_row)
+def row_update(st: SolverState, psi: Tensor, phi: Tensor | None = None) -> Tensor:
+    r"""New row potentials; ``phi``, the current ones, is the guess the kernel shifts by."""
+    b = st.band
+    if st.native(psi):
+        shift = None if phi is None else st.log_a - phi
+        return st.log_a - native.lse_rows(psi, b.row_start, b.width, st.theta_row, b.row_lo, b.row_hi, shift)
+    return st.log_a - _lse_windows(psi, b.row_start, b.width, st.theta_row)
 
 
-def col_update(st: SolverState, phi: Tensor) -> Tensor:
-    return st.log_b - _lse_windows(phi, st.band.col_start, st.band.col_width, st.theta_col)
+def col_update(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> Tensor:
+    r"""New column potentials; ``psi``, the current ones, is the guess the kernel shifts by."""
+    b = st.band
+    if st.native(phi):
+        shift = None if psi is None else st.log_b - psi
+        return st.log_b - native.lse_cols(phi, b.row_start, b.width, st.theta_row, st.log_b.shape[1],
+                                          b.row_lo, b.row_hi, shift)
+    return st.log_b - _lse_windows(phi, b.col_start, b.col_width, st.theta_col)
 
 
 def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
@@ -79,7 +105,7 @@ def plan_row(st: SolverState, reuse: bool = False) -> Tensor:
     r"""The plan on the row windows; with ``reuse`` written into the state's workspace."""
     b = st.band
     out = st.buffer("row", st.theta_row) if reuse else None
-    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out)
+    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
 
 
 def plan_col(st: SolverState, reuse: bool = False) -> Tensor:
@@ -95,16 +121,16 @@ def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int) -> tupl
     error is read on the host every ``check_every`` sweeps only.
     """
     phi = st.phi
-    psi = col_update(st, phi)
+    psi = col_update(st, phi, st.psi)
     err = torch.full_like(phi[:, 0], float("inf"))
     it = 0
     while True:
-        phi_next = row_update(st, psi)
+        phi_next = row_update(st, psi, phi)
         err = row_error(st, phi, phi_next)
         if it >= max_iter or (it % check_every == 0 and bool((err <= tol).all())):
             break
         phi = phi_next
-        psi = col_update(st, phi)
+        psi = col_update(st, phi, psi)
         it += 1
     st.phi, st.psi = phi, psi
     return it, err
@@ -140,8 +166,8 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
 
         def trial(alpha: float, allowed: Tensor) -> Tensor:
             phi = st.phi + alpha * d_phi
-            psi = col_update(st, phi)
-            e = row_error(st, phi, row_update(st, psi))
+            psi = col_update(st, phi, st.psi)
+            e = row_error(st, phi, row_update(st, psi, phi))
             better = allowed & torch.isfinite(e) & (e < best[2])
             best[0] = torch.where(better.unsqueeze(-1), phi, best[0])
             best[1] = torch.where(better.unsqueeze(-1), psi, best[1])

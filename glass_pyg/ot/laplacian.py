@@ -48,7 +48,7 @@ class BandOperator:
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
         if self.p_col is None:
-            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc)
+            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi)
         else:
             pxc = window_dot(self.p_row, xc, b.row_start, b.width)
             ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
@@ -85,8 +85,6 @@ def _safe_inverse(x: Tensor) -> Tensor:
 
 def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
     r""":math:`\sum_k p_{ik}\, x_{start_i + k}` per row, in row blocks."""
-    if native.usable(p, x):
-        return native.window_dot(p, x, start, width)
     L, n = start.shape
     return blockwise(lambda sl: (p[:, sl] * window_gather(x, start[:, sl], width)).sum(-1),
                      L, n, width, x.device)
@@ -126,8 +124,10 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
         native.clean_rows(p_row, tiny)
         row_sum, col_sum = native.band_matvec(p_row, band.row_start, band.width,
                                               torch.ones_like(stair.a_start, dtype=p_row.dtype),
-                                              torch.ones_like(stair.b_start, dtype=p_row.dtype))
-        diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos)
+                                              torch.ones_like(stair.b_start, dtype=p_row.dtype),
+                                              band.row_lo, band.row_hi)
+        diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
+                                    band.row_lo, band.row_hi)
         return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor)
     if callable(p_col):
         p_col = p_col()

@@ -1,18 +1,20 @@
 r"""Compiled CPU kernels for the band passes of the banded solver.
 
-Each windowed reduction of the solver (``logsumexp`` over a row's window,
-the plan's ``exp``, the windowed matrix-vector product) is one pass over the
-band in C instead of a gather, a band-sized temporary and a reduction in
-torch: 2-6x less time per pass on CPU (``benchmarks/sinkhorn.py``). The
-source ships with the package and is compiled on first use with the system C
-compiler into ``$GLASS_PYG_CACHE`` (default ``~/.cache/glass_pyg``), keyed by
-the source, the flags and the machine. Without a compiler, with
+Each reduction over the band (the row and column ``logsumexp`` of a sweep, the
+plan's ``exp``, the Laplacian's products, its preconditioner) is one pass in C
+instead of gathers, band-sized temporaries and reductions in torch. They visit
+only each row's extent in the band (about half the padded window) and need no
+column layout: column reductions scatter from the row layout. The source
+ships with the package and is compiled on first use with the system C compiler
+into ``$GLASS_PYG_CACHE`` (default ``~/.cache/glass_pyg``), keyed by the
+source, the flags and the machine. Without a compiler, with
 ``GLASS_PYG_NATIVE=0``, on accelerators, or when autograd must see the
-operation, the solver uses its torch implementation; :func:`status` says which
-and why. Both give the same numbers to rounding.
+operation, the solver runs its torch implementation; :func:`status` says which
+and why. Both give the same numbers to rounding (the logits bitwise).
 
 Rows are split between ``torch.get_num_threads()`` threads (the calls release
-the interpreter lock).
+the interpreter lock); kernels that accumulate into columns get one
+accumulator per thread.
 """
 from __future__ import annotations
 
@@ -32,14 +34,27 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("band_kernels.c")
+_DIR = Path(__file__).parent
+_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
 _PARALLEL_MIN_ENTRIES = 1 << 16
 _lock = threading.Lock()
 _state: dict = {"lib": None, "reason": None, "tried": False, "disabled": False, "pool": None,
-          "pool_size": 0}
+                "pool_size": 0}
+# (name, number of int64 scalars first, then pointer / int64 / double / real arguments)
+_SIGNATURES = {
+    "lse_rows": "iiiiii" + "ppppppp",
+    "col_sums": "iiiiii" + "ppppppp",
+    "col_max": "iiiiii" + "pppppp",
+    "exp_rows": "iiiiii" + "ppppppp",
+    "band_logits": "iiiiii" + "pppppppp" + "idp",
+    "clean_rows": "iiiiii" + "pr",
+    "band_matvec": "iiiiii" + "pppppppp",
+    "band_cut_diff": "iiiiii" + "ppppppp",
+    "path_precondition": "iii" + "pppppppppp",
+}
 
 
 def _cpu_flags() -> list[str]:
@@ -66,7 +81,7 @@ def _compile() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
     flags = _BASE_FLAGS + _cpu_flags()
-    source = _SOURCE.read_bytes()
+    source = b"".join(f.read_bytes() for f in _SOURCES)
     key = hashlib.sha256(source + " ".join([compiler, *flags, platform.platform()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"band_kernels-{key}.so"
     if not target.exists():
@@ -75,7 +90,7 @@ def _compile() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp, "-lm"],
+            proc = subprocess.run([compiler, *flags, str(_SOURCES[0]), "-o", tmp, "-lm"],
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:500]}")
@@ -84,16 +99,10 @@ def _compile() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"lse_windows_{suf}").argtypes = [i64] * 6 + [ptr] * 4
-        getattr(lib, f"exp_windows_{suf}").argtypes = [i64] * 6 + [ptr] * 5
-        getattr(lib, f"window_dot_{suf}").argtypes = [i64] * 6 + [ptr] * 4
-        getattr(lib, f"band_logits_{suf}").argtypes = [i64] * 6 + [ptr] * 8 + [i64, ctypes.c_double, ptr]
-        getattr(lib, f"clean_rows_{suf}").argtypes = [i64] * 6 + [ptr, real, ptr]
-        getattr(lib, f"band_cut_diff_{suf}").argtypes = [i64] * 6 + [ptr] * 5
-        getattr(lib, f"band_matvec_{suf}").argtypes = [i64] * 6 + [ptr] * 6
-        getattr(lib, f"path_precondition_{suf}").argtypes = [i64] * 3 + [ptr] * 10
+    kinds = {"i": ctypes.c_int64, "p": ctypes.c_void_p, "d": ctypes.c_double}
+    for name, sig in _SIGNATURES.items():
+        for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+            getattr(lib, f"{name}_{suf}").argtypes = [kinds.get(c, real) for c in sig]
     return lib
 
 
@@ -162,11 +171,18 @@ def _parallel(calls: list[tuple]) -> None:
         f.result()
 
 
-def _run(fn, L: int, n: int, width: int, *args) -> None:
-    r"""``fn(L, n, m, W, i0, i1, ...)`` over the rows, split between threads."""
-    threads = _threads(L, n, width)
+def _rows(name: str, dtype: torch.dtype, L: int, n: int, m: int, W: int, *args,
+          accumulators: list[Tensor] | None = None) -> None:
+    r"""Run kernel ``name`` over the rows, split between threads; the thread ``k`` gets
+    ``accumulators[k]`` as its last argument when given."""
+    fn = getattr(_library(), f"{name}_{_suffix(dtype)}")
+    threads = len(accumulators) if accumulators is not None else _threads(L, n, W)
     bounds = [n * k // threads for k in range(threads + 1)]
-    _parallel([(fn, *args[:4], lo, hi, *args[4:]) for lo, hi in zip(bounds[:-1], bounds[1:])])
+    calls = []
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        extra = (_ptr(accumulators[k]),) if accumulators is not None else ()
+        calls.append((fn, L, n, m, W, lo, hi, *args, *extra))
+    _parallel(calls)
 
 
 def _windows(start: Tensor, width: int, m: int) -> Tensor:
@@ -177,51 +193,90 @@ def _windows(start: Tensor, width: int, m: int) -> Tensor:
     return start
 
 
-def _ptr(x: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(x.data_ptr())
+def _ptr(x: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if x is None else x.data_ptr())
 
 
-def lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
-    r""":math:`\log\sum_k \exp(x_{l, start_{li} + k} + \theta_{lik})`: ``x`` (L, m),
-    ``start`` (L, n) int64, ``theta`` (L, n, W) -> (L, n)."""
-    lib = _library()
+def _suffix(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
+
+
+def _extents(lo: Tensor | None, hi: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    if lo is None:
+        return None, None
+    return lo.to(torch.int64).contiguous(), hi.to(torch.int64).contiguous()
+
+
+def lse_rows(x: Tensor, start: Tensor, width: int, theta: Tensor, lo: Tensor | None = None,
+             hi: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+    r""":math:`\log\sum_j \exp(x_{lj} + \theta_{l,i,j-start_{li}})` over row ``i``'s extent
+    ``lo <= j <= hi`` (its whole window when ``lo`` is None): ``x`` (L, m), ``start``,
+    ``lo``, ``hi`` (L, n) int64, ``theta`` (L, n, W) -> (L, n). ``shift`` (L, n), a guess of
+    the result, saves the pass for the maximum where it is within the exponent range."""
     L, m = x.shape
     n = start.shape[1]
     x, start, theta = x.contiguous(), _windows(start, width, m), theta.contiguous()
+    lo, hi = _extents(lo, hi)
+    if shift is not None:
+        shift = shift.to(x.dtype).contiguous()
+        if shift.shape != (L, n):
+            raise ValueError(f"shift must have shape {(L, n)}, got {tuple(shift.shape)}")
     out = x.new_empty(L, n)
-    fn = getattr(lib, "lse_windows_" + _suffix(x))
-    _run(fn, L, n, width, L, n, m, width, _ptr(x), _ptr(start), _ptr(theta), _ptr(out))
+    _rows("lse_rows", x.dtype, L, n, m, width, _ptr(x), _ptr(start), _ptr(lo), _ptr(hi), _ptr(theta),
+          _ptr(shift), _ptr(out))
     return out
 
 
-def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor,
-                out: Tensor | None = None) -> Tensor:
-    r""":math:`\exp(x_{li} + y_{l, start_{li} + k} + \theta_{lik})`: ``x`` (L, n),
-    ``y`` (L, m), ``start`` (L, n) int64, ``theta`` (L, n, W) -> (L, n, W), written
-    into ``out`` (contiguous, of that shape and dtype) when given."""
-    lib = _library()
+def lse_cols(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, lo: Tensor | None = None,
+             hi: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+    r"""Column log-sum-exp from the row layout: :math:`\log\sum_i \exp(x_{li} + \theta_{l,i,j-start_{li}})`
+    over the rows whose extent holds ``j``: ``x`` (L, n) -> (L, m). With a ``shift`` (L, m)
+    it takes one pass (two where a column's shifted sum leaves the exponent range)."""
+    L, n = x.shape
+    x, start, theta = x.contiguous(), _windows(start, width, m), theta.contiguous()
+    lo, hi = _extents(lo, hi)
+    threads = _threads(L, n, width)
+    args = (_ptr(x), _ptr(start), _ptr(lo), _ptr(hi), _ptr(theta))
+    finite = torch.finfo(x.dtype)
+
+    def sums(sh: Tensor) -> Tensor:
+        acc = x.new_zeros(threads, L, m)
+        _rows("col_sums", x.dtype, L, n, m, width, *args, _ptr(sh), accumulators=list(acc))
+        return acc.sum(0) if threads > 1 else acc[0]
+
+    if shift is not None:
+        shift = shift.to(x.dtype).contiguous()
+        if shift.shape != (L, m):
+            raise ValueError(f"shift must have shape {(L, m)}, got {tuple(shift.shape)}")
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        s = sums(shift)
+        safe_lo, safe_hi = (1e-250, 1e250) if x.dtype == torch.float64 else (1e-20, 1e20)
+        ok = (s >= safe_lo) & (s <= safe_hi)
+        if bool(ok.all()):
+            return shift + s.log()
+    acc = x.new_full((threads, L, m), -float("inf"))
+    _rows("col_max", x.dtype, L, n, m, width, *args, accumulators=list(acc))
+    mx = acc.amax(0)
+    exact = mx + sums(torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))).log()
+    exact = torch.where(mx > -finite.max, exact, mx)  # columns without a finite entry
+    return exact if shift is None else torch.where(ok, shift + s.log(), exact)
+
+
+def exp_rows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor, lo: Tensor | None = None,
+             hi: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    r""":math:`\exp(x_{li} + y_{lj} + \theta_{lik})`, ``j = start_{li} + k``, on row ``i``'s extent
+    and 0 elsewhere in its window: ``x`` (L, n), ``y`` (L, m), ``theta`` (L, n, W) -> (L, n, W),
+    written into ``out`` (contiguous, of that shape and dtype) when given."""
     L, m = y.shape
     n = start.shape[1]
     x, y, start, theta = x.contiguous(), y.contiguous(), _windows(start, width, m), theta.contiguous()
+    lo, hi = _extents(lo, hi)
     if out is None:
         out = x.new_empty(L, n, width)
     elif out.shape != (L, n, width) or out.dtype != x.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(L, n, width)}")
-    fn = getattr(lib, "exp_windows_" + _suffix(x))
-    _run(fn, L, n, width, L, n, m, width, _ptr(x), _ptr(y), _ptr(start), _ptr(theta), _ptr(out))
-    return out
-
-
-def window_dot(p: Tensor, x: Tensor, start: Tensor, width: int) -> Tensor:
-    r""":math:`\sum_k p_{lik}\, x_{l, start_{li} + k}`: ``p`` (L, n, W), ``x`` (L, m),
-    ``start`` (L, n) int64 -> (L, n)."""
-    lib = _library()
-    L, m = x.shape
-    n = start.shape[1]
-    p, x, start = p.contiguous(), x.contiguous(), _windows(start, width, m)
-    out = x.new_empty(L, n)
-    fn = getattr(lib, "window_dot_" + _suffix(x))
-    _run(fn, L, n, width, L, n, m, width, _ptr(p), _ptr(x), _ptr(start), _ptr(out))
+    _rows("exp_rows", x.dtype, L, n, m, width, _ptr(x), _ptr(y), _ptr(start), _ptr(lo), _ptr(hi),
+          _ptr(theta), _ptr(out))
     return out
 
 
@@ -233,80 +288,64 @@ def band_logits(x: Tensor, y: Tensor, fx: Tensor, fy: Tensor, gamma: Tensor, sta
     ``lo <= j <= hi`` when given. ``x, fx`` (L, n), ``y, fy`` (L, m), ``gamma`` (L,).
     ``transposed``: ``x`` holds the plan's columns (the subtraction order stays that of
     the rows, so both layouts agree bitwise)."""
-    lib = _library()
     L, m = y.shape
     n = start.shape[1]
     x, y, fx, fy, gamma = (v.contiguous() for v in (x, y, fx, fy, gamma))
     start = _windows(start, width, m)
+    lo, hi = _extents(lo, hi)
     out = torch.empty(L, n, width, dtype=dtype, device=x.device)
-    no = ctypes.c_void_p(None)
-    lo_p = _ptr(lo := lo.to(torch.int64).contiguous()) if lo is not None else no
-    hi_p = _ptr(hi := hi.to(torch.int64).contiguous()) if hi is not None else no
-    fn = getattr(lib, "band_logits_" + _suffix(out))
-    _run(fn, L, n, width, L, n, m, width, _ptr(x), _ptr(y), _ptr(fx), _ptr(fy), _ptr(gamma),
-         _ptr(start), lo_p, hi_p, int(transposed), ctypes.c_double(floor), _ptr(out))
+    _rows("band_logits", dtype, L, n, m, width, _ptr(x), _ptr(y), _ptr(fx), _ptr(fy), _ptr(gamma),
+          _ptr(start), _ptr(lo), _ptr(hi), int(transposed), ctypes.c_double(floor), _ptr(out))
     return out
 
 
-def clean_rows(p: Tensor, tiny: float) -> Tensor:
-    r"""Zero the entries of ``p`` (L, n, W), contiguous, below ``tiny`` in place; the row sums (L, n)."""
-    lib = _library()
+def clean_rows(p: Tensor, tiny: float) -> None:
+    r"""Zero the entries of ``p`` (L, n, W), contiguous, below ``tiny``, in place."""
     L, n, W = p.shape
     if not p.is_contiguous():
         raise ValueError("clean_rows needs a contiguous band")
-    sums = p.new_empty(L, n)
-    fn = getattr(lib, "clean_rows_" + _suffix(p))
-    _run(fn, L, n, W, L, n, 0, W, _ptr(p), tiny, _ptr(sums))
-    return sums
+    _rows("clean_rows", p.dtype, L, n, 0, W, _ptr(p), tiny)
 
 
-def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor) -> Tensor:
-    r"""Differences of the path cut weights (L, n + m): entry ``(i, j)`` of ``p`` adds
-    ``p_{ij} |pos_i - pos_j|`` at the lower and removes it at the higher position."""
-    lib = _library()
-    L, n, W = p.shape
-    m = col_pos.shape[1]
-    p, start = p.contiguous(), _windows(start, width, m)
-    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
-    diff = p.new_zeros(L, n + m)
-    getattr(lib, "band_cut_diff_" + _suffix(p))(L, n, m, W, 0, n, _ptr(p), _ptr(start), _ptr(row_pos),
-                                                 _ptr(col_pos), _ptr(diff))
-    return diff
-
-
-def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
-    r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout, in one pass:
-    ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``."""
-    lib = _library()
+def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo: Tensor | None = None,
+                hi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout (entries on each
+    row's extent), in one pass: ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``."""
     L, n, W = p.shape
     m = xc.shape[1]
     p, start, xr, xc = p.contiguous(), _windows(start, width, m), xr.contiguous(), xc.contiguous()
-    fn = getattr(lib, "band_matvec_" + _suffix(p))
+    lo, hi = _extents(lo, hi)
     yr = xr.new_empty(L, n)
-    threads = _threads(L, n, W)
-    # the column products of neighbouring row ranges overlap: one accumulator per thread
-    yc = xc.new_zeros(threads, L, m)
-    bounds = [n * k // threads for k in range(threads + 1)]
-    calls = [(fn, L, n, m, W, lo, hi, _ptr(p), _ptr(start), _ptr(xr), _ptr(xc), _ptr(yr), _ptr(yc[k]))
-             for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    _parallel(calls)
-    return yr, yc.sum(0) if threads > 1 else yc[0]
+    yc = xc.new_zeros(_threads(L, n, W), L, m)  # neighbouring row ranges share columns
+    _rows("band_matvec", p.dtype, L, n, m, W, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(xr),
+          _ptr(xc), _ptr(yr), accumulators=list(yc))
+    return yr, yc.sum(0) if yc.shape[0] > 1 else yc[0]
+
+
+def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
+                  lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
+    r"""Differences of the path cut weights (L, n + m): entry ``(i, j)`` of ``p`` adds
+    ``p_{ij} |pos_i - pos_j|`` at the lower and removes it at the higher position."""
+    L, n, W = p.shape
+    m = col_pos.shape[1]
+    p, start = p.contiguous(), _windows(start, width, m)
+    lo, hi = _extents(lo, hi)
+    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
+    diff = p.new_zeros(_threads(L, n, W), L, n + m)
+    _rows("band_cut_diff", p.dtype, L, n, m, W, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(row_pos),
+          _ptr(col_pos), accumulators=list(diff))
+    return diff.sum(0) if diff.shape[0] > 1 else diff[0]
 
 
 def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, cut: Tensor,
                       inv_r: Tensor, inv_c: Tensor) -> tuple[Tensor, Tensor]:
     r"""The path preconditioner of :class:`~glass_pyg.ot.laplacian.BandOperator` in one pass."""
-    lib = _library()
     L, n = yr.shape
     m = yc.shape[1]
     args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, cut, inv_r, inv_c)]
     if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
         raise ValueError("row_pos and col_pos must be int64")
     z, xr, xc = yr.new_empty(L, n + m), torch.empty_like(yr), torch.empty_like(yc)
-    getattr(lib, "path_precondition_" + _suffix(yr))(L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr),
-                                                      _ptr(xc))
+    getattr(_library(), "path_precondition_" + _suffix(yr.dtype))(
+        L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr), _ptr(xc))
     return xr, xc
-
-
-def _suffix(x: Tensor) -> str:
-    return "f64" if x.dtype == torch.float64 else "f32"

@@ -1,0 +1,268 @@
+/* Kernels for one real type T (see band_kernels.c). */
+
+/* First and one-past-last window offsets of row r's extent. */
+static inline void FN(extent)(const int64_t *start, const int64_t *lo, const int64_t *hi, int64_t r,
+                              int64_t W, int64_t *a, int64_t *b) {
+    if (!lo) { *a = 0; *b = W; return; }
+    *a = lo[r] - start[r];
+    *b = hi[r] - start[r] + 1;
+    if (*a < 0) *a = 0;
+    if (*b > W) *b = W;
+}
+
+/* Exact log-sum-exp of v_k = xs[k] + th[k] over k in [a, b): running maximum in chunks. */
+static T FN(lse_exact)(const T *xs, const T *th, int64_t a, int64_t b) {
+    T buf[CHUNK];
+    T mx = -INFINITY, s = 0;
+    for (int64_t c = a; c < b; c += CHUNK) {
+        const int64_t len = b - c < CHUNK ? b - c : CHUNK;
+        T cm = -INFINITY;
+#pragma omp simd reduction(max:cm)
+        for (int64_t k = 0; k < len; ++k) {
+            const T v = xs[c + k] + th[c + k];
+            buf[k] = v;
+            cm = v > cm ? v : cm;
+        }
+        if (cm > mx) {
+            s = s > 0 ? s * EXP(mx - cm) : 0;
+            mx = cm;
+        }
+        if (!(mx > -INFINITY)) continue;
+#pragma omp simd reduction(+:s)
+        for (int64_t k = 0; k < len; ++k) {
+            const T v = buf[k] - mx;
+            const T e = EXP(v > LO ? v : LO);
+            s += v > LO ? e : 0;
+        }
+    }
+    return mx > -INFINITY ? mx + LOG(s) : mx;
+}
+
+/* sum_k exp(xs[k] + th[k] - sh) over [a, b), arguments clamped to [LO, HI]. */
+static inline T FN(shifted_sum)(const T *xs, const T *th, T sh, int64_t a, int64_t b) {
+    T s = 0;
+#pragma omp simd reduction(+:s)
+    for (int64_t k = a; k < b; ++k) {
+        T v = (xs[k] + th[k]) - sh;
+        v = v < HI ? v : HI;
+        const T e = EXP(v > LO ? v : LO);
+        s += v > LO ? e : 0;
+    }
+    return s;
+}
+
+/* Row log-sum-exp: out[l, i] = log sum_{j in extent} exp(x[l, j] + theta[l, i, j - start]).
+ * With a shift (a guess of out, e.g. the previous iteration's) a row takes one pass and is
+ * redone exactly only when its shifted sum leaves [SAFE_LO, SAFE_HI]. */
+void FN(lse_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                  const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                  const T *theta, const T *shift, T *out) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *xs = x + l * m + start[r], *th = theta + r * W;
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+            if (shift) {
+                const T s = FN(shifted_sum)(xs, th, shift[r], a, b);
+                if (s >= SAFE_LO && s <= SAFE_HI) {
+                    out[r] = shift[r] + LOG(s);
+                    continue;
+                }
+            }
+            out[r] = FN(lse_exact)(xs, th, a, b);
+        }
+    }
+}
+
+/* Column sums from the row layout: acc[l, j] += sum_i exp(x[l, i] + theta[l, i, j - start] - shift[l, j])
+ * (arguments clamped to [LO, HI]); shift is finite. */
+void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                  const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                  const T *theta, const T *shift, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T xi = x[r], *th = theta + r * W, *sh = shift + j0;
+            T *ac = acc + j0;
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+#pragma omp simd
+            for (int64_t k = a; k < b; ++k) {
+                T v = (xi + th[k]) - sh[k];
+                v = v < HI ? v : HI;
+                const T e = EXP(v > LO ? v : LO);
+                ac[k] += v > LO ? e : 0;
+            }
+        }
+    }
+}
+
+/* Column maxima from the row layout: acc[l, j] = max(acc[l, j], x[l, i] + theta[l, i, j - start]). */
+void FN(col_max)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                 const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                 const T *theta, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T xi = x[r], *th = theta + r * W;
+            T *ac = acc + j0;
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+#pragma omp simd
+            for (int64_t k = a; k < b; ++k) {
+                const T v = xi + th[k];
+                ac[k] = v > ac[k] ? v : ac[k];
+            }
+        }
+    }
+}
+
+/* Plan entries: out[l, i, k] = exp(x[l, i] + y[l, j] + theta[l, i, k]), j = start + k, on the
+ * extent, 0 elsewhere in the window. */
+void FN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                  const T *x, const T *y, const int64_t *start, const int64_t *lo,
+                  const int64_t *hi, const T *theta, T *out) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *ys = y + l * m + start[r], *th = theta + r * W;
+            T *o = out + r * W;
+            const T xi = x[r];
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+            for (int64_t k = 0; k < a; ++k) o[k] = 0;
+#pragma omp simd
+            for (int64_t k = a; k < b; ++k) {
+                const T v = xi + ys[k] + th[k];
+                const T e = EXP(v > LO ? v : LO);
+                o[k] = v > LO ? e : 0;
+            }
+            for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
+        }
+    }
+}
+
+/* Logits out[l, i, k] = max(-((x[l, i] - y[l, j])^2 - fx[l, i] - fy[l, j]) / gamma[l], floor),
+ * j = start + k, and floor outside lo <= j <= hi when lo is given; double inputs. The reduced
+ * cost is a small difference of large numbers divided by a small gamma, so the row layout and
+ * the transposed one (transposed != 0: x, fx are the columns) subtract in the same order,
+ * ((s - t)^2 - f) - g, without FMA contraction: both layouts, and torch, hold bitwise the same
+ * logit for an entry. */
+void FN(band_logits)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                     const double *x, const double *y, const double *fx, const double *fy,
+                     const double *gamma, const int64_t *start, const int64_t *lo,
+                     const int64_t *hi, int64_t transposed, double floor, T *out) {
+    for (int64_t l = 0; l < L; ++l) {
+        const double g = gamma[l];
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = start[r];
+            const double *ys = y + l * m + j0, *fys = fy + l * m + j0;
+            const double xi = x[r], fxi = fx[r];
+            const int64_t a = lo ? lo[r] - j0 : 0, b = lo ? hi[r] - j0 : W - 1;
+            T *o = out + r * W;
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) {
+                const double d = xi - ys[k];
+                const double dd = d * d;
+                double v = transposed ? -((dd - fys[k]) - fxi) / g : -((dd - fxi) - fys[k]) / g;
+                v = v > floor ? v : floor;
+                o[k] = (T)(k >= a && k <= b ? v : floor);
+            }
+        }
+    }
+}
+
+/* Zero the entries of p below tiny (in place). */
+void FN(clean_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1, T *p, T tiny) {
+    (void)m;
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            T *pr = p + (l * n + i) * W;
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) pr[k] = pr[k] < tiny ? 0 : pr[k];
+        }
+    }
+}
+
+/* Both products of the bipartite Laplacian's off-diagonal block, from the row layout in one
+ * pass: yr[l, i] = sum_k p[l, i, k] xc[l, j] and yc[l, j] += p[l, i, k] xr[l, i], j = start + k.
+ * yc accumulates. */
+void FN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                     const T *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                     const T *xr, const T *xc, T *yr, T *yc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T *pr = p + r * W, *xs = xc + j0;
+            T *ys = yc + j0;
+            const T xi = xr[r];
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                s += pr[k] * xs[k];
+                ys[k] += pr[k] * xi;
+            }
+            yr[r] = s;
+        }
+    }
+}
+
+/* Path cut differences: entry (i, j) of p adds p * |pos_i - pos_j| at min(pos_i, pos_j) and
+ * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated). */
+void FN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                       const T *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                       const int64_t *row_pos, const int64_t *col_pos, T *diff) {
+    for (int64_t l = 0; l < L; ++l) {
+        T *dl = diff + l * (n + m);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, pr = row_pos[r];
+            const int64_t *pc = col_pos + l * m + start[r];
+            const T *pi = p + r * W;
+            int64_t a, b;
+            FN(extent)(start, lo, hi, r, W, &a, &b);
+            T below = 0, above = 0;
+            for (int64_t k = a; k < b; ++k) {
+                if (pi[k] == 0) continue;
+                if (pc[k] < pr) {  /* columns before the row on the path */
+                    const T w = pi[k] * (T)(pr - pc[k]);
+                    dl[pc[k]] += w;
+                    below += w;
+                } else {
+                    const T w = pi[k] * (T)(pc[k] - pr);
+                    dl[pc[k]] -= w;
+                    above += w;
+                }
+            }
+            dl[pr] += above - below;
+        }
+    }
+}
+
+/* Path preconditioner: place yr, yc at their staircase positions (z, length N = n + m), solve
+ * the path Laplacian with cut weights cut (N - 1) by two running sums, centre, and add the
+ * diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. */
+void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_pos,
+                           const int64_t *col_pos, const T *yr, const T *yc, const T *cut,
+                           const T *inv_r, const T *inv_c, T *z, T *xr, T *xc) {
+    const int64_t N = n + m;
+    for (int64_t l = 0; l < L; ++l) {
+        T *zl = z + l * N;
+        const T *cl = cut + l * (N - 1);
+        const int64_t *rp = row_pos + l * n, *cp = col_pos + l * m;
+        for (int64_t i = 0; i < n; ++i) zl[rp[i]] = yr[l * n + i];
+        for (int64_t j = 0; j < m; ++j) zl[cp[j]] = yc[l * m + j];
+        T flux = 0, x = 0, total = 0;
+        for (int64_t q = 0; q < N; ++q) {
+            flux += zl[q];
+            zl[q] = x;
+            total += x;
+            if (q + 1 < N) x -= flux / cl[q];
+        }
+        const T mean = total / (T)N;
+        for (int64_t i = 0; i < n; ++i) xr[l * n + i] = (zl[rp[i]] - mean) + yr[l * n + i] * inv_r[l * n + i];
+        for (int64_t j = 0; j < m; ++j) xc[l * m + j] = (zl[cp[j]] - mean) + yc[l * m + j] * inv_c[l * m + j];
+    }
+}
