@@ -229,3 +229,14 @@ def test_operator_as_torch(monkeypatch):
         torch.set_num_threads(before)
     assert torch.equal(yr3, yr)
     torch.testing.assert_close(yc3, yc, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+@pytest.mark.parametrize("right", [False, True])
+def test_sorted_search_is_searchsorted(dtype, right):
+    g = torch.Generator().manual_seed(4)
+    seq = torch.sort(torch.randint(0, 50, (3, 200), generator=g), -1).values.to(dtype)  # ties
+    values = torch.sort(torch.randint(-5, 56, (3, 333), generator=g), -1).values.to(dtype)
+    got = native.sorted_search(seq, values, right)
+    assert torch.equal(got, torch.searchsorted(seq, values, right=right))
+    assert native.sorted_search(seq.float(), values.float(), right) is None  # not a kernel dtype

@@ -24,6 +24,11 @@ from .blocks import blockwise, window_gather
 
 
 def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool) -> Tensor:
+    r"""``torch.searchsorted`` for sorted ``values`` (a merge on CPU)."""
+    if not torch.is_grad_enabled() or not (sorted_seq.requires_grad or values.requires_grad):
+        out = native.sorted_search(sorted_seq, values, right)
+        if out is not None:
+            return out
     return torch.searchsorted(sorted_seq.contiguous(), values.contiguous(), right=right)
 
 
@@ -63,14 +68,24 @@ def staircase(a: Tensor, b: Tensor) -> Staircase:
     return Staircase(lo, hi, row_pos, col_pos, a_start, b_start)
 
 
+def _row_parent(st: Staircase) -> Tensor:
+    r"""Columns starting strictly before each row's start (``searchsorted(b_start, a_start)``)."""
+    return st.row_pos - torch.arange(st.row_pos.shape[1], device=st.row_pos.device)
+
+
+def _col_parent(st: Staircase) -> Tensor:
+    r"""Rows starting at or before each column's start (``searchsorted(a_start, b_start, right=True)``)."""
+    return st.col_pos - torch.arange(st.col_pos.shape[1], device=st.col_pos.device)
+
+
 def exact_dual(s: Tensor, t: Tensor, st: Staircase) -> tuple[Tensor, Tensor]:
     r"""Dual potentials of the exact 1-D problem, tight on the staircase path.
 
     Along the path ``f_i - f_{i-1} = C_{i,p_i} - C_{i-1,p_i}`` with ``p_i`` the
     last column before row ``i``, and likewise for ``g``; computed by cumsum.
     """
-    p = (_searchsorted(st.b_start, st.a_start, right=False) - 1).clamp_(min=0)
-    q = (_searchsorted(st.a_start, st.b_start, right=True) - 1).clamp_(min=0)
+    p = (_row_parent(st) - 1).clamp_(min=0)
+    q = (_col_parent(st) - 1).clamp_(min=0)
     tp = torch.gather(t, 1, p)
     sq = torch.gather(s, 1, q)
     df = (s[:, 1:] - tp[:, 1:]) ** 2 - (s[:, :-1] - tp[:, 1:]) ** 2
@@ -126,7 +141,7 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
     a_end = torch.cat([a_start[:, 1:], one], -1)
     b_end = torch.cat([b_start[:, 1:], one], -1)
     # rows: parent column p (latest start strictly before; none for row 0), alternative q = p + 1
-    p = _searchsorted(b_start, a_start, right=False) - 1
+    p = _row_parent(st) - 1
     q = p + 1
     ok_r = (p >= 0) & (q < m)
     p_, q_ = p.clamp(0, m - 1), q.clamp(0, m - 1)
@@ -139,7 +154,7 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
     x_r = torch.where(ok_r & (m1_r > 0) & (m2_r > 0),
                       _log_link_relaxation(eps_r, m1_r, m2_r, gap_r, gam), torch.zeros_like(s))
     # columns j >= 1: parent row r (latest start at or before), alternative row r + 1
-    r = _searchsorted(a_start, b_start, right=True) - 1
+    r = _col_parent(st) - 1
     ok_c = (r >= 0) & (r + 1 < n) & (torch.arange(m, device=s.device) > 0)
     r_, r1 = r.clamp(0, n - 1), (r + 1).clamp(0, n - 1)
     prev_b = torch.cat([b_start[:, :1], b_start[:, :-1]], -1)

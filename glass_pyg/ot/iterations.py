@@ -67,13 +67,20 @@ def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
 def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor,
                 out: Tensor | None = None, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
     r""":math:`\exp(x_i + y_{start_i + k} + \theta_{ik})`, in row blocks, into ``out`` if given.
-    The compiled kernel visits only the extent ``lo <= start_i + k <= hi`` when given (the
-    logits are floored outside it, where the torch path's ``exp`` gives at most 1e-260)."""
+    Entries outside the extent ``lo <= start_i + k <= hi``, when given, are 0."""
     if native.usable(x, y, theta):
         return native.exp_rows(x, y, start, width, theta, lo, hi, out)
     L, n = start.shape
-    return blockwise(lambda sl: torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width)
-                                          + theta[:, sl]), L, n, width, x.device, out)
+    k = torch.arange(width, device=x.device)
+
+    def block(sl: slice) -> Tensor:
+        p = torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width) + theta[:, sl])
+        if lo is None:
+            return p
+        j = start[:, sl].unsqueeze(-1) + k
+        return p.masked_fill((j < lo[:, sl].unsqueeze(-1)) | (j > hi[:, sl].unsqueeze(-1)), 0.0)
+
+    return blockwise(block, L, n, width, x.device, out)
 
 
 def row_update(st: SolverState, psi: Tensor, phi: Tensor | None = None) -> Tensor:

@@ -103,6 +103,9 @@ def _compile() -> ctypes.CDLL:
     for name, sig in _SIGNATURES.items():
         for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
             getattr(lib, f"{name}_{suf}").argtypes = [kinds.get(c, real) for c in sig]
+    for suf in ("f64", "i64"):
+        getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
+            ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
@@ -349,3 +352,19 @@ def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, 
     getattr(_library(), "path_precondition_" + _suffix(yr.dtype))(
         L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr), _ptr(xc))
     return xr, xc
+
+
+def sorted_search(seq: Tensor, values: Tensor, right: bool) -> Tensor | None:
+    r"""``torch.searchsorted(seq, values, right=right)`` for non-decreasing ``values`` by one
+    merge, O(n + m) instead of O(n log m): ``seq`` (L, m), ``values`` (L, n), both float64 or
+    both int64, on CPU. None where the kernels cannot take them."""
+    if _library() is None or seq.device.type != "cpu" or values.device.type != "cpu" or \
+            seq.dtype != values.dtype or seq.dtype not in (torch.float64, torch.int64) or seq.dim() != 2 \
+            or values.dim() != 2 or seq.shape[0] != values.shape[0]:
+        return None
+    seq, values = seq.contiguous(), values.contiguous()
+    out = torch.empty(values.shape, dtype=torch.int64)
+    suf = "f64" if seq.dtype == torch.float64 else "i64"
+    getattr(_library(), f"sorted_search_{suf}")(seq.shape[0], seq.shape[1], values.shape[1], _ptr(seq),
+                                                 _ptr(values), int(right), _ptr(out))
+    return out

@@ -53,3 +53,22 @@ float expf(float);
 #define SAFE_LO 1e-20f
 #define SAFE_HI 1e20f
 #include "band_kernels_impl.h"
+
+/* searchsorted for sorted queries by one merge: out[l, i] = number of seq[l, :] entries
+ * below val[l, i] (right = 0) or at most val[l, i] (right != 0); val non-decreasing. */
+#define DEFINE_SORTED_SEARCH(T, NAME)                                                         \
+void NAME(int64_t L, int64_t ns, int64_t nv, const T *seq, const T *val, int64_t right,     \
+          int64_t *out) {                                                                    \
+    for (int64_t l = 0; l < L; ++l) {                                                       \
+        const T *sl = seq + l * ns, *vl = val + l * nv;                                      \
+        int64_t j = 0;                                                                       \
+        for (int64_t i = 0; i < nv; ++i) {                                                   \
+            const T v = vl[i];                                                               \
+            if (right) while (j < ns && sl[j] <= v) ++j;                                     \
+            else while (j < ns && sl[j] < v) ++j;                                            \
+            out[l * nv + i] = j;                                                             \
+        }                                                                                    \
+    }                                                                                        \
+}
+DEFINE_SORTED_SEARCH(double, sorted_search_f64)
+DEFINE_SORTED_SEARCH(int64_t, sorted_search_i64)
