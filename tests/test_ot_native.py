@@ -240,3 +240,22 @@ def test_sorted_search_is_searchsorted(dtype, right):
     got = native.sorted_search(seq, values, right)
     assert torch.equal(got, torch.searchsorted(seq, values, right=right))
     assert native.sorted_search(seq.float(), values.float(), right) is None  # not a kernel dtype
+
+
+def test_band_extent_is_the_bisection():
+    from glass_pyg.ot.band import search_extent
+    s, t, gam, band, stair, f0, g0 = _staircase_band(400, 350, 2e-3, 0, seed=6)
+    phi, psi = 3.0 * s, -2.0 * t  # smooth potentials keep each row unimodal
+    ca, cb = torch.full((2, 400), -6.0, dtype=torch.float64), torch.full((2, 350), -5.8, dtype=torch.float64)
+    for terms, thr in (((None, None, None, None), -30.0), ((phi, psi, ca, cb), -14.0)):
+        lo, hi = native.band_extent(s, t, f0, g0, gam, *terms, thr, stair.lo, stair.hi)
+        p, q, a, b = (torch.zeros_like(x) if v is None else v for v, x in zip(terms, (s, t, s, t)))
+
+        def pred(j):
+            d = s - torch.gather(t, 1, j)
+            theta = -((d * d - f0) - torch.gather(g0, 1, j)) / gam.unsqueeze(-1)
+            return (p + torch.gather(q, 1, j)) + theta - a - torch.gather(b, 1, j) >= thr
+
+        assert torch.equal(lo, search_extent(pred, stair.lo, 0, 350))
+        assert torch.equal(hi, search_extent(pred, stair.hi, 349, 350))
+        assert (hi - lo).float().mean() > 3  # a real band, not the staircase alone

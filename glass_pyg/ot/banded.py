@@ -9,13 +9,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import native
 from . import validation as V
 from .validation import ConvergenceWarning
 from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase
 from .blocks import blockwise, window_gather
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
-from .plan import TransportPlan
+from .plan import TransportPlan, inverse_permutation
 
 _TEMPERATURES = ("absolute", "rank")
 _GRADS = ("implicit", "unrolled")
@@ -46,10 +47,27 @@ class _Reference:
                 - st.log_a.double() - torch.gather(st.log_b, 1, j).double())
 
 
-def _extent(pred, stair: Staircase, m: int) -> tuple[Tensor, Tensor]:
-    lo = search_extent(pred, stair.lo, 0, m)
-    hi = search_extent(pred, stair.hi, m - 1, m)
-    return lo, hi
+def _extent(ref: _Reference, stair: Staircase, m: int, thr: float, phi: Tensor | None = None,
+            psi: Tensor | None = None, log_a: Tensor | None = None,
+            log_b: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Columns around the staircase where :math:`\phi_i + \psi_j + \theta_{ij} - \log a_i
+    - \log b_j \ge thr` (terms given as None are zero), per row."""
+    def d(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.detach().double()
+
+    phi, psi, log_a, log_b = d(phi), d(psi), d(log_a), d(log_b)
+    found = native.band_extent(ref.s, ref.t, ref.f0, ref.g0, ref.gamma, phi, psi, log_a, log_b, thr,
+                               stair.lo, stair.hi)
+    if found is not None:
+        return found
+    zr, zc = torch.zeros_like(ref.s), torch.zeros_like(ref.t)
+
+    def pred(j: Tensor) -> Tensor:
+        v = ref.log_kernel(zr if phi is None else phi, zc if psi is None else psi, j)
+        v = v - (0.0 if log_a is None else log_a)
+        return (v - (0.0 if log_b is None else torch.gather(log_b, 1, j))) >= thr
+
+    return search_extent(pred, stair.lo, 0, m), search_extent(pred, stair.hi, m - 1, m)
 
 
 def _certify(st: SolverState, ref: _Reference, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -223,7 +241,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
         # the certificate below widens it where the converged plan needs more
         zeros_r, zeros_c = torch.zeros_like(ad), torch.zeros_like(bd)
         thr = log_eps - math.log(max(n, m)) - 1.0
-        band = make_band(*_extent(lambda j: ref.log_kernel(zeros_r, zeros_c, j) >= thr, stair, m), m)
+        band = make_band(*_extent(ref, stair, m, thr), m)
         st = SolverState(band, *_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b,
                          zeros_r.to(dt), zeros_c.to(dt))
         if init is not None:
@@ -254,8 +272,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             ok = ok & (omitted <= band_eps * bd.double().sum(-1))
             if bool(ok.all()) or _full(band, m):
                 break
-            st_now = st
-            band = _widen(band, *_extent(lambda j: ref.log_density(st_now, j) >= log_eps, stair, m), m)
+            band = _widen(band, *_extent(ref, stair, m, log_eps, st.phi, st.psi, st.log_a, st.log_b), m)
             st = SolverState(band, *_logits(sd, td, gd, band, f0, g0, dt), log_a, log_b, st.phi, st.psi)
         if _full(band, m):
             omitted = torch.zeros_like(omitted)
@@ -296,7 +313,7 @@ def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omit
     cost = blockwise(lambda sl: (values[:, sl] * (ss[:, sl].unsqueeze(-1)
                                                   - window_gather(ts, band.row_start[:, sl], band.width)) ** 2
                                  ).sum(-1), L, n, band.width, ss.device).sum(-1)
-    inv_s, inv_t = torch.argsort(perm_s, -1), torch.argsort(perm_t, -1)
+    inv_s, inv_t = inverse_permutation(perm_s), inverse_permutation(perm_t)
     g = ref.gamma.unsqueeze(-1)
     f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)
     gg = torch.gather(st.psi.detach().double() * g + ref.g0, 1, inv_t)

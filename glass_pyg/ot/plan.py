@@ -16,6 +16,12 @@ from torch import Tensor
 from .expectation import BlockedExpectation
 
 
+def inverse_permutation(perm: Tensor) -> Tensor:
+    r"""``inv`` with ``inv[l, perm[l, i]] = i`` for permutations ``perm`` (L, n): a scatter, O(n)."""
+    idx = torch.arange(perm.shape[-1], device=perm.device).expand_as(perm)
+    return torch.empty_like(perm).scatter_(-1, perm, idx)
+
+
 @dataclass(frozen=True)
 class TransportPlan:
     r"""Entropic plan of one or several slices, with its solver diagnostics.
@@ -115,7 +121,7 @@ class TransportPlan:
         vals, pos = torch.topk(self.values, k, dim=-1)
         cols_sorted = torch.gather(self.sorted_cols(), 2, pos)
         cols = torch.gather(self.perm_t, 1, cols_sorted.flatten(1)).view_as(pos)
-        inv = torch.argsort(self.perm_s, -1)
+        inv = inverse_permutation(self.perm_s)
         vals = torch.gather(vals, 1, inv.unsqueeze(-1).expand_as(vals))
         cols = torch.gather(cols, 1, inv.unsqueeze(-1).expand_as(cols))
         return self._out(vals), self._out(cols)

@@ -103,6 +103,8 @@ def _compile() -> ctypes.CDLL:
     for name, sig in _SIGNATURES.items():
         for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
             getattr(lib, f"{name}_{suf}").argtypes = [kinds.get(c, real) for c in sig]
+    lib.band_extent.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_double] + [
+        ctypes.c_void_p] * 4
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
             ctypes.c_int64, ctypes.c_void_p]
@@ -368,3 +370,24 @@ def sorted_search(seq: Tensor, values: Tensor, right: bool) -> Tensor | None:
     getattr(_library(), f"sorted_search_{suf}")(seq.shape[0], seq.shape[1], values.shape[1], _ptr(seq),
                                                  _ptr(values), int(right), _ptr(out))
     return out
+
+
+def band_extent(s: Tensor, t: Tensor, f0: Tensor, g0: Tensor, gamma: Tensor, phi: Tensor | None,
+                psi: Tensor | None, ca: Tensor | None, cb: Tensor | None, thr: float, anchor_lo: Tensor,
+                anchor_hi: Tensor) -> tuple[Tensor, Tensor] | None:
+    r"""Per row, the farthest columns left of ``anchor_lo`` and right of ``anchor_hi`` with
+    :math:`\phi_i + \psi_j - ((s_i - t_j)^2 - f^0_i - g^0_j)/\gamma - c^a_i - c^b_j \ge thr`
+    (unimodal along the row, true at the anchors), by galloping search: float64 ``s, f0, phi,
+    ca`` (L, n), ``t, g0, psi, cb`` (L, m), ``gamma`` (L,); None terms are zero. None where
+    the kernels cannot take them."""
+    vecs = [s, t, f0, g0, gamma] + [v for v in (phi, psi, ca, cb) if v is not None]
+    if _library() is None or any(v.device.type != "cpu" or v.dtype != torch.float64 for v in vecs):
+        return None
+    L, n = s.shape
+    m = t.shape[1]
+    args = [None if v is None else v.detach().contiguous() for v in (s, t, f0, g0, gamma, phi, psi, ca, cb)]
+    a_lo, a_hi = anchor_lo.to(torch.int64).contiguous(), anchor_hi.to(torch.int64).contiguous()
+    lo, hi = torch.empty_like(a_lo), torch.empty_like(a_hi)
+    _library().band_extent(L, n, m, *(_ptr(v) for v in args), ctypes.c_double(thr), _ptr(a_lo), _ptr(a_hi),
+                           _ptr(lo), _ptr(hi))
+    return lo, hi

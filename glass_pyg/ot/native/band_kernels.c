@@ -72,3 +72,51 @@ void NAME(int64_t L, int64_t ns, int64_t nv, const T *seq, const T *val, int64_t
 }
 DEFINE_SORTED_SEARCH(double, sorted_search_f64)
 DEFINE_SORTED_SEARCH(int64_t, sorted_search_i64)
+
+/* Band extents: for every row i, the farthest columns from anchor_lo[i] (leftwards) and
+ * anchor_hi[i] (rightwards) where
+ *     v(i, j) = phi_i + psi_j - ((s_i - t_j)^2 - f0_i - g0_j) / gamma - ca_i - cb_j >= thr,
+ * v being unimodal along the row and above thr at the anchors. Galloping search then
+ * bisection: O(log extent) evaluations per row. phi, psi, ca, cb may be NULL (zero). */
+static inline double band_value(const double *s, const double *t, const double *f0, const double *g0,
+                                double g, const double *phi, const double *psi, const double *ca,
+                                const double *cb, int64_t r, int64_t cj) {
+    const double d = s[r] - t[cj];
+    const double theta = -((d * d - f0[r]) - g0[cj]) / g;
+    double v = ((phi ? phi[r] : 0.0) + (psi ? psi[cj] : 0.0)) + theta;
+    return v - (ca ? ca[r] : 0.0) - (cb ? cb[cj] : 0.0);
+}
+
+void band_extent(int64_t L, int64_t n, int64_t m, const double *s, const double *t, const double *f0,
+                 const double *g0, const double *gamma, const double *phi, const double *psi,
+                 const double *ca, const double *cb, double thr, const int64_t *anchor_lo,
+                 const int64_t *anchor_hi, int64_t *out_lo, int64_t *out_hi) {
+    for (int64_t l = 0; l < L; ++l) {
+        const double g = gamma[l];
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t r = l * n + i;
+            for (int side = 0; side < 2; ++side) {
+                const int64_t dir = side ? 1 : -1, limit = side ? m - 1 : 0;
+                int64_t ok = side ? anchor_hi[r] : anchor_lo[r];  /* pred holds here */
+                int64_t step = 1, bad = -1;
+                while (ok != limit) {  /* gallop */
+                    int64_t j = ok + dir * step;
+                    if ((side && j > limit) || (!side && j < limit)) j = limit;
+                    if (band_value(s, t, f0, g0, g, phi, psi, ca, cb, r, l * m + j) >= thr) {
+                        ok = j;
+                        step *= 2;
+                    } else {
+                        bad = j;
+                        break;
+                    }
+                }
+                while (bad >= 0 && (bad - ok) * dir > 1) {  /* bisect between ok and bad */
+                    const int64_t mid = ok + (bad - ok) / 2;
+                    if (band_value(s, t, f0, g0, g, phi, psi, ca, cb, r, l * m + mid) >= thr) ok = mid;
+                    else bad = mid;
+                }
+                if (side) out_hi[r] = ok; else out_lo[r] = ok;
+            }
+        }
+    }
+}
