@@ -10,6 +10,11 @@ def _bench_sinkhorn(args: argparse.Namespace) -> int:
     from .experiments import bench_sinkhorn as B
 
     sizes = args.sizes if args.sizes else [args.n]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"glass-pyg: --threads must be at least 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
     cfg = B.BenchConfig(sizes=sizes, gamma=args.gamma, rank_gamma=args.rank_gamma, band_eps=args.band_eps,
                         max_iter=args.max_iter, tol=args.tol, repeats=args.repeats,
                         dense_max_n=args.dense_max_n, pot_max_n=args.pot_max_n, seed=args.seed,
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--absolute_max_n", "--absolute-max-n", type=int, default=16384,
                    help="largest n solved at absolute gamma (its band grows like n)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, help="torch (and compiled kernel) threads; default: torch's")
     b.add_argument("--out", help="folder for sinkhorn.md and sinkhorn.csv")
     b.set_defaults(func=_bench_sinkhorn)
     return p

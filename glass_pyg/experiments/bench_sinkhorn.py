@@ -218,9 +218,15 @@ def to_markdown(rows: list[BenchRow]) -> str:
     return "\n".join(out)
 
 
+def setting() -> str:
+    r"""Threads and kernels the solver ran with."""
+    from ..ot import native
+    return f"torch threads: {torch.get_num_threads()}; band kernels: {native.status()}"
+
+
 def summary(rows: list[BenchRow]) -> str:
     """Ratios the issue asks about: slope of banded time, banded vs dense, banded vs sort."""
-    lines = []
+    lines = [setting()]
     for temp in ("absolute", "rank"):
         pts = [(r.n, r.median_s) for r in rows if r.method == "banded" and r.temperature == temp]
         if len(pts) >= 2:
