@@ -21,6 +21,7 @@ from .ot.plan import TransportPlan
 
 PlanLike = TransportPlan | Tensor
 _DENSE_LIMIT = 1 << 22  # n * m up to which the dense assignment solver is used (robust to ties)
+_SPARSE_CANDIDATES = 32  # plan entries per row the sparse assignment considers by default
 
 
 class DecodingWarning(UserWarning):
@@ -45,6 +46,17 @@ def _coo(plan: PlanLike) -> tuple[Tensor, Tensor, Tensor, int, int]:
     return rows, cols, vals, n, m
 
 
+def top_per_row(rows: Tensor, cols: Tensor, vals: Tensor, n: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The ``k`` largest of the entries ``(rows, cols, vals)`` in every row (ties in any order)."""
+    order = torch.argsort(vals, descending=True, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]  # by row, largest first within a row
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    count = torch.bincount(rows, minlength=n)
+    first = torch.cumsum(count, 0) - count
+    keep = torch.arange(rows.numel(), device=rows.device) - first[rows] < k
+    return rows[keep], cols[keep], vals[keep]
+
+
 def _truth(y: Tensor) -> tuple[Tensor, Tensor]:
     if y.dim() == 1:
         return torch.arange(y.numel(), device=y.device), y
@@ -53,21 +65,30 @@ def _truth(y: Tensor) -> tuple[Tensor, Tensor]:
     return y[0], y[1]
 
 
-def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None = None,
+                   candidates: int | None = None) -> Tensor:
     r"""A one-to-one matching inside the plan's support, ``(n,)`` target per source (``-1`` if none).
 
     Without ``cost`` it maximises the matched plan weight :math:`\sum P_{i\pi(i)}`;
     with ``cost`` (a callable on index pairs, e.g. the lifted cost) it finds the
     minimum-cost matching among the plan's candidates, so the coupling acts as a
-    candidate set refined by the geometry. Solved with scipy's dense
-    ``linear_sum_assignment`` while ``n * m <= 2**22`` (robust to the exact
-    ties of structurally equivalent nodes), beyond that with
+    candidate set refined by the geometry. ``candidates`` keeps the largest
+    entries of each row of the plan (default: all of them while ``n * m <=
+    2**22``, 32 beyond). Solved with scipy's dense ``linear_sum_assignment``
+    while ``n * m <= 2**22`` (robust to the exact ties of structurally
+    equivalent nodes), beyond that with
     :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
-    support. When the support admits no matching of every row (or column, if
-    fewer), pairs outside it are used at a cost above any matching inside it,
+    candidates. When they admit no matching of every row (or column, if
+    fewer), pairs outside them are used at a cost above any matching inside,
     so as few as possible, and a :class:`DecodingWarning` says how many.
     """
+    if candidates is not None and (not isinstance(candidates, int) or candidates < 1):
+        raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
     rows, cols, vals, n, m = _coo(plan)
+    if candidates is None and n * m > _DENSE_LIMIT:
+        candidates = _SPARSE_CANDIDATES
+    if candidates is not None:
+        rows, cols, vals = top_per_row(rows, cols, vals, n, candidates)
     if cost is None:
         w = (vals.max() - vals).double() if vals.numel() else vals.double()
     else:

@@ -98,3 +98,40 @@ def test_on_transport_plans(gen):
     single = sinkhorn_banded(s[0], t[0], gamma=0.05, temperature="rank")
     torch.testing.assert_close(M.row_argmax(single), single.to_dense().argmax(1))
     torch.testing.assert_close(M.row_argmax(plan), dense.argmax(1))
+
+
+def test_top_per_row_keeps_the_largest():
+    gen = torch.Generator().manual_seed(3)
+    P = random_sparse_plan(30, 20, 0.6, gen).to_sparse().coalesce()
+    (rows, cols), vals = P.indices(), P.values()
+    r, c, v = M.top_per_row(rows, cols, vals, 30, 4)
+    dense = P.to_dense()
+    for i in range(30):
+        row = dense[i][dense[i] > 0]
+        kept = v[r == i]
+        assert kept.numel() == min(4, row.numel())
+        assert torch.equal(torch.sort(kept, descending=True).values, torch.sort(row, descending=True).values[:4])
+        assert torch.equal(dense[i, c[r == i]], kept)
+
+
+def test_candidates_restrict_the_assignment(solver):
+    ran = 0
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        P = random_sparse_plan(6, 6, 0.9, gen)
+        D = torch.rand(6, 6, generator=gen, dtype=torch.float64)
+        # the three largest entries of each row only, then brute force on them
+        (rows, cols), vals = P.to_sparse().indices(), P.to_sparse().values()
+        r, c, v = M.top_per_row(rows, cols, vals, 6, 3)
+        restricted = torch.zeros_like(P)
+        restricted[r, c] = v
+        ref = brute_force(restricted, D)
+        if ref is None:
+            continue  # no full matching on three candidates per row
+        got = M.to_permutation(P.to_sparse(), lambda i, j: D[i, j], candidates=3)
+        cost = lambda cols: sum(float(D[i, j]) for i, j in enumerate(cols))
+        assert abs(cost(got.tolist()) - cost(ref)) < 1e-9
+        ran += 1
+    assert ran >= 10
+    with pytest.raises(ValueError, match="candidates"):
+        M.to_permutation(P, candidates=0)

@@ -81,3 +81,48 @@ def test_bad_input_names_the_problem():
         refine_matching(truth, d.edge_index_s, d.edge_index_t, num_nodes=(50, 50), max_rounds=0)
     with pytest.raises(ValueError, match="edge_index_t"):
         refine_matching(truth, d.edge_index_s, d.edge_index_t + 100, num_nodes=(50, 50))
+
+
+def test_candidate_votes_are_the_votes_restricted():
+    # brute force: one round's votes on the candidate pairs (and the matching's) equal A_s P A_t^T there
+    from glass_pyg.refinement import _adjacency, _candidate_votes, _perm_matrix
+    import numpy as np
+    d, truth = _pair(n=60, r=0.1, seed=4)
+    init = _partly_right(truth, 0.4, seed=5)
+    a_s, a_t = _adjacency(d.edge_index_s, 60, "s"), _adjacency(d.edge_index_t, 60, "t")
+    full = (a_s @ _perm_matrix(init.numpy(), 60, 60) @ a_t.T).toarray()
+    g = torch.Generator().manual_seed(1)
+    rows, cols = torch.randint(0, 60, (2, 300), generator=g).numpy()
+    votes = _candidate_votes(a_s, _perm_matrix(init.numpy(), 60, 60), a_t, (rows, cols), init,
+                             chunk_entries=64).to_dense().numpy()  # several chunks
+    held = np.zeros((60, 60), dtype=bool)
+    held[rows, cols] = True
+    held[np.arange(60), init.numpy()] = True
+    assert np.array_equal(votes[held], full[held] + 1.0)
+    assert (votes[~held] == 0).all()
+
+
+def test_all_pairs_as_candidates_is_the_full_refinement():
+    d, truth = _pair(n=150, r=0.05, seed=2)
+    init = _partly_right(truth, 0.2, seed=3)
+    full = refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(150, 150))
+    cand = refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(150, 150),
+                           candidates=torch.ones(150, 150), candidate_k=150)
+    # the same fixed point (intermediate ties may break differently: pairs without votes are
+    # outside the full votes' support and inside the candidates')
+    assert torch.equal(full.perm, cand.perm) and cand.converged
+
+
+def test_plan_candidates_recover_the_truth():
+    d, truth = _pair(n=300, r=0.05, seed=6)
+    g = torch.Generator().manual_seed(2)
+    plan = torch.rand(300, 300, generator=g, dtype=torch.float64)
+    plan[torch.arange(300), truth] += 1.0  # the truth among each row's 12 largest entries
+    init = _partly_right(truth, 0.15, seed=7)
+    res = refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300),
+                          candidates=plan.to_sparse(), candidate_k=12)
+    assert matching_accuracy(res.perm, d.y) > 0.95
+    with pytest.raises(ValueError, match="candidates has shape"):
+        refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), candidates=plan[:10])
+    with pytest.raises(ValueError, match="candidate_k"):
+        refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), candidates=plan, candidate_k=0)

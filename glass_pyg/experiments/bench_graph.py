@@ -42,6 +42,8 @@ class GlassSettings:
     lr: float = 1e-2
     steps: int = 10
     refine_rounds: int = 30
+    # beyond n = 2048 the votes are counted only on the plan's largest entries per row
+    refine_candidates: int = 16
 
 
 @dataclass
@@ -113,8 +115,10 @@ def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
     out["perm_lifted"] = lifted.numpy()
     t3 = time.perf_counter()
     # the lifted decoding seeds the neighbourhood votes (a hard seed set votes more sharply than the soft plan)
+    big = n * n > (1 << 22)
     ref = refine_matching(lifted, inst["edge_index_s"], inst["edge_index_t"], num_nodes=(n, n),
-                          max_rounds=s.refine_rounds)
+                          max_rounds=s.refine_rounds, candidates=plan if big else None,
+                          candidate_k=s.refine_candidates)
     t4 = time.perf_counter()
     out["perm_refined"] = ref.perm.numpy()
     y = torch.stack([torch.arange(n), torch.as_tensor(inst["truth"])])
