@@ -44,6 +44,7 @@ class BandOperator:
     cut: Tensor  # (L, n + m - 1) path preconditioner weights
     inv_row_sum: Tensor  # (L, n) diagonal preconditioner, 0 on empty rows
     inv_col_sum: Tensor  # (L, m)
+    inv_cut: Tensor  # (L, n + m - 1)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
@@ -64,7 +65,7 @@ class BandOperator:
         iterations). Their sum is symmetric positive definite on the range.
         """
         if self.p_col is None:
-            return native.path_precondition(self.row_pos, self.col_pos, yr, yc, self.cut,
+            return native.path_precondition(self.row_pos, self.col_pos, yr, yc, self.inv_cut,
                                             self.inv_row_sum, self.inv_col_sum)
         L, n = yr.shape
         z = yr.new_zeros(L, n + yc.shape[1])
@@ -152,7 +153,7 @@ def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None,
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     cut = torch.maximum(cut, floor)
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
-                        _safe_inverse(row_sum), _safe_inverse(col_sum))
+                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut)
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,10 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     r"""Preconditioned conjugate gradient for :math:`\mathcal{L} x = y`, batched over slices.
 
     ``y`` must sum to zero per slice (it lies in the range of the Laplacian);
-    the returned ``x`` has zero mean. Convergence is checked every
-    ``check_every`` iterations (one host synchronisation each).
+    the returned ``x`` has zero mean. On accelerators convergence is read every
+    ``check_every`` iterations (one host synchronisation each); on CPU, where
+    reading it is free, after every iteration. Stagnation is judged over
+    windows of ``check_every`` iterations.
     """
     shift = (yr.sum(-1) + yc.sum(-1)) / (yr.shape[-1] + yc.shape[-1])
     yr = yr - shift.unsqueeze(-1)
@@ -184,6 +187,7 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     pr, pc = zr.clone(), zc.clone()
     rz = _dot(rr, rc, zr, zc)
     active = torch.ones_like(norm_y, dtype=torch.bool)
+    on_host = yr.device.type == "cpu"
     it = 0
     res = torch.ones_like(norm_y)
     last_res = torch.full_like(norm_y, float("inf"))
@@ -200,7 +204,7 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
         if it % check_every == 0:  # stagnation: no progress over the last window
             active = active & (res < 0.99 * last_res)
             last_res = res
-        if it % check_every == 0 and not bool(active.any()):
+        if (on_host or it % check_every == 0) and not bool(active.any()):
             break
         zr, zc = op.precondition(rr, rc)
         rz_new = _dot(rr, rc, zr, zc)

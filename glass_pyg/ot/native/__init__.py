@@ -342,12 +342,13 @@ def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos
     return diff.sum(0) if diff.shape[0] > 1 else diff[0]
 
 
-def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, cut: Tensor,
+def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,
                       inv_r: Tensor, inv_c: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The path preconditioner of :class:`~glass_pyg.ot.laplacian.BandOperator` in one pass."""
+    r"""The path preconditioner of :class:`~glass_pyg.ot.laplacian.BandOperator` in one pass
+    (``inv_cut``: the inverse cut weights, ``(L, n + m - 1)``)."""
     L, n = yr.shape
     m = yc.shape[1]
-    args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, cut, inv_r, inv_c)]
+    args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, inv_cut, inv_r, inv_c)]
     if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
         raise ValueError("row_pos and col_pos must be int64")
     z, xr, xc = yr.new_empty(L, n + m), torch.empty_like(yr), torch.empty_like(yc)

@@ -242,15 +242,16 @@ void FN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, i
 }
 
 /* Path preconditioner: place yr, yc at their staircase positions (z, length N = n + m), solve
- * the path Laplacian with cut weights cut (N - 1) by two running sums, centre, and add the
- * diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. */
+ * the path Laplacian with cut weights 1 / inv_cut (N - 1) by two running sums, centre, and add
+ * the diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. (The inverse
+ * cut is a multiplication in the serial running sum, where a division's latency would count.) */
 void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_pos,
-                           const int64_t *col_pos, const T *yr, const T *yc, const T *cut,
+                           const int64_t *col_pos, const T *yr, const T *yc, const T *inv_cut,
                            const T *inv_r, const T *inv_c, T *z, T *xr, T *xc) {
     const int64_t N = n + m;
     for (int64_t l = 0; l < L; ++l) {
         T *zl = z + l * N;
-        const T *cl = cut + l * (N - 1);
+        const T *cl = inv_cut + l * (N - 1);
         const int64_t *rp = row_pos + l * n, *cp = col_pos + l * m;
         for (int64_t i = 0; i < n; ++i) zl[rp[i]] = yr[l * n + i];
         for (int64_t j = 0; j < m; ++j) zl[cp[j]] = yc[l * m + j];
@@ -259,7 +260,7 @@ void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_p
             flux += zl[q];
             zl[q] = x;
             total += x;
-            if (q + 1 < N) x -= flux / cl[q];
+            if (q + 1 < N) x -= flux * cl[q];
         }
         const T mean = total / (T)N;
         for (int64_t i = 0; i < n; ++i) xr[l * n + i] = (zl[rp[i]] - mean) + yr[l * n + i] * inv_r[l * n + i];
