@@ -139,14 +139,14 @@ def test_autograd_takes_the_torch_path():
 
 def test_build_into_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
-    lib = native._compile()
-    assert list(tmp_path.glob("band_kernels-*.so")) and all(hasattr(lib, f"{k}_f64") and hasattr(lib, f"{k}_f32") for k in native._SIGNATURES)
+    lib = native.build._compile()
+    assert list(tmp_path.glob("band_kernels-*.so")) and all(hasattr(lib, f"{k}_f64") and hasattr(lib, f"{k}_f32") for k in native.build._SIGNATURES)
 
 
 def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "/bin/false")
-    monkeypatch.setattr(native, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
+    monkeypatch.setattr(native.build, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
                                            "pool": None, "pool_size": 0})
     assert native.status().startswith("torch (not built")
     plan = sinkhorn_banded(torch.randn(200, dtype=torch.float64), torch.randn(200, dtype=torch.float64),
