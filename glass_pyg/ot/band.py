@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import native
-from .blocks import blockwise, window_gather
+from .blocks import blockwise, window_gather, window_inside
 
 
 def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool) -> Tensor:
@@ -252,8 +252,7 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
                                   band.col_lo, band.col_hi, transposed=True)
 
     def masked(theta: Tensor, start: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        j = start.unsqueeze(-1) + torch.arange(theta.shape[-1], device=theta.device)
-        inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+        inside = window_inside(start, theta.shape[-1], lo, hi)
         return theta.clamp(min=floor).masked_fill(~inside, floor).to(dtype)
 
     def rows(sl: slice) -> Tensor:

@@ -33,6 +33,13 @@ def window_gather(x: Tensor, start: Tensor, width: int) -> Tensor:
     return rows.index_select(0, offset.reshape(-1)).view(L, start.shape[1], width)
 
 
+def window_inside(start: Tensor, width: int, lo: Tensor, hi: Tensor) -> Tensor:
+    r"""``(L, rows, width)`` mask of the window entries ``j = start + k`` with ``lo <= j <= hi``
+    (a band row's or column's extent); ``start``, ``lo``, ``hi`` are ``(L, rows)``."""
+    j = start.unsqueeze(-1) + torch.arange(width, device=start.device)
+    return (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+
+
 def row_blocks(L: int, n: int, width: int, device: torch.device) -> list[slice]:
     r"""Slices of the ``n`` rows, each about ``2^17`` band entries on CPU; one slice elsewhere."""
     if device.type != "cpu":

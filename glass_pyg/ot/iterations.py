@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import native
 from .band import Band, Staircase
-from .blocks import blockwise, window_gather
+from .blocks import blockwise, window_gather, window_inside
 from .laplacian import band_operator, solve_laplacian
 
 
@@ -71,14 +71,12 @@ def exp_windows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor,
     if native.usable(x, y, theta):
         return native.exp_rows(x, y, start, width, theta, lo, hi, out)
     L, n = start.shape
-    k = torch.arange(width, device=x.device)
 
     def block(sl: slice) -> Tensor:
         p = torch.exp(x[:, sl].unsqueeze(-1) + window_gather(y, start[:, sl], width) + theta[:, sl])
         if lo is None:
             return p
-        j = start[:, sl].unsqueeze(-1) + k
-        return p.masked_fill((j < lo[:, sl].unsqueeze(-1)) | (j > hi[:, sl].unsqueeze(-1)), 0.0)
+        return p.masked_fill(~window_inside(start[:, sl], width, lo[:, sl], hi[:, sl]), 0.0)
 
     return blockwise(block, L, n, width, x.device, out)
 
