@@ -95,3 +95,22 @@ def test_implicit_memory_does_not_grow_with_iterations(gen):
     assert imp_tight <= 1.01 * imp_loose
     assert imp_tight < 12 * nnz_bytes
     assert unr_tight > 5 * unr_loose
+
+
+def test_strided_scores_give_the_same_plan_and_gradients(gen):
+    """Scores that are views with other strides (a transposed (n, L) array) behave as contiguous ones."""
+    base = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    tbase = torch.randn(45, 3, generator=gen, dtype=torch.float64) + 0.5
+    D = torch.randn(3, 60, 45, generator=gen, dtype=torch.float64)
+    out = []
+    for strided in (True, False):
+        s = base.clone().requires_grad_()
+        t = tbase.clone().requires_grad_()
+        ss, tt = (s.t(), t.t()) if strided else (s.t().contiguous(), t.t().contiguous())
+        P = sinkhorn_banded(ss, tt, gamma=0.5, temperature="rank")
+        loss = (P.to_dense() * D).sum() + P.transport_cost().sum() + P.expectation(
+            lambda i, j: torch.gather(D.flatten(1), 1, (i * 45 + j).flatten(1)).view_as(i)).sum()
+        loss.backward()
+        out.append((P.to_dense(), s.grad, t.grad))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

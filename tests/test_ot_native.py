@@ -112,8 +112,17 @@ def test_window_past_the_end_is_an_error():
 
 def test_out_must_fit():
     x, start, lo, hi, theta = _band(1, 10, 20, 5, torch.float64)
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match="plan must be"):
         native.exp_rows(x[:, :10], x, start, 5, theta, out=torch.empty(1, 10, 4, dtype=torch.float64))
+    off = native.compact_offsets(lo, hi)
+    with pytest.raises(ValueError, match="extents"):
+        native.exp_rows(x[:, :10], x, start, 5, theta, out=torch.empty(50, dtype=torch.float64), offsets=off)
+    with pytest.raises(ValueError, match="compact plan"):
+        native.exp_rows(x[:, :10], x, start, 5, theta, lo, hi, out=torch.empty(int(off[-1]) - 1,
+                                                                                dtype=torch.float64), offsets=off)
+    with pytest.raises(ValueError, match="float64 plan cannot be used with torch.float32 vectors"):
+        native.exp_rows(x[:, :10].float(), x.float(), start, 5, theta.float(),
+                        out=torch.empty(1, 10, 5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("temperature,gamma", [("rank", 1.0), ("absolute", 0.05)])
@@ -229,6 +238,52 @@ def test_operator_as_torch(monkeypatch):
         torch.set_num_threads(before)
     assert torch.equal(yr3, yr)
     torch.testing.assert_close(yc3, yc, rtol=1e-12, atol=1e-15)
+
+
+def test_compact_float32_plan_and_its_operator():
+    # Newton's operator: the plan's extents only, stored in float32, products in float64
+    from glass_pyg.ot.laplacian import band_operator
+    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=3)
+    L, n, m = band.shape
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(L, n, generator=g, dtype=torch.float64) - 3.0
+    y = torch.randn(L, m, generator=g, dtype=torch.float64)
+    theta = -torch.rand(L, n, band.width, generator=g, dtype=torch.float64) * 120
+    lo, hi = band.row_lo, band.row_hi
+    padded = native.exp_rows(x, y, band.row_start, band.width, theta, lo, hi)
+    off = native.compact_offsets(lo, hi)
+    compact, row_sum = torch.empty(int(off[-1])), torch.empty(L, n, dtype=torch.float64)
+    floor = math.log(torch.finfo(torch.float32).tiny)
+    native.exp_rows(x, y, band.row_start, band.width, theta, lo, hi, compact, row_sum, off, floor)
+    cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
+    inside = (cols >= lo.unsqueeze(-1)) & (cols <= hi.unsqueeze(-1))
+    assert int(off[-1]) == int(inside.sum())
+    kept = torch.where(padded > torch.finfo(torch.float32).tiny, padded, torch.zeros_like(padded))
+    assert torch.equal(compact, kept[inside].float())  # row-major: the extents in order
+    torch.testing.assert_close(row_sum, kept.sum(-1), rtol=1e-13, atol=0)  # summed before rounding
+    # the operator of the compact float32 plan is the float64 operator of the rounded weights
+    rounded = torch.zeros_like(padded)
+    rounded[inside] = compact.double()
+    got = band_operator(band, stair, compact, None, dtype=torch.float64, offsets=off)
+    with native.disabled():
+        cols_t = band.col_start.unsqueeze(-1) + torch.arange(band.col_width)
+        dense = torch.zeros(L, n, m, dtype=torch.float64).scatter_(2, cols, rounded)
+        p_col = torch.gather(dense.transpose(1, 2), 2, cols_t) * (
+            (cols_t >= band.col_lo.unsqueeze(-1)) & (cols_t <= band.col_hi.unsqueeze(-1)))
+        ref = band_operator(band, stair, rounded, p_col)
+    for name in ("row_sum", "col_sum", "cut"):  # the cut is a running sum: rounding of its largest entry
+        b = getattr(ref, name)
+        torch.testing.assert_close(getattr(got, name), b, rtol=1e-12, atol=1e-13 * float(b.max()))
+    xr = torch.randn(L, n, generator=g, dtype=torch.float64)
+    xc = torch.randn(L, m, generator=g, dtype=torch.float64)
+    for a, b in zip(got.matvec(xr, xc), ref.matvec(xr, xc)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13 * float(b.abs().max()))
+    # transport cost per row, compact and padded
+    sq = (xr.unsqueeze(-1) - torch.gather(xc, 1, cols.flatten(1)).view_as(cols)) ** 2
+    torch.testing.assert_close(native.row_cost(compact, band.row_start, band.width, xr, xc, lo, hi, off),
+                               (rounded * sq).sum(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(native.row_cost(padded, band.row_start, band.width, xr, xc, lo, hi),
+                               (padded * sq).sum(-1), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int64])

@@ -146,7 +146,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
                     band_eps: float = 1e-6, *, temperature: str = "absolute", grad: str = "implicit",
                     method: str = "newton", init: tuple[Tensor, Tensor] | None = None,
                     compute_dtype: torch.dtype | None = None, check_every: int = 10,
-                    max_band_rounds: int = 8, newton_warmup: int = 3, max_newton: int = 30,
+                    max_band_rounds: int = 8, newton_warmup: int = 2, max_newton: int = 30,
                     cg_tol: float | None = None, cg_max_iter: int = 200,
                     warn: bool = True) -> TransportPlan:
     r"""Entropic 1-D optimal transport between scores ``s`` and ``t`` on a certified band.
@@ -221,9 +221,10 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     gamma_t = gamma_t.expand(L) if gamma_t.dim() == 0 else gamma_t.reshape(L)
 
     s2, t2 = s2.to(dt), t2.to(dt)
-    perm_s = torch.sort(s2.detach(), dim=-1, stable=True).indices
-    perm_t = torch.sort(t2.detach(), dim=-1, stable=True).indices
-    ss, ts = torch.gather(s2, 1, perm_s), torch.gather(t2, 1, perm_t)
+    ss, perm_s = torch.sort(s2, dim=-1, stable=True)
+    ts, perm_t = torch.sort(t2, dim=-1, stable=True)
+    # sort keeps the input's strides; the band passes and their gradients need rows contiguous
+    ss, ts, perm_s, perm_t = ss.contiguous(), ts.contiguous(), perm_s.contiguous(), perm_t.contiguous()
     a_s, b_s = torch.gather(a2, 1, perm_s), torch.gather(b2, 1, perm_t)
     gam = rank_gamma(gamma_t, ss, ts) if temperature == "rank" else gamma_t
     if cg_tol is None:
@@ -310,9 +311,11 @@ def _check_init(x: Tensor, L: int, n: int, name: str) -> Tensor:
 def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
             total_iter, newton_steps, in_dtype, batched, warn) -> TransportPlan:
     L, n = ss.shape
-    cost = blockwise(lambda sl: (values[:, sl] * (ss[:, sl].unsqueeze(-1)
-                                                  - window_gather(ts, band.row_start[:, sl], band.width)) ** 2
-                                 ).sum(-1), L, n, band.width, ss.device).sum(-1)
+    if native.usable(values, ss, ts):
+        cost = native.row_cost(values, band.row_start, band.width, ss, ts, band.row_lo, band.row_hi).sum(-1)
+    else:
+        cost = blockwise(lambda sl: (values[:, sl] * (ss[:, sl].unsqueeze(-1) - window_gather(
+            ts, band.row_start[:, sl], band.width)) ** 2).sum(-1), L, n, band.width, ss.device).sum(-1)
     inv_s, inv_t = inverse_permutation(perm_s), inverse_permutation(perm_t)
     g = ref.gamma.unsqueeze(-1)
     f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)

@@ -45,15 +45,18 @@ class BandOperator:
     inv_row_sum: Tensor  # (L, n) diagonal preconditioner, 0 on empty rows
     inv_col_sum: Tensor  # (L, m)
     inv_cut: Tensor  # (L, n + m - 1)
+    offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         b = self.band
         if self.p_col is None:
-            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi)
+            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
+                                           self.offsets)
         else:
             pxc = window_dot(self.p_row, xc, b.row_start, b.width)
             ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
-        return self.row_sum * xr - pxc, self.col_sum * xc - ptxr
+        # in place on the fresh products: no band-length temporaries
+        return pxc.neg_().addcmul_(self.row_sum, xr), ptxr.neg_().addcmul_(self.col_sum, xc)
 
     def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
         r"""Additive preconditioner: the path Laplacian's inverse plus the diagonal's.
@@ -103,9 +106,15 @@ def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
 
 
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | Callable[[], Tensor],
-                  cut_floor: float = 1e-12, in_place: bool = False) -> BandOperator:
+                  cut_floor: float = 1e-12, in_place: bool = False,
+                  dtype: torch.dtype | None = None, offsets: Tensor | None = None) -> BandOperator:
     r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout,
     or a function that builds it: the compiled kernels work from the row layout alone).
+    Its vectors have ``dtype`` (default ``p_row``'s); the compiled kernels also take a
+    float32 ``p_row`` with float64 vectors, the Laplacian of the rounded weights, with
+    products and sums in float64, and a compact ``p_row`` (the extents only, at
+    ``offsets``), which must hold no entries below its dtype's normal range
+    (:func:`~glass_pyg.ot.native.exp_rows` with a ``floor`` makes it so).
 
     ``cut_floor`` bounds the path preconditioner's cut weights below, relative to the
     largest. The running sum that forms the cuts carries rounding of order
@@ -118,18 +127,25 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     subnormal range) instead of copying them.
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
+    dtype = p_row.dtype if dtype is None else dtype
     if native.usable(p_row):
-        tiny = torch.finfo(p_row.dtype).tiny ** 0.5
-        if not in_place:
-            p_row = p_row.clone()
-        native.clean_rows(p_row, tiny)
+        # products in p_row's dtype go subnormal below sqrt(tiny); a narrower plan is
+        # multiplied in the vectors' dtype and only needs its entries normal
+        tiny = torch.finfo(p_row.dtype).tiny ** (0.5 if dtype == p_row.dtype else 1.0)
+        if offsets is None:
+            if not in_place:
+                p_row = p_row.clone()
+            native.clean_rows(p_row, tiny)
         row_sum, col_sum = native.band_matvec(p_row, band.row_start, band.width,
-                                              torch.ones_like(stair.a_start, dtype=p_row.dtype),
-                                              torch.ones_like(stair.b_start, dtype=p_row.dtype),
-                                              band.row_lo, band.row_hi)
+                                              torch.ones_like(stair.a_start, dtype=dtype),
+                                              torch.ones_like(stair.b_start, dtype=dtype),
+                                              band.row_lo, band.row_hi, offsets)
         diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
-                                    band.row_lo, band.row_hi)
-        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor)
+                                    band.row_lo, band.row_hi, dtype, offsets)
+        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor, offsets)
+    if dtype != p_row.dtype or offsets is not None:
+        raise ValueError(f"a {'compact ' if offsets is not None else ''}{p_row.dtype} plan with {dtype} "
+                         "vectors needs the compiled kernels")
     if callable(p_col):
         p_col = p_col()
     p_row, p_col = _drop_subnormal_range(p_row, in_place), _drop_subnormal_range(p_col, in_place)
@@ -148,12 +164,12 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
 
 
 def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None, row_sum: Tensor,
-              col_sum: Tensor, diff: Tensor, cut_floor: float) -> BandOperator:
+              col_sum: Tensor, diff: Tensor, cut_floor: float, offsets: Tensor | None = None) -> BandOperator:
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     cut = torch.maximum(cut, floor)
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
-                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut)
+                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut, offsets)
 
 
 @dataclass(frozen=True)
@@ -163,7 +179,7 @@ class CGInfo:
 
 
 def _dot(ar: Tensor, ac: Tensor, br: Tensor, bc: Tensor) -> Tensor:
-    return (ar * br).sum(-1) + (ac * bc).sum(-1)
+    return torch.linalg.vecdot(ar, br) + torch.linalg.vecdot(ac, bc)
 
 
 def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tensor,
@@ -197,8 +213,11 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
         usable = active & (pq > 0) & torch.isfinite(pq) & torch.isfinite(rz)
         alpha = torch.where(usable, rz / pq.clamp_min(torch.finfo(pq.dtype).tiny),
                             torch.zeros_like(pq)).unsqueeze(-1)
-        xr, xc = xr + alpha * pr, xc + alpha * pc
-        rr, rc = rr - alpha * qr, rc - alpha * qc
+        # vector updates in place (each a single pass, no temporaries)
+        xr.addcmul_(alpha, pr)
+        xc.addcmul_(alpha, pc)
+        rr.addcmul_(alpha, qr, value=-1.0)
+        rc.addcmul_(alpha, qc, value=-1.0)
         res = torch.sqrt(_dot(rr, rc, rr, rc)) / norm_y
         active = usable & (res > rtol)
         if it % check_every == 0:  # stagnation: no progress over the last window
@@ -211,6 +230,7 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
         beta = torch.where(active, rz_new / rz.clamp_min(torch.finfo(rz.dtype).tiny),
                            torch.zeros_like(rz)).unsqueeze(-1)
         rz = rz_new
-        pr, pc = zr + beta * pr, zc + beta * pc
+        pr.mul_(beta).add_(zr)
+        pc.mul_(beta).add_(zc)
     mean = (xr.sum(-1) + xc.sum(-1)) / (xr.shape[-1] + xc.shape[-1])
     return xr - mean.unsqueeze(-1), xc - mean.unsqueeze(-1), CGInfo(it, res)

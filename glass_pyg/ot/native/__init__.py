@@ -27,7 +27,8 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits", "clean_rows",
-           "band_matvec", "band_cut_diff", "path_precondition", "sorted_search", "band_extent"]
+           "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "sorted_search", "band_extent",
+           "compact_offsets"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
 
@@ -41,18 +42,22 @@ def _parallel(calls: list[tuple]) -> None:
     if len(calls) == 1:
         calls[0][0](*calls[0][1:])
         return
-    if _state["pool"] is None or _state["pool_size"] != len(calls):
-        _state["pool"] = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="glass_pyg")
-        _state["pool_size"] = len(calls)
-    for f in [_state["pool"].submit(*c) for c in calls]:
+    if _state["pool"] is None or _state["pool_size"] != len(calls) - 1:
+        _state["pool"] = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="glass_pyg")
+        _state["pool_size"] = len(calls) - 1
+    # the calling thread takes the first share: it releases the interpreter lock inside the
+    # kernel, which lets the workers start at once
+    futures = [_state["pool"].submit(*c) for c in calls[1:]]
+    calls[0][0](*calls[0][1:])
+    for f in futures:
         f.result()
 
 
-def _rows(name: str, dtype: torch.dtype, L: int, n: int, m: int, W: int, *args,
+def _rows(name: str, dtype: torch.dtype | str, L: int, n: int, m: int, W: int, *args,
           accumulators: list[Tensor] | None = None) -> None:
-    r"""Run kernel ``name`` over the rows, split between threads; the thread ``k`` gets
-    ``accumulators[k]`` as its last argument when given."""
-    fn = getattr(_library(), f"{name}_{_suffix(dtype)}")
+    r"""Run kernel ``name`` for ``dtype`` (or a suffix) over the rows, split between threads;
+    the thread ``k`` gets ``accumulators[k]`` as its last argument when given."""
+    fn = getattr(_library(), f"{name}_{dtype if isinstance(dtype, str) else _suffix(dtype)}")
     threads = len(accumulators) if accumulators is not None else _threads(L, n, W)
     bounds = [n * k // threads for k in range(threads + 1)]
     calls = []
@@ -76,6 +81,14 @@ def _ptr(x: Tensor | None) -> ctypes.c_void_p:
 
 def _suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
+
+
+def _plan_suffix(vectors: torch.dtype, plan: torch.dtype) -> str:
+    if vectors == plan:
+        return _suffix(plan)
+    if vectors == torch.float64 and plan == torch.float32:
+        return "f64p32"
+    raise ValueError(f"a {plan} plan cannot be used with {vectors} vectors")
 
 
 def _extents(lo: Tensor | None, hi: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -139,21 +152,57 @@ def lse_cols(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, lo: Te
     return exact if shift is None else torch.where(ok, shift + s.log(), exact)
 
 
+def compact_offsets(lo: Tensor, hi: Tensor) -> Tensor:
+    r"""Offsets of a compact plan, which stores only each row's extent ``lo <= j <= hi``
+    ((L, n) each): the running sum of the extents' lengths, ``(L n + 1,)`` int64; its last
+    entry is the plan's length."""
+    length = (hi - lo + 1).clamp_min(0).reshape(-1).to(torch.int64)
+    return torch.cat([length.new_zeros(1), torch.cumsum(length, 0)])
+
+
+def _plan_layout(p: Tensor, L: int, n: int, width: int, offsets: Tensor | None,
+                 lo: Tensor | None) -> Tensor | None:
+    # a padded plan is (L, n, W); a compact one is flat, as long as its offsets say
+    if offsets is None:
+        if p.shape != (L, n, width) or not p.is_contiguous():
+            raise ValueError(f"the plan must be a contiguous tensor of shape {(L, n, width)}, "
+                             f"got {tuple(p.shape)}")
+        return None
+    if lo is None:
+        raise ValueError("a compact plan needs the extents lo and hi")
+    offsets = offsets.to(torch.int64).contiguous()
+    if offsets.shape != (L * n + 1,) or p.dim() != 1 or not p.is_contiguous() or p.numel() < int(offsets[-1]):
+        raise ValueError(f"a compact plan must be a flat contiguous tensor of at least the offsets' last entry "
+                         f"and offsets of shape {(L * n + 1,)}; got {tuple(p.shape)} and {tuple(offsets.shape)}")
+    return offsets
+
+
 def exp_rows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor, lo: Tensor | None = None,
-             hi: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+             hi: Tensor | None = None, out: Tensor | None = None, row_sum: Tensor | None = None,
+             offsets: Tensor | None = None, floor: float | None = None) -> Tensor:
     r""":math:`\exp(x_{li} + y_{lj} + \theta_{lik})`, ``j = start_{li} + k``, on row ``i``'s extent
     and 0 elsewhere in its window: ``x`` (L, n), ``y`` (L, m), ``theta`` (L, n, W) -> (L, n, W),
-    written into ``out`` (contiguous, of that shape and dtype) when given."""
+    written into ``out`` (contiguous, of that shape, of ``x``'s dtype or float32 for float64
+    ``x``) when given; with ``offsets`` (:func:`compact_offsets`) ``out`` is compact, the
+    extents only. ``row_sum`` (L, n), when given, receives the row sums, computed in ``x``'s
+    dtype before the entries are rounded to ``out``'s. Entries whose log is at most ``floor``
+    are 0 (default: where ``exp`` underflows)."""
     L, m = y.shape
     n = start.shape[1]
     x, y, start, theta = x.contiguous(), y.contiguous(), _windows(start, width, m), theta.contiguous()
     lo, hi = _extents(lo, hi)
     if out is None:
+        if offsets is not None:
+            raise ValueError("a compact plan needs out")
         out = x.new_empty(L, n, width)
-    elif out.shape != (L, n, width) or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(L, n, width)}")
-    _rows("exp_rows", x.dtype, L, n, m, width, _ptr(x), _ptr(y), _ptr(start), _ptr(lo), _ptr(hi),
-          _ptr(theta), _ptr(out))
+    offsets = _plan_layout(out, L, n, width, offsets, lo)
+    if row_sum is not None and (row_sum.shape != (L, n) or row_sum.dtype != x.dtype
+                                or not row_sum.is_contiguous()):
+        raise ValueError(f"row_sum must be a contiguous {x.dtype} tensor of shape {(L, n)}")
+    low = -700.0 if x.dtype == torch.float64 else -87.0
+    floor = low if floor is None else max(float(floor), low)
+    _rows("exp_rows", _plan_suffix(x.dtype, out.dtype), L, n, m, width, _ptr(x), _ptr(y), _ptr(start),
+          _ptr(lo), _ptr(hi), _ptr(offsets), _ptr(theta), floor, _ptr(out), _ptr(row_sum))
     return out
 
 
@@ -185,33 +234,55 @@ def clean_rows(p: Tensor, tiny: float) -> None:
 
 
 def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo: Tensor | None = None,
-                hi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                hi: Tensor | None = None, offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout (entries on each
-    row's extent), in one pass: ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``."""
-    L, n, W = p.shape
-    m = xc.shape[1]
-    p, start, xr, xc = p.contiguous(), _windows(start, width, m), xr.contiguous(), xc.contiguous()
+    row's extent), in one pass: ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``. ``p`` may
+    be float32 with float64 vectors (products and sums in float64), and compact (``offsets``)."""
+    L, n = start.shape
+    m, W = xc.shape[1], width
+    start, xr, xc = _windows(start, width, m), xr.contiguous(), xc.contiguous()
     lo, hi = _extents(lo, hi)
+    offsets = _plan_layout(p, L, n, width, offsets, lo)
     yr = xr.new_empty(L, n)
     yc = xc.new_zeros(_threads(L, n, W), L, m)  # neighbouring row ranges share columns
-    _rows("band_matvec", p.dtype, L, n, m, W, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(xr),
-          _ptr(xc), _ptr(yr), accumulators=list(yc))
+    _rows("band_matvec", _plan_suffix(xr.dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
+          _ptr(hi), _ptr(offsets), _ptr(xr), _ptr(xc), _ptr(yr), accumulators=list(yc))
     return yr, yc.sum(0) if yc.shape[0] > 1 else yc[0]
 
 
 def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
-                  lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
-    r"""Differences of the path cut weights (L, n + m): entry ``(i, j)`` of ``p`` adds
-    ``p_{ij} |pos_i - pos_j|`` at the lower and removes it at the higher position."""
-    L, n, W = p.shape
-    m = col_pos.shape[1]
-    p, start = p.contiguous(), _windows(start, width, m)
+                  lo: Tensor | None = None, hi: Tensor | None = None,
+                  dtype: torch.dtype | None = None, offsets: Tensor | None = None) -> Tensor:
+    r"""Differences of the path cut weights (L, n + m), in ``dtype`` (default ``p``'s): entry
+    ``(i, j)`` of ``p`` (padded, or compact with ``offsets``) adds ``p_{ij} |pos_i - pos_j|``
+    at the lower and removes it at the higher position."""
+    L, n = start.shape
+    m, W = col_pos.shape[1], width
+    start = _windows(start, width, m)
     lo, hi = _extents(lo, hi)
+    offsets = _plan_layout(p, L, n, width, offsets, lo)
     row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
-    diff = p.new_zeros(_threads(L, n, W), L, n + m)
-    _rows("band_cut_diff", p.dtype, L, n, m, W, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(row_pos),
-          _ptr(col_pos), accumulators=list(diff))
+    dtype = p.dtype if dtype is None else dtype
+    diff = p.new_zeros(_threads(L, n, W), L, n + m, dtype=dtype)
+    _rows("band_cut_diff", _plan_suffix(dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
+          _ptr(hi), _ptr(offsets), _ptr(row_pos), _ptr(col_pos), accumulators=list(diff))
     return diff.sum(0) if diff.shape[0] > 1 else diff[0]
+
+
+def row_cost(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Tensor | None = None,
+             hi: Tensor | None = None, offsets: Tensor | None = None) -> Tensor:
+    r""":math:`\sum_k p_{lik} (x_{li} - y_{lj})^2`, ``j = start_{li} + k``, per row over the
+    extents: the plan ``p`` (padded (L, n, W), or compact with ``offsets``), ``x`` (L, n),
+    ``y`` (L, m) -> (L, n)."""
+    L, n = start.shape
+    m = y.shape[1]
+    start, x, y = _windows(start, width, m), x.contiguous(), y.contiguous()
+    lo, hi = _extents(lo, hi)
+    offsets = _plan_layout(p, L, n, width, offsets, lo)
+    out = x.new_empty(L, n)
+    _rows("row_cost", _plan_suffix(x.dtype, p.dtype), L, n, m, width, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi),
+          _ptr(offsets), _ptr(x), _ptr(y), _ptr(out))
+    return out
 
 
 def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,

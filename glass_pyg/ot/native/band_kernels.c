@@ -12,6 +12,9 @@
  * happens when a guessed shift is far off and the caller redoes the row exactly.
  *
  * band_kernels_impl.h holds the kernels once for a real type T; it is included twice.
+ * band_plan_impl.h holds the kernels that write or read the plan, for a compute type T and
+ * the plan's storage type P; it is included for (double, double), (double, float) and
+ * (float, float).
  */
 #include <math.h>
 #include <stdint.h>
@@ -26,6 +29,23 @@ float expf(float);
 
 #define CHUNK 512
 
+/* First and one-past-last window offsets of row r's extent. */
+static inline void row_extent(const int64_t *start, const int64_t *lo, const int64_t *hi, int64_t r,
+                              int64_t W, int64_t *a, int64_t *b) {
+    if (!lo) { *a = 0; *b = W; return; }
+    *a = lo[r] - start[r];
+    *b = hi[r] - start[r] + 1;
+    if (*a < 0) *a = 0;
+    if (*b > W) *b = W;
+}
+
+/* Offset of the entry of window offset 0 of row r (extent starting at window offset a) in a
+ * padded (offsets NULL) or compact plan. */
+static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int64_t a) {
+    return offsets ? offsets[r] - a : r * W;
+}
+
+
 #define T double
 #define FN(name) name##_f64
 #define EXP exp
@@ -35,6 +55,17 @@ float expf(float);
 #define SAFE_LO 1e-250
 #define SAFE_HI 1e250
 #include "band_kernels_impl.h"
+#define P double
+#define PFN(name) name##_f64
+#include "band_plan_impl.h"
+#undef P
+#undef PFN
+/* plans stored in float32 for float64 solves (the Newton operator) */
+#define P float
+#define PFN(name) name##_f64p32
+#include "band_plan_impl.h"
+#undef P
+#undef PFN
 #undef T
 #undef FN
 #undef EXP
@@ -53,6 +84,11 @@ float expf(float);
 #define SAFE_LO 1e-20f
 #define SAFE_HI 1e20f
 #include "band_kernels_impl.h"
+#define P float
+#define PFN(name) name##_f32
+#include "band_plan_impl.h"
+#undef P
+#undef PFN
 
 /* searchsorted for sorted queries by one merge: out[l, i] = number of seq[l, :] entries
  * below val[l, i] (right = 0) or at most val[l, i] (right != 0); val non-decreasing. */

@@ -1,14 +1,4 @@
-/* Kernels for one real type T (see band_kernels.c). */
-
-/* First and one-past-last window offsets of row r's extent. */
-static inline void FN(extent)(const int64_t *start, const int64_t *lo, const int64_t *hi, int64_t r,
-                              int64_t W, int64_t *a, int64_t *b) {
-    if (!lo) { *a = 0; *b = W; return; }
-    *a = lo[r] - start[r];
-    *b = hi[r] - start[r] + 1;
-    if (*a < 0) *a = 0;
-    if (*b > W) *b = W;
-}
+/* Kernels over the band for one real type T (see band_kernels.c). */
 
 /* Exact log-sum-exp of v_k = xs[k] + th[k] over k in [a, b): running maximum in chunks. */
 static T FN(lse_exact)(const T *xs, const T *th, int64_t a, int64_t b) {
@@ -62,7 +52,7 @@ void FN(lse_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
             const int64_t r = l * n + i;
             const T *xs = x + l * m + start[r], *th = theta + r * W;
             int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
+            row_extent(start, lo, hi, r, W, &a, &b);
             if (shift) {
                 const T s = FN(shifted_sum)(xs, th, shift[r], a, b);
                 if (s >= SAFE_LO && s <= SAFE_HI) {
@@ -86,7 +76,7 @@ void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
             const T xi = x[r], *th = theta + r * W, *sh = shift + j0;
             T *ac = acc + j0;
             int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
+            row_extent(start, lo, hi, r, W, &a, &b);
 #pragma omp simd
             for (int64_t k = a; k < b; ++k) {
                 T v = (xi + th[k]) - sh[k];
@@ -108,37 +98,12 @@ void FN(col_max)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t
             const T xi = x[r], *th = theta + r * W;
             T *ac = acc + j0;
             int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
+            row_extent(start, lo, hi, r, W, &a, &b);
 #pragma omp simd
             for (int64_t k = a; k < b; ++k) {
                 const T v = xi + th[k];
                 ac[k] = v > ac[k] ? v : ac[k];
             }
-        }
-    }
-}
-
-/* Plan entries: out[l, i, k] = exp(x[l, i] + y[l, j] + theta[l, i, k]), j = start + k, on the
- * extent, 0 elsewhere in the window. */
-void FN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
-                  const T *x, const T *y, const int64_t *start, const int64_t *lo,
-                  const int64_t *hi, const T *theta, T *out) {
-    for (int64_t l = 0; l < L; ++l) {
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = l * n + i;
-            const T *ys = y + l * m + start[r], *th = theta + r * W;
-            T *o = out + r * W;
-            const T xi = x[r];
-            int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
-            for (int64_t k = 0; k < a; ++k) o[k] = 0;
-#pragma omp simd
-            for (int64_t k = a; k < b; ++k) {
-                const T v = xi + ys[k] + th[k];
-                const T e = EXP(v > LO ? v : LO);
-                o[k] = v > LO ? e : 0;
-            }
-            for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
         }
     }
 }
@@ -181,62 +146,6 @@ void FN(clean_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int6
             T *pr = p + (l * n + i) * W;
 #pragma omp simd
             for (int64_t k = 0; k < W; ++k) pr[k] = pr[k] < tiny ? 0 : pr[k];
-        }
-    }
-}
-
-/* Both products of the bipartite Laplacian's off-diagonal block, from the row layout in one
- * pass: yr[l, i] = sum_k p[l, i, k] xc[l, j] and yc[l, j] += p[l, i, k] xr[l, i], j = start + k.
- * yc accumulates. */
-void FN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
-                     const T *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
-                     const T *xr, const T *xc, T *yr, T *yc) {
-    for (int64_t l = 0; l < L; ++l) {
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = l * n + i, j0 = l * m + start[r];
-            const T *pr = p + r * W, *xs = xc + j0;
-            T *ys = yc + j0;
-            const T xi = xr[r];
-            int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
-                s += pr[k] * xs[k];
-                ys[k] += pr[k] * xi;
-            }
-            yr[r] = s;
-        }
-    }
-}
-
-/* Path cut differences: entry (i, j) of p adds p * |pos_i - pos_j| at min(pos_i, pos_j) and
- * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated). */
-void FN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
-                       const T *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
-                       const int64_t *row_pos, const int64_t *col_pos, T *diff) {
-    for (int64_t l = 0; l < L; ++l) {
-        T *dl = diff + l * (n + m);
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = l * n + i, pr = row_pos[r];
-            const int64_t *pc = col_pos + l * m + start[r];
-            const T *pi = p + r * W;
-            int64_t a, b;
-            FN(extent)(start, lo, hi, r, W, &a, &b);
-            T below = 0, above = 0;
-            for (int64_t k = a; k < b; ++k) {
-                if (pi[k] == 0) continue;
-                if (pc[k] < pr) {  /* columns before the row on the path */
-                    const T w = pi[k] * (T)(pr - pc[k]);
-                    dl[pc[k]] += w;
-                    below += w;
-                } else {
-                    const T w = pi[k] * (T)(pc[k] - pr);
-                    dl[pc[k]] -= w;
-                    above += w;
-                }
-            }
-            dl[pr] += above - below;
         }
     }
 }

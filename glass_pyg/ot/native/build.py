@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 _DIR = Path(__file__).parent
-_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h")
+_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -29,13 +29,17 @@ _SIGNATURES = {
     "lse_rows": "iiiiii" + "ppppppp",
     "col_sums": "iiiiii" + "ppppppp",
     "col_max": "iiiiii" + "pppppp",
-    "exp_rows": "iiiiii" + "ppppppp",
+    "exp_rows": "iiiiii" + "ppppppp" + "r" + "pp",
     "band_logits": "iiiiii" + "pppppppp" + "idp",
     "clean_rows": "iiiiii" + "pr",
-    "band_matvec": "iiiiii" + "pppppppp",
-    "band_cut_diff": "iiiiii" + "ppppppp",
+    "band_matvec": "iiiiii" + "ppppppppp",
+    "band_cut_diff": "iiiiii" + "pppppppp",
     "path_precondition": "iii" + "pppppppppp",
+    "row_cost": "iiiiii" + "pppppppp",
 }
+
+# kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
+_MIXED = ("exp_rows", "band_matvec", "band_cut_diff", "row_cost")
 
 
 def _cpu_flags() -> list[str]:
@@ -84,6 +88,8 @@ def _compile() -> ctypes.CDLL:
     for name, sig in _SIGNATURES.items():
         for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
             getattr(lib, f"{name}_{suf}").argtypes = [kinds.get(c, real) for c in sig]
+        if name in _MIXED:
+            getattr(lib, f"{name}_f64p32").argtypes = [kinds.get(c, ctypes.c_double) for c in sig]
     lib.band_extent.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_double] + [
         ctypes.c_void_p] * 4
     for suf in ("f64", "i64"):

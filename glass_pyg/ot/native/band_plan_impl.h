@@ -1,0 +1,122 @@
+/* Kernels that make or read the plan, for a compute type T and a storage type P of the plan
+ * (P = T, or P = float with T = double: half the memory traffic; sums stay in T).
+ *
+ * The plan is either padded, W entries per row (offsets NULL), or compact: row r's extent
+ * only, at offsets[r] (the extents' running sum; lo and hi must be given). Within a row the
+ * entry of window offset k is then at base[k] with base = p + offsets[r] - a. */
+
+/* Plan entries: out[l, i, k] = exp(x[l, i] + y[l, j] + theta[l, i, k]), j = start + k, on the
+ * extent (0 where the argument is at most floor, floor >= LO), 0 elsewhere in a padded window; row_sum[l, i] (when not NULL) = the sum of the entries
+ * before rounding to P. */
+void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                   const T *x, const T *y, const int64_t *start, const int64_t *lo,
+                   const int64_t *hi, const int64_t *offsets, const T *theta, T floor, P *out,
+                   T *row_sum) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *ys = y + l * m + start[r], *th = theta + r * W;
+            const T xi = x[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            P *o = out + row_base(offsets, r, W, a);
+            if (!offsets)
+                for (int64_t k = 0; k < a; ++k) o[k] = 0;
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                const T v = xi + ys[k] + th[k];
+                const T e = EXP(v > floor ? v : floor);
+                const T pe = v > floor ? e : 0;
+                o[k] = (P)pe;
+                s += pe;
+            }
+            if (!offsets)
+                for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
+            if (row_sum) row_sum[r] = s;
+        }
+    }
+}
+
+/* Both products of the bipartite Laplacian's off-diagonal block, from the row layout in one
+ * pass: yr[l, i] = sum_k p[l, i, k] xc[l, j] and yc[l, j] += p[l, i, k] xr[l, i], j = start + k.
+ * yc accumulates. */
+void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      const int64_t *offsets, const T *xr, const T *xc, T *yr, T *yc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T *xs = xc + j0;
+            T *ys = yc + j0;
+            const T xi = xr[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const P *pr = p + row_base(offsets, r, W, a);
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                const T pk = (T)pr[k];
+                s += pk * xs[k];
+                ys[k] += pk * xi;
+            }
+            yr[r] = s;
+        }
+    }
+}
+
+/* Path cut differences: entry (i, j) of p adds p * |pos_i - pos_j| at min(pos_i, pos_j) and
+ * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated). */
+void PFN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                        const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                        const int64_t *offsets, const int64_t *row_pos, const int64_t *col_pos,
+                        T *diff) {
+    for (int64_t l = 0; l < L; ++l) {
+        T *dl = diff + l * (n + m);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, pr = row_pos[r];
+            const int64_t *pc = col_pos + l * m + start[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const P *pi = p + row_base(offsets, r, W, a);
+            T below = 0, above = 0;
+            for (int64_t k = a; k < b; ++k) {
+                if (pi[k] == 0) continue;
+                if (pc[k] < pr) {  /* columns before the row on the path */
+                    const T w = (T)pi[k] * (T)(pr - pc[k]);
+                    dl[pc[k]] += w;
+                    below += w;
+                } else {
+                    const T w = (T)pi[k] * (T)(pc[k] - pr);
+                    dl[pc[k]] -= w;
+                    above += w;
+                }
+            }
+            dl[pr] += above - below;
+        }
+    }
+}
+
+/* Transport cost per row: out[l, i] = sum_k p[l, i, k] (x[l, i] - y[l, j])^2, j = start + k,
+ * over the extent. */
+void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                   const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                   const int64_t *offsets, const T *x, const T *y, T *out) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *ys = y + l * m + start[r];
+            const T xi = x[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const P *pr = p + row_base(offsets, r, W, a);
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                const T d = xi - ys[k];
+                s += (T)pr[k] * (d * d);
+            }
+            out[r] = s;
+        }
+    }
+}
