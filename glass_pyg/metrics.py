@@ -97,6 +97,9 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
             raise ValueError("cost(rows, cols) must return finite values of the shape of its inputs")
         w = w - w.min() if w.numel() else w
     r, c, w = rows.cpu().numpy(), cols.cpu().numpy(), w.cpu().numpy() + 1.0  # > 0: no explicit zeros
+    best = _row_minima_matching(r, c, w, n, m)
+    if best is not None:
+        return torch.as_tensor(best, dtype=torch.long, device=rows.device)
     k = min(n, m)
     penalty = (w.max() if w.size else 1.0) * (k + 1)  # above any matching inside the support
     if n * m <= _DENSE_LIMIT:
@@ -126,6 +129,25 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
         warnings.warn(f"the plan's support has no full matching; {outside} of {k} pairs were matched "
                       "outside it", DecodingWarning, stacklevel=2)
     return torch.as_tensor(match, dtype=torch.long, device=rows.device)
+
+
+def _row_minima_matching(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m: int) -> np.ndarray | None:
+    r"""Every row's cheapest entry, when those columns are all different (and ``n <= m``):
+    then no matching costs less, since each row pays its minimum. None otherwise. This is
+    the common case when decoding a confident plan or neighbourhood votes, and it skips
+    the assignment solver. Entries sorted by row (coalesced) only; None otherwise."""
+    if n > m or r.size < n or (r.size > 1 and bool((r[1:] < r[:-1]).any())):
+        return None
+    first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    if first.size != n:  # a row without entries
+        return None
+    mins = np.minimum.reduceat(w, first)
+    at_min = np.flatnonzero(w == np.repeat(mins, np.diff(np.r_[first, r.size])))
+    pick = at_min[np.r_[True, r[at_min][1:] != r[at_min][:-1]]]  # first cheapest entry per row
+    match = c[pick].astype(np.int64)
+    if np.unique(match).size != n:
+        return None
+    return match
 
 
 def _match(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m: int) -> np.ndarray:

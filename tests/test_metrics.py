@@ -52,6 +52,31 @@ def test_to_permutation_matches_brute_force(seed, solver):
         assert abs(val(got.tolist()) - val(ref)) < 1e-9
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_distinct_row_maxima_skip_the_assignment_solver(seed, monkeypatch):
+    gen = torch.Generator().manual_seed(seed)
+    n, m = (6, 6) if seed % 2 == 0 else (5, 7)
+    P = random_sparse_plan(n, m, 0.8, gen)
+    perm = torch.randperm(m, generator=gen)[:n]
+    P[torch.arange(n), perm] = 2.0 + torch.rand(n, generator=gen, dtype=torch.float64)  # row maxima
+    ref = brute_force(P)
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("the assignment solver ran")
+
+    monkeypatch.setattr(M, "linear_sum_assignment", no_solver)
+    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_solver)
+    got = M.to_permutation(P.to_sparse())
+    assert got.tolist() == perm.tolist() == list(ref)
+    # colliding row maxima need the solver, and it finds the optimum
+    P[1, perm[0]] = 5.0
+    monkeypatch.undo()
+    got = M.to_permutation(P.to_sparse())
+    ref = brute_force(P)
+    assert abs(sum(float(P[i, j]) for i, j in enumerate(got.tolist()))
+               - sum(float(P[i, j]) for i, j in enumerate(ref))) < 1e-9
+
+
 def test_to_permutation_more_rows_than_columns(solver):
     P = torch.tensor([[0.9, 0.1], [0.8, 0.0], [0.0, 0.7]], dtype=torch.float64)
     assert M.to_permutation(P).tolist() == [0, -1, 1]  # 0.9 + 0.7 beats 0.8 + 0.7 and 0.1 + 0.8

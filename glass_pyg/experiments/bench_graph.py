@@ -109,8 +109,6 @@ def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
         res = head(xs, xt)
     t2 = time.perf_counter()
     plan = res.plan
-    out["perm_argmax"] = metrics.row_argmax(plan).numpy()
-    out["perm"] = metrics.to_permutation(plan).numpy()
     lifted = metrics.to_permutation(plan, losses.squared_euclidean(xs, xt))
     out["perm_lifted"] = lifted.numpy()
     t3 = time.perf_counter()
@@ -121,9 +119,13 @@ def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
                           candidate_k=s.refine_candidates)
     t4 = time.perf_counter()
     out["perm_refined"] = ref.perm.numpy()
+    # the other decoders and the plan's hits, reported beside it (not part of the pipeline's time)
+    out["perm_argmax"] = metrics.row_argmax(plan).numpy()
+    out["perm"] = metrics.to_permutation(plan).numpy()
     y = torch.stack([torch.arange(n), torch.as_tensor(inst["truth"])])
     out["hits"] = {f"hits_at_{k}": metrics.hits_at_k(plan, y, k) for k in (1, 5, 10)}
-    out["split_s"] = {"features_s": t1 - t0, "train_s": t2 - t1, "decode_s": t3 - t2, "refine_s": t4 - t3}
+    out["split_s"] = {"features_s": t1 - t0, "train_s": t2 - t1, "decode_s": t3 - t2, "refine_s": t4 - t3,
+                      "pipeline_s": t4 - t0, "diagnostics_s": time.perf_counter() - t4}
     return out
 
 
@@ -192,6 +194,11 @@ def headline(table: Table) -> str:
                          + pivot(rows, "method", "rewire", final_accuracy))
             parts.append(f"### {family}, n = {n}: wall seconds\n\n"
                          + pivot(rows, "method", "rewire", lambda r: r.get("wall_s"), lambda v: f"{v:.3g}"))
+            if any(r.get("pipeline_s") is not None for r in rows):
+                parts.append(f"### {family}, n = {n}: seconds to the final matching (glass: features, training, "
+                             "lifted decoding and refinement, without the other decoders it reports)\n\n"
+                             + pivot(rows, "method", "rewire", lambda r: r.get("pipeline_s", r.get("wall_s")),
+                                     lambda v: f"{v:.3g}"))
     return "\n".join(parts)
 
 

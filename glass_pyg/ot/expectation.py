@@ -3,8 +3,10 @@ r"""Lifted expectations :math:`\langle P, D\rangle` of a cost built from per-poi
 For :math:`D_{ij} = c(x_i, y_j)` the expectation touches ``L n W`` pairs of
 ``d``-dimensional points. Gathering them all at once (and keeping them for
 the backward) costs ``L n W d`` values of memory traffic twice over; here the
-pairs are visited in row blocks, forward and backward, and only the cost
-values' gradient (the plan's shape) is ever stored whole.
+pairs are visited in row blocks, and only plan-shaped tensors are stored
+whole: the cost values, kept from the forward (they are the gradient with
+respect to the plan), and the points' gradients, which the backward forms in
+row blocks again, and only when the points require them.
 """
 from __future__ import annotations
 
@@ -32,23 +34,26 @@ class BlockedExpectation(torch.autograd.Function):
                 pair: PairFunction) -> Tensor:
         L, n, W = values.shape
         out = values.new_zeros(L)
+        cost = torch.empty_like(values)
         for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
-            d = pair(x_s[rows[:, sl].reshape(-1)], x_t[cols[:, sl].reshape(-1)]).view(L, -1, W)
-            out += (values[:, sl] * d.to(values.dtype)).sum((-2, -1))
-        ctx.save_for_backward(values, x_s, x_t, rows, cols)
+            cost[:, sl] = pair(x_s[rows[:, sl].reshape(-1)], x_t[cols[:, sl].reshape(-1)]).view(L, -1, W)
+            out += (values[:, sl] * cost[:, sl]).sum((-2, -1))
+        ctx.save_for_backward(values, x_s, x_t, rows, cols, cost)
         ctx.pair = pair
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        values, x_s, x_t, rows, cols = ctx.saved_tensors
+        values, x_s, x_t, rows, cols, cost = ctx.saved_tensors
         L, n, W = values.shape
         need_v, need_s, need_t = ctx.needs_input_grad[:3]
-        g_values = torch.empty_like(values) if need_v else None
+        g = grad.view(L, 1, 1)
+        g_values = cost * g if need_v else None
         g_s = torch.zeros_like(x_s) if need_s else None
         g_t = torch.zeros_like(x_t) if need_t else None
-        g = grad.view(L, 1, 1)
+        if not (need_s or need_t):
+            return g_values, None, None, None, None, None
         for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
             r, c = rows[:, sl].reshape(-1), cols[:, sl].reshape(-1)
             xs_b = x_s[r].requires_grad_(need_s)
@@ -56,13 +61,9 @@ class BlockedExpectation(torch.autograd.Function):
             with torch.enable_grad():
                 d = ctx.pair(xs_b, xt_b).view(L, -1, W)
                 wanted = [x for x, need in ((xs_b, need_s), (xt_b, need_t)) if need]
-                grads = torch.autograd.grad((values[:, sl] * g * d.to(values.dtype)).sum(), wanted) \
-                    if wanted else ()
-            grads = list(grads)
+                grads = list(torch.autograd.grad((values[:, sl] * g * d.to(values.dtype)).sum(), wanted))
             if need_s:
                 g_s.index_add_(0, r, grads.pop(0))
             if need_t:
                 g_t.index_add_(0, c, grads.pop(0))
-            if need_v:
-                g_values[:, sl] = d.detach().to(values.dtype) * g
         return g_values, g_s, g_t, None, None, None
