@@ -34,6 +34,18 @@ def test_plan_accessors_agree_with_dense(plan_and_dense):
     assert plan.band_halfwidth.shape == (3,) and plan.band_radius.shape == (3,)
 
 
+def test_averaged_plan_keeps_every_window_pair(gen):
+    # the lifted decoding searches the averaged plan's stored pairs: the band windows, zeros included
+    s = torch.randn(2, 300, generator=gen, dtype=torch.float64)
+    t = torch.randn(2, 280, generator=gen, dtype=torch.float64) + 1.0
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    rows, cols = plan.index_pairs()
+    pairs = torch.unique(rows.flatten() * 280 + cols.flatten())
+    avg = plan.averaged()
+    assert avg._nnz() == pairs.numel() and bool((plan.values == 0).any())
+    torch.testing.assert_close(avg.to_dense(), plan.to_dense().mean(0))
+
+
 def test_unbatched_shapes_and_original_order(gen):
     s = torch.randn(25, generator=gen, dtype=torch.float64)
     t = torch.randn(20, generator=gen, dtype=torch.float64)

@@ -106,14 +106,15 @@ class TransportPlan:
 
     def averaged(self) -> Tensor:
         r"""The mean plan over slices :math:`\bar P = \frac1L\sum_l P_l` as a coalesced
-        sparse ``(n, m)`` tensor in original order (differentiable)."""
+        sparse ``(n, m)`` tensor in original order (differentiable). Its pattern is every
+        slice's whole band window, zeros included: decoders that search the stored pairs
+        (:func:`~glass_pyg.metrics.to_permutation` with a lifted cost) see those as
+        candidates, and dropping them costs accuracy (SBM n = 1000, r = 0.02: lifted
+        decoding 32% -> 20%)."""
         L, n, _ = self.values.shape
         rows, cols = self.index_pairs()
-        # the padding outside the rows' extents holds exact zeros (about half the window):
-        # leaving them out halves the sort that merges the slices
-        keep = (self.values != 0).flatten()
-        idx = torch.stack([rows.flatten()[keep], cols.flatten()[keep]])
-        return torch.sparse_coo_tensor(idx, self.values.flatten()[keep] / L, (n, self.num_targets),
+        idx = torch.stack([rows.flatten(), cols.flatten()])
+        return torch.sparse_coo_tensor(idx, self.values.flatten() / L, (n, self.num_targets),
                                        check_invariants=False).coalesce()
 
     # --- decoding --------------------------------------------------------
