@@ -72,9 +72,9 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     Without ``cost`` it maximises the matched plan weight :math:`\sum P_{i\pi(i)}`;
     with ``cost`` (a callable on index pairs, e.g. the lifted cost) it finds the
     minimum-cost matching among the plan's candidates, so the coupling acts as a
-    candidate set refined by the geometry. ``candidates`` keeps the largest
-    entries of each row of the plan (default: all of them while ``n * m <=
-    2**22``, 32 beyond). Solved with scipy's dense ``linear_sum_assignment``
+    candidate set refined by the geometry. ``candidates`` keeps, per row, that
+    many of the plan's stored entries: the largest, or with ``cost`` the
+    cheapest (default: all of them while ``n * m <= 2**22``, 32 beyond). Solved with scipy's dense ``linear_sum_assignment``
     while ``n * m <= 2**22`` (robust to the exact ties of structurally
     equivalent nodes), beyond that with
     :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
@@ -87,14 +87,17 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     rows, cols, vals, n, m = _coo(plan)
     if candidates is None and n * m > _DENSE_LIMIT:
         candidates = _SPARSE_CANDIDATES
-    if candidates is not None:
-        rows, cols, vals = top_per_row(rows, cols, vals, n, candidates)
     if cost is None:
+        if candidates is not None:
+            rows, cols, vals = top_per_row(rows, cols, vals, n, candidates)
         w = (vals.max() - vals).double() if vals.numel() else vals.double()
     else:
         w = cost(rows.view(1, -1), cols.view(1, -1)).detach().reshape(-1).double()
         if w.shape != rows.shape or not bool(torch.isfinite(w).all()):
             raise ValueError("cost(rows, cols) must return finite values of the shape of its inputs")
+        if candidates is not None:  # the plan proposes its support, the cost ranks it
+            rows, cols, w = top_per_row(rows, cols, -w, n, candidates)
+            w = -w
         w = w - w.min() if w.numel() else w
     r, c, w = rows.cpu().numpy(), cols.cpu().numpy(), w.cpu().numpy() + 1.0  # > 0: no explicit zeros
     best = _row_minima_matching(r, c, w, n, m)

@@ -145,17 +145,25 @@ def test_candidates_restrict_the_assignment(solver):
         gen = torch.Generator().manual_seed(seed)
         P = random_sparse_plan(6, 6, 0.9, gen)
         D = torch.rand(6, 6, generator=gen, dtype=torch.float64)
-        # the three largest entries of each row only, then brute force on them
         (rows, cols), vals = P.to_sparse().indices(), P.to_sparse().values()
-        r, c, v = M.top_per_row(rows, cols, vals, 6, 3)
+        # with a cost: the three cheapest stored entries of each row, then brute force on them
+        r, c, _ = M.top_per_row(rows, cols, -D[rows, cols], 6, 3)
         restricted = torch.zeros_like(P)
-        restricted[r, c] = v
+        restricted[r, c] = P[r, c]
         ref = brute_force(restricted, D)
-        if ref is None:
+        # without: the three largest
+        r, c, v = M.top_per_row(rows, cols, vals, 6, 3)
+        largest = torch.zeros_like(P)
+        largest[r, c] = v
+        ref_plan = brute_force(largest)
+        if ref is None or ref_plan is None:
             continue  # no full matching on three candidates per row
         got = M.to_permutation(P.to_sparse(), lambda i, j: D[i, j], candidates=3)
         cost = lambda cols: sum(float(D[i, j]) for i, j in enumerate(cols))
         assert abs(cost(got.tolist()) - cost(ref)) < 1e-9
+        got = M.to_permutation(P.to_sparse(), candidates=3)
+        weight = lambda cols: sum(float(P[i, j]) for i, j in enumerate(cols))
+        assert abs(weight(got.tolist()) - weight(ref_plan)) < 1e-9
         ran += 1
     assert ran >= 10
     with pytest.raises(ValueError, match="candidates"):

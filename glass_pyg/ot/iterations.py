@@ -134,8 +134,8 @@ def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor 
     a compact plan (None: padded, ``(L, n, W)``).
 
     With the compiled kernels and float64 potentials the plan is compact (each row's
-    extent only, about half the padded window) and stored in float32: the operator's
-    products, which are bound by memory, read a quarter of the bytes. The row sums, which
+    extent only, about half the padded window) and stored in float32: each of the
+    operator's products reads about a quarter of the padded float64 band. The row sums, which
     form the right-hand side, are summed in float64 before rounding. The operator is the
     exact Laplacian of the rounded weights, within a factor :math:`1 \pm 2^{-24}` of the
     true one, which slows Newton's convergence by that factor per step only; the scaling
