@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .metrics import DecodingWarning, PlanLike, _coo, to_permutation, top_per_row
+from .metrics import DecodingWarning, PlanLike, _coo, greedy_matching, to_permutation, top_per_row
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int |
 def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
                     num_nodes: tuple[int, int] | None = None, max_rounds: int = 20,
                     keep: int | None = None, candidates: PlanLike | None = None,
-                    candidate_k: int = 16) -> RefinedMatching:
+                    candidate_k: int = 16, assignment: str | None = None) -> RefinedMatching:
     r"""Refine a plan or matching between two graphs by neighbourhood votes.
 
     Args:
@@ -105,7 +105,17 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
             matrix :math:`A_s \Pi A_t^\top` has up to ``n * deg^2`` entries (all
             ``n * m`` on dense graphs); the candidates' votes cost
             ``O(n candidate_k deg)``, which is what makes dense graphs of
-            ``10^4`` nodes tractable.
+            ``10^4`` nodes tractable. A true pair outside the candidates can be
+            found only as the current matching, so use them when the plan's top
+            entries hold the partners.
+        assignment: how each round's votes become a matching: ``"optimal"``
+            (:func:`~glass_pyg.metrics.to_permutation`) or ``"greedy"``
+            (:func:`~glass_pyg.metrics.greedy_matching`); ``None``: optimal while
+            ``n * m <= 2^22``, greedy beyond, where the votes are sparse integers
+            with many ties, on which exact sparse assignment can stall for minutes.
+            (SBM, n = 10000, degree 633, r = 0.02: from a lifted decoding with 5.5%
+            right, greedy rounds on the 64 largest votes per row reach 64% and then
+            100% in three rounds.)
 
     Returns:
         :class:`RefinedMatching` with ``perm`` of shape ``(n,)``.
@@ -134,6 +144,11 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
     a_t = _adjacency(edge_index_t, m, "edge_index_t")
     if keep is None and n * m > (1 << 22):
         keep = 64
+    if assignment is None:
+        assignment = "optimal" if n * m <= (1 << 22) else "greedy"
+    if assignment not in ("optimal", "greedy"):
+        raise ValueError(f"assignment must be 'optimal', 'greedy' or None, got {assignment!r}")
+    decode = to_permutation if assignment == "optimal" else greedy_matching
     pairs = None
     if candidates is not None:
         if not isinstance(candidate_k, int) or candidate_k < 1:
@@ -152,7 +167,7 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
             votes = _candidate_votes(a_s, p, a_t, pairs, perm)
         with warnings.catch_warnings():  # pairs without votes are expected to be matched outside
             warnings.simplefilter("ignore", DecodingWarning)
-            new = to_permutation(votes).cpu()
+            new = decode(votes).cpu()
         changed = int((new != perm).sum()) if perm is not None else n
         history.append(changed)
         perm = new

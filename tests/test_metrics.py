@@ -168,3 +168,29 @@ def test_candidates_restrict_the_assignment(solver):
     assert ran >= 10
     with pytest.raises(ValueError, match="candidates"):
         M.to_permutation(P, candidates=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_matching_is_maximal_and_at_least_half_optimal(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n, m = (5, 5) if seed % 2 == 0 else (4, 6)
+    P = random_sparse_plan(n, m, 0.7, gen)
+    got = M.greedy_matching(P.to_sparse()).tolist()
+    matched = [j for j in got if j >= 0]
+    assert len(set(matched)) == len(matched) and all(P[i, j] > 0 for i, j in enumerate(got) if j >= 0)
+    free_cols = set(range(m)) - set(matched)
+    # maximal: no stored entry joins a free row to a free column
+    assert not any(P[i, j] > 0 for i in range(n) if got[i] < 0 for j in free_cols)
+    # the largest entry is always taken, and the weight is at least half the optimum
+    i, j = divmod(int(P.argmax()), m)
+    assert got[i] == j
+    ref = brute_force(P)
+    if ref is not None:
+        weight = lambda cols: sum(float(P[i, j]) for i, j in enumerate(cols) if j >= 0)
+        assert weight(got) >= 0.5 * weight(ref) - 1e-12
+
+
+def test_greedy_matching_breaks_ties_in_row_major_order():
+    P = torch.ones(3, 3)
+    assert M.greedy_matching(P).tolist() == [0, 1, 2]
+    assert M.greedy_matching(torch.tensor([[1.0, 2.0], [2.0, 1.0]])).tolist() == [1, 0]

@@ -126,3 +126,14 @@ def test_plan_candidates_recover_the_truth():
         refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), candidates=plan[:10])
     with pytest.raises(ValueError, match="candidate_k"):
         refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), candidates=plan, candidate_k=0)
+
+
+def test_greedy_rounds_on_kept_votes_recover_everything():
+    # the large-graph setting: 16 votes kept per row, greedy matching each round
+    d, truth = _pair(n=300, r=0.05, seed=4)
+    init = _partly_right(truth, 0.1, seed=5)
+    res = refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), keep=16,
+                          assignment="greedy")
+    assert res.converged and matching_accuracy(res.perm, d.y) == 1.0
+    with pytest.raises(ValueError, match="assignment"):
+        refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), assignment="hungarian")
