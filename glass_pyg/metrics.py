@@ -74,7 +74,9 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     minimum-cost matching among the plan's candidates, so the coupling acts as a
     candidate set refined by the geometry. ``candidates`` keeps, per row, that
     many of the plan's stored entries: the largest, or with ``cost`` the
-    cheapest (default: all of them while ``n * m <= 2**22``, 32 beyond). Solved with scipy's dense ``linear_sum_assignment``
+    cheapest (default: all of them while ``n * m <= 2**22``, 32 beyond). When
+    every row's best entry is in a different column that is the answer;
+    otherwise it is solved with scipy's dense ``linear_sum_assignment``
     while ``n * m <= 2**22`` (robust to the exact ties of structurally
     equivalent nodes), beyond that with
     :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
