@@ -173,8 +173,9 @@ def greedy_matching(plan: PlanLike) -> Tensor:
     this cannot.
     """
     rows, cols, vals, n, m = _coo(plan)
-    order = np.lexsort((cols.cpu().numpy(), rows.cpu().numpy(), -vals.double().cpu().numpy()))
-    r, c = rows.cpu().numpy()[order], cols.cpu().numpy()[order]
+    r, c = rows.cpu().numpy(), cols.cpu().numpy()
+    order = np.lexsort((c, r, -vals.double().cpu().numpy()))
+    r, c = r[order], c[order]
     match = np.full(n, -1, dtype=np.int64)
     used = np.zeros(m, dtype=bool)
     for i, j in zip(r.tolist(), c.tolist()):

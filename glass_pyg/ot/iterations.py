@@ -59,9 +59,7 @@ class SolverState:
         if "offsets" not in self.workspace:
             self.workspace["offsets"] = native.compact_offsets(self.band.row_lo, self.band.row_hi)
         offsets = self.workspace["offsets"]
-        buf = self.buffer("row", self.theta_row).view(-1)
-        flat = buf.view(dtype) if dtype.itemsize <= buf.dtype.itemsize else buf
-        return flat[:int(offsets[-1])], offsets
+        return self.buffer("row", self.theta_row).view(-1).view(dtype)[:int(offsets[-1])], offsets
 
     def native(self, *x: Tensor) -> bool:
         r"""Whether the compiled kernels take this state's passes (with these vectors)."""
@@ -130,8 +128,8 @@ _FLOAT32_OPERATOR_MIN_LOG = -35.0
 
 def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     r"""The plan for Newton's operator, scaled by :math:`c = 1/\max_i a_i` per slice: the
-    plan, its row sums (None: take the operator's), :math:`c` ``(L, 1)`` and the offsets of
-    a compact plan (None: padded, ``(L, n, W)``).
+    plan, its row sums (None: take the operator's), :math:`\log c` ``(L, 1)`` and the offsets
+    of a compact plan (None: padded, ``(L, n, W)``).
 
     With the compiled kernels and float64 potentials the plan is compact (each row's
     extent only, about half the padded window) and stored in float32: each of the
@@ -150,17 +148,17 @@ def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor 
         out, offsets = st.compact_buffer(torch.float32)
         p = native.exp_rows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row, b.row_lo, b.row_hi,
                             out, row_sum, offsets, floor=math.log(torch.finfo(torch.float32).tiny))
-        return p, row_sum, log_c.exp(), offsets
+        return p, row_sum, log_c, offsets
     p = exp_windows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row,
                     st.buffer("row", st.theta_row), b.row_lo, b.row_hi)
-    return p, None, log_c.exp(), None
+    return p, None, log_c, None
 
 
-def plan_col(st: SolverState, scale: Tensor | None = None, reuse: bool = False) -> Tensor:
-    r"""The plan on the column windows (times ``scale`` (L, 1) when given)."""
+def plan_col(st: SolverState, log_scale: Tensor | None = None, reuse: bool = False) -> Tensor:
+    r"""The plan on the column windows (times ``exp(log_scale)`` (L, 1) when given)."""
     b = st.band
     out = st.buffer("col", st.theta_col) if reuse else None
-    phi = st.phi if scale is None else st.phi + scale.log()
+    phi = st.phi if log_scale is None else st.phi + log_scale
     return exp_windows(st.psi, phi, b.col_start, b.col_width, st.theta_col, out)
 
 
@@ -202,12 +200,12 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         todo = err > tol
         if not bool(todo.any()):
             break
-        p_row, row_sum, scale, offsets = newton_plan(st)
-        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, scale, reuse=True), cut_floor=1e-9,
+        p_row, row_sum, log_scale, offsets = newton_plan(st)
+        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=1e-9,
                            in_place=True, dtype=st.phi.dtype, offsets=offsets)
         row_sum = op.row_sum if row_sum is None else row_sum
         # the operator is the scaled Laplacian: scale the right-hand side alike
-        rhs_r = torch.where(todo.unsqueeze(-1), scale * a - row_sum, torch.zeros_like(a))
+        rhs_r = torch.where(todo.unsqueeze(-1), log_scale.exp() * a - row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
         # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
         rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)

@@ -129,10 +129,10 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     dtype = p_row.dtype if dtype is None else dtype
     if native.usable(p_row):
-        # products in p_row's dtype go subnormal below sqrt(tiny); a narrower plan is
-        # multiplied in the vectors' dtype and only needs its entries normal
-        tiny = torch.finfo(p_row.dtype).tiny ** (0.5 if dtype == p_row.dtype else 1.0)
         if offsets is None:
+            # products in p_row's dtype go subnormal below sqrt(tiny); a narrower plan is
+            # multiplied in the vectors' dtype and only needs its entries normal
+            tiny = torch.finfo(p_row.dtype).tiny ** (0.5 if dtype == p_row.dtype else 1.0)
             if not in_place:
                 p_row = p_row.clone()
             native.clean_rows(p_row, tiny)

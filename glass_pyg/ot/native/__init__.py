@@ -199,8 +199,7 @@ def exp_rows(x: Tensor, y: Tensor, start: Tensor, width: int, theta: Tensor, lo:
     if row_sum is not None and (row_sum.shape != (L, n) or row_sum.dtype != x.dtype
                                 or not row_sum.is_contiguous()):
         raise ValueError(f"row_sum must be a contiguous {x.dtype} tensor of shape {(L, n)}")
-    low = -700.0 if x.dtype == torch.float64 else -87.0
-    floor = low if floor is None else max(float(floor), low)
+    floor = -float("inf") if floor is None else float(floor)  # the kernel raises it to its underflow point
     _rows("exp_rows", _plan_suffix(x.dtype, out.dtype), L, n, m, width, _ptr(x), _ptr(y), _ptr(start),
           _ptr(lo), _ptr(hi), _ptr(offsets), _ptr(theta), floor, _ptr(out), _ptr(row_sum))
     return out

@@ -6,12 +6,13 @@
  * entry of window offset k is then at base[k] with base = p + offsets[r] - a. */
 
 /* Plan entries: out[l, i, k] = exp(x[l, i] + y[l, j] + theta[l, i, k]), j = start + k, on the
- * extent (0 where the argument is at most floor, floor >= LO), 0 elsewhere in a padded window; row_sum[l, i] (when not NULL) = the sum of the entries
- * before rounding to P. */
+ * extent (0 where the argument is at most max(floor, LO)), 0 elsewhere in a padded window;
+ * row_sum[l, i] (when not NULL) = the sum of the entries before rounding to P. */
 void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                    const T *x, const T *y, const int64_t *start, const int64_t *lo,
                    const int64_t *hi, const int64_t *offsets, const T *theta, T floor, P *out,
                    T *row_sum) {
+    const T fl = floor > LO ? floor : LO;
     for (int64_t l = 0; l < L; ++l) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t r = l * n + i;
@@ -26,8 +27,8 @@ void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
 #pragma omp simd reduction(+:s)
             for (int64_t k = a; k < b; ++k) {
                 const T v = xi + ys[k] + th[k];
-                const T e = EXP(v > floor ? v : floor);
-                const T pe = v > floor ? e : 0;
+                const T e = EXP(v > fl ? v : fl);
+                const T pe = v > fl ? e : 0;
                 o[k] = (P)pe;
                 s += pe;
             }
