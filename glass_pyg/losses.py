@@ -7,14 +7,17 @@ equals :math:`\langle \bar P, D\rangle` for the averaged plan :math:`\bar P`.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .geometry.sphere import geodesic_distance
 from .ot.plan import TransportPlan
 
 PairCost = Callable[[Tensor, Tensor], Tensor]
+_CHUNK_VALUES = 1 << 17
 
 
 class PointPairCost:
@@ -33,7 +36,15 @@ class PointPairCost:
 
     def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
         x_s, x_t = self.points
-        return self.pair(x_s[rows.flatten()], x_t[cols.flatten()]).view(rows.shape)
+        shape, rows, cols = rows.shape, rows.flatten(), cols.flatten()
+        # in chunks of about 2^17 gathered values on CPU: the gathered points stay in cache
+        # (decoding 474k pairs of 32-d features: 0.04 s instead of 0.31 s at once)
+        dim = max(1, math.prod(x_s.shape[1:]))
+        step = rows.numel() if rows.device.type != "cpu" else max(1, _CHUNK_VALUES // dim)
+        if rows.numel() <= step:
+            return self.pair(x_s[rows], x_t[cols]).view(shape)
+        parts = [self.pair(x_s[rows[lo:lo + step]], x_t[cols[lo:lo + step]]) for lo in range(0, rows.numel(), step)]
+        return torch.cat(parts).view(shape)
 
     def __repr__(self) -> str:
         return f"{self.name}(n_s={self.points[0].shape[0]}, n_t={self.points[1].shape[0]})"

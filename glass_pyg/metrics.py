@@ -86,6 +86,13 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     """
     if candidates is not None and (not isinstance(candidates, int) or candidates < 1):
         raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
+    if cost is None and candidates is None and _is_dense(plan) and plan.numel() <= _DENSE_LIMIT:
+        # a dense plan (neighbourhood votes) as it is: no list of its n * m entries
+        p = plan.detach().double().cpu().numpy()
+        inside = p != 0
+        w = (p[inside].max() if inside.any() else 0.0) - p + 1.0
+        match, outside = _assign_dense(w, inside)
+        return _matching(match, outside, min(p.shape), plan.device)
     rows, cols, vals, n, m = _coo(plan)
     if candidates is None and n * m > _DENSE_LIMIT:
         candidates = _SPARSE_CANDIDATES
@@ -106,16 +113,12 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     if best is not None:
         return torch.as_tensor(best, dtype=torch.long, device=rows.device)
     k = min(n, m)
-    penalty = (w.max() if w.size else 1.0) * (k + 1)  # above any matching inside the support
     if n * m <= _DENSE_LIMIT:
-        D = np.full((n, m), penalty)
+        D = np.ones((n, m))
         D[r, c] = w
         inside = np.zeros((n, m), dtype=bool)
         inside[r, c] = True
-        row_ind, col_ind = linear_sum_assignment(D)
-        match = np.full(n, -1, dtype=np.int64)
-        match[row_ind] = col_ind
-        outside = int((~inside[row_ind, col_ind]).sum())
+        match, outside = _assign_dense(D, inside)
     else:
         # scipy's LAPJVsp can stall for minutes on weights that differ by ~1e-12 (near-ties of
         # structurally equivalent nodes): snap them to a grid of 1e-7 of their range first
@@ -126,14 +129,40 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
             match, outside = _match(r, c, w, n, m), 0
         except ValueError:
             extra = np.arange(k)
+            penalty = (w.max() if w.size else 1.0) * (k + 1)  # above any matching inside the support
             match = _match(np.concatenate([r, extra]), np.concatenate([c, extra]),
                            np.concatenate([w, np.full(k, penalty)]), n, m)
             support = set(zip(r.tolist(), c.tolist()))
             outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
+    return _matching(match, outside, k, rows.device)
+
+
+def _is_dense(plan: PlanLike) -> bool:
+    return isinstance(plan, Tensor) and plan.dim() == 2 and plan.layout == torch.strided
+
+
+def _matching(match: np.ndarray, outside: int, k: int, device: torch.device) -> Tensor:
     if outside:
         warnings.warn(f"the plan's support has no full matching; {outside} of {k} pairs were matched "
-                      "outside it", DecodingWarning, stacklevel=2)
-    return torch.as_tensor(match, dtype=torch.long, device=rows.device)
+                      "outside it", DecodingWarning, stacklevel=3)
+    return torch.as_tensor(match, dtype=torch.long, device=device)
+
+
+def _assign_dense(w: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
+    r"""Minimum-cost matching for the positive costs ``w`` ``(n, m)`` on the pairs ``inside``;
+    a pair outside costs more than any matching inside, so as few as possible are used.
+    Returns the ``(n,)`` matching and how many of its pairs lie outside. Every row's cheapest
+    inside entry, when those columns are all different, is the answer without the solver."""
+    n, m = w.shape
+    if n <= m and n:
+        best = np.where(inside, w, np.inf).argmin(1)
+        if inside[np.arange(n), best].all() and np.unique(best).size == n:
+            return best.astype(np.int64), 0
+    penalty = (w[inside].max() if inside.any() else 1.0) * (min(n, m) + 1)
+    row_ind, col_ind = linear_sum_assignment(np.where(inside, w, penalty))
+    match = np.full(n, -1, dtype=np.int64)
+    match[row_ind] = col_ind
+    return match, int((~inside[row_ind, col_ind]).sum())
 
 
 def _row_minima_matching(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m: int) -> np.ndarray | None:

@@ -77,6 +77,27 @@ def _sparse_votes(w: sp.spmatrix, keep: int) -> Tensor:
                                    check_invariants=False).coalesce()
 
 
+def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
+                    cache: dict[str, Tensor]) -> Tensor:
+    r"""All votes of a matching ``perm`` as a dense ``(n, m)`` tensor (``n * m <= 2^22``).
+
+    With :math:`\Pi` a matching and :math:`A_t` symmetric, :math:`W = A_s \Pi A_t^\top = A_s C`
+    where row ``k`` of :math:`C` is row ``perm[k]`` of :math:`A_t` (zero when unmatched):
+    one sparse-times-dense product in float32, exact for counts below :math:`2^{24}`
+    (n = 2000, degree 127: 0.05 s against 0.16 s for scipy's sparse product)."""
+    if not cache:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            cache["a_s"] = torch.sparse_csr_tensor(
+                torch.as_tensor(a_s.indptr, dtype=torch.int64), torch.as_tensor(a_s.indices, dtype=torch.int64),
+                torch.as_tensor(a_s.data, dtype=torch.float32), a_s.shape, check_invariants=False)
+        cache["a_t"] = torch.as_tensor(a_t.toarray(), dtype=torch.float32)
+    idx = torch.as_tensor(perm)
+    c = cache["a_t"][idx.clamp_min(0)]
+    c[idx < 0] = 0.0
+    return torch.sparse.mm(cache["a_s"], c)
+
+
 def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:
     w = a_s @ p @ a_t.T
     if keep is None:  # all votes, dense
@@ -160,11 +181,14 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
         pairs = (c_rows.cpu().numpy(), c_cols.cpu().numpy())
     history: list[int] = []
     converged = False
+    cache: dict[str, Tensor] = {}
     for _ in range(max_rounds):
-        if pairs is None:
-            votes = _votes(a_s, p, a_t, keep)
-        else:
+        if pairs is not None:
             votes = _candidate_votes(a_s, p, a_t, pairs, perm)
+        elif perm is not None and keep is None:
+            votes = _matching_votes(a_s, perm.numpy(), a_t, cache)
+        else:
+            votes = _votes(a_s, p, a_t, keep)
         with warnings.catch_warnings():  # pairs without votes are expected to be matched outside
             warnings.simplefilter("ignore", DecodingWarning)
             new = decode(votes).cpu()

@@ -45,11 +45,12 @@ def test_to_permutation_matches_brute_force(seed, solver):
         if ref is None:
             continue
         fn = None if cost is None else (lambda r, c: D[r, c])
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            got = M.to_permutation(P.to_sparse(), fn)
         val = lambda cols: sum(float(D[i, j]) if cost is not None else -float(P[i, j]) for i, j in enumerate(cols))
-        assert abs(val(got.tolist()) - val(ref)) < 1e-9
+        for plan in (P.to_sparse(), P):  # a dense plan without cost is decoded as a matrix
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = M.to_permutation(plan, fn)
+            assert abs(val(got.tolist()) - val(ref)) < 1e-9
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -68,6 +69,7 @@ def test_distinct_row_maxima_skip_the_assignment_solver(seed, monkeypatch):
     monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_solver)
     got = M.to_permutation(P.to_sparse())
     assert got.tolist() == perm.tolist() == list(ref)
+    assert M.to_permutation(P).tolist() == perm.tolist()  # dense, as a matrix
     # colliding row maxima need the solver, and it finds the optimum
     P[1, perm[0]] = 5.0
     monkeypatch.undo()

@@ -101,6 +101,28 @@ def test_blocked_expectation_matches_gathering_all_pairs(monkeypatch, cost_name)
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cost_name", ["squared_euclidean", "squared_geodesic"])
+def test_pair_costs_in_chunks_match_one_gather(monkeypatch, cost_name):
+    from glass_pyg import losses
+    from glass_pyg.geometry import geodesic_distance
+
+    monkeypatch.setattr(losses, "_CHUNK_VALUES", 7)  # chunks of 2 pairs of 3-d points
+    g = torch.Generator().manual_seed(4)
+    x_s = torch.nn.functional.normalize(torch.randn(30, 3, generator=g, dtype=torch.float64), dim=-1)
+    x_t = torch.nn.functional.normalize(torch.randn(20, 3, generator=g, dtype=torch.float64), dim=-1)
+    x_s.requires_grad_(True)
+    rows = torch.randint(0, 30, (2, 5, 7), generator=g)
+    cols = torch.randint(0, 20, (2, 5, 7), generator=g)
+    d = getattr(losses, cost_name)(x_s, x_t)(rows, cols)
+    a, b = x_s[rows], x_t[cols]
+    ref = ((a - b) ** 2).sum(-1) if cost_name == "squared_euclidean" else geodesic_distance(a, b) ** 2
+    assert d.shape == (2, 5, 7)
+    torch.testing.assert_close(d, ref, rtol=1e-13, atol=1e-15)
+    w = torch.rand(2, 5, 7, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((d * w).sum(), x_s)[0],
+                               torch.autograd.grad((ref * w).sum(), x_s)[0])
+
+
 def test_blocked_expectation_gradcheck(monkeypatch):
     from glass_pyg.ot.expectation import BlockedExpectation
 

@@ -69,6 +69,18 @@ def test_votes_count_matched_edges_brute_force():
     assert float(W[torch.arange(40), res.perm].sum()) == pytest.approx(float(W[torch.arange(40), torch.as_tensor(col)].sum()))
 
 
+def test_matching_votes_with_unmatched_nodes_brute_force():
+    from glass_pyg.refinement import _adjacency, _matching_votes
+    d, truth = _pair(n=40, r=0.1, seed=4)
+    perm = _partly_right(truth, 0.5, seed=3)
+    perm[::7] = -1  # unmatched sources vote for nothing
+    a_s, a_t = _adjacency(d.edge_index_s, 40, "s"), _adjacency(d.edge_index_t, 40, "t")
+    A, B = a_s.toarray(), a_t.toarray()
+    W = torch.tensor([[sum(B[j, perm[k]] for k in range(40) if A[i, k] and perm[k] >= 0) for j in range(40)]
+                      for i in range(40)], dtype=torch.float32)
+    torch.testing.assert_close(_matching_votes(a_s, perm.numpy(), a_t, {}), W, rtol=0, atol=0)
+
+
 def test_bad_input_names_the_problem():
     d, truth = _pair(n=50)
     with pytest.raises(ValueError, match="num_nodes"):

@@ -1,7 +1,8 @@
 r"""The GLASS alignment head: project, soft-sort per slice, lift the plan back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 from torch_geometric.typing import OptTensor
 
 from .. import losses
-from ..metrics import plan_entropy
+from ..metrics import plan_entropy as _entropy
 from ..ot import TransportPlan, sinkhorn_banded, sinkhorn_dense
 from ..ot.banded import rank_gamma
 
@@ -20,20 +21,41 @@ _COSTS: dict[str, CostFactory] = {"sq_euclidean": losses.squared_euclidean,
 
 @dataclass(frozen=True)
 class GLASSOutput:
-    """What one forward pass of :class:`GLASS` returns (statistics are over pairs and slices)."""
+    """What one forward pass of :class:`GLASS` returns (statistics are over pairs and slices).
+
+    ``plan`` and ``plan_entropy`` are formed on first access (merging the slices'
+    windows is a sort of every stored entry, as costly as the solve itself at
+    ``n = 2000``), so a training step that reads only ``loss`` does not pay for them.
+    """
 
     loss: Tensor  #: scalar, mean over pairs of the slice-averaged lifted loss
-    plan: Tensor  #: sparse ``(N_s, N_t)`` slice-averaged plan, block diagonal over pairs
     plans: tuple[TransportPlan, ...]  #: the solver's result for every pair
     scores_s: Tensor  #: ``(N_s, L)`` source scores
     scores_t: Tensor  #: ``(N_t, L)`` target scores
-    plan_entropy: float  #: mean over pairs of the entropy of the averaged plan
     iterations: int  #: most solver iterations of any pair
     nnz: int  #: stored plan entries, all pairs and slices
     band_radius: float  #: widest band in score units
     band_halfwidth: int  #: widest band in ranks
     marginal_error: float  #: worst relative marginal error
     converged: bool  #: every pair and slice met the tolerance
+    offsets: tuple[tuple[int, int], ...] = field(default=(), repr=False)  #: first source and target row of each pair
+    size: tuple[int, int] = field(default=(0, 0), repr=False)  #: ``(N_s, N_t)``
+
+    @cached_property
+    def plan(self) -> Tensor:
+        """Sparse ``(N_s, N_t)`` slice-averaged plan, block diagonal over pairs (differentiable)."""
+        idx, val = [], []
+        for (s0, t0), plan in zip(self.offsets, self.plans):
+            avg = plan.averaged()
+            idx.append(avg.indices() + torch.tensor([[s0], [t0]], device=avg.device))
+            val.append(avg.values())
+        return torch.sparse_coo_tensor(torch.cat(idx, 1), torch.cat(val), self.size, is_coalesced=True,
+                                       check_invariants=False)
+
+    @cached_property
+    def plan_entropy(self) -> float:
+        """Mean over pairs of the entropy of the averaged plan."""
+        return _entropy(self.plan) / len(self.plans)  # the pairs' blocks are disjoint
 
 
 class GLASS(torch.nn.Module):
@@ -105,28 +127,21 @@ class GLASS(torch.nn.Module):
         if ptr_s.numel() != ptr_t.numel():
             raise ValueError(f"batch_s and batch_t hold {ptr_s.numel() - 1} and {ptr_t.numel() - 1} pairs")
         factory = _COSTS[self.cost] if isinstance(self.cost, str) else self.cost
-        plans, pair_losses, blocks, entropies = [], [], [], []
+        plans, pair_losses, offsets = [], [], []
         for k in range(ptr_s.numel() - 1):
             s0, s1, t0, t1 = int(ptr_s[k]), int(ptr_s[k + 1]), int(ptr_t[k]), int(ptr_t[k + 1])
             plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma, k)
             pair_losses.append(losses.lifted_loss(plan, factory(geom_s[s0:s1], geom_t[t0:t1])))
-            avg = plan.averaged()
-            entropies.append(plan_entropy(avg))
-            offset = torch.tensor([[s0], [t0]], device=avg.device)
-            blocks.append((avg.indices() + offset, avg.values()))
             plans.append(plan)
-        idx = torch.cat([b[0] for b in blocks], 1)
-        val = torch.cat([b[1] for b in blocks])
-        plan_all = torch.sparse_coo_tensor(idx, val, (x_s.size(0), x_t.size(0)), is_coalesced=True,
-                                           check_invariants=False)
+            offsets.append((s0, t0))
         return GLASSOutput(
-            loss=torch.stack(pair_losses).mean(), plan=plan_all, plans=tuple(plans),
-            scores_s=scores_s, scores_t=scores_t, plan_entropy=sum(entropies) / len(entropies),
+            loss=torch.stack(pair_losses).mean(), plans=tuple(plans), scores_s=scores_s, scores_t=scores_t,
             iterations=max(p.iterations for p in plans), nnz=sum(p.nnz for p in plans),
             band_radius=max(float(p.band_radius.max()) for p in plans),
             band_halfwidth=max(int(p.band_halfwidth.max()) for p in plans),
             marginal_error=max(float(p.marginal_error.max()) for p in plans),
-            converged=all(bool(p.converged.all()) for p in plans))
+            converged=all(bool(p.converged.all()) for p in plans), offsets=tuple(offsets),
+            size=(x_s.size(0), x_t.size(0)))
 
     def warm_state(self) -> dict[str, list[Tensor]]:
         """The warm-start potentials, for checkpoints (so a resumed run repeats the same solves)."""
