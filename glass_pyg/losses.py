@@ -25,13 +25,18 @@ class PointPairCost:
 
     ``cost(rows, cols)`` evaluates it on index pairs of any shape;
     :meth:`TransportPlan.expectation` uses ``points`` and ``pair`` to visit the
-    pairs in row blocks (forward and backward) instead of gathering them all.
+    pairs in row blocks (forward and backward) instead of gathering them all,
+    and ``gram(sq_x, sq_y, inner)``, when the cost is a function of the squared
+    norms and the inner product, to read the band's costs from blocks of inner
+    products when the points need no gradient.
     """
 
-    def __init__(self, x_s: Tensor, x_t: Tensor, pair: Callable[[Tensor, Tensor], Tensor], name: str):
+    def __init__(self, x_s: Tensor, x_t: Tensor, pair: Callable[[Tensor, Tensor], Tensor], name: str,
+                 gram: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None):
         _check_points(x_s, x_t)
         self.points = (x_s, x_t)
         self.pair = pair
+        self.gram = gram
         self.name = name
 
     def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
@@ -55,6 +60,10 @@ def _sq_euclidean_pairs(x: Tensor, y: Tensor) -> Tensor:
     return (diff * diff).sum(-1)
 
 
+def _sq_euclidean_gram(sq_x: Tensor, sq_y: Tensor, inner: Tensor) -> Tensor:
+    return (sq_x + sq_y - 2.0 * inner).clamp_min_(0.0)
+
+
 def _sq_geodesic_pairs(x: Tensor, y: Tensor) -> Tensor:
     d = geodesic_distance(x, y)
     return d * d
@@ -62,7 +71,7 @@ def _sq_geodesic_pairs(x: Tensor, y: Tensor) -> Tensor:
 
 def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PointPairCost:
     r"""The cost :math:`(i, j) \mapsto \lVert x^s_i - x^t_j\rVert^2` on index pairs."""
-    return PointPairCost(x_s, x_t, _sq_euclidean_pairs, "squared_euclidean")
+    return PointPairCost(x_s, x_t, _sq_euclidean_pairs, "squared_euclidean", _sq_euclidean_gram)
 
 
 def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PointPairCost:

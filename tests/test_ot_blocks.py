@@ -123,6 +123,63 @@ def test_pair_costs_in_chunks_match_one_gather(monkeypatch, cost_name):
                                torch.autograd.grad((ref * w).sum(), x_s)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_band_costs_from_inner_products_match_the_pairs(dtype):
+    from glass_pyg import losses
+    from glass_pyg.ot.expectation import band_costs_from_gram
+
+    g = torch.Generator().manual_seed(6)
+    x_s = 3.0 + torch.randn(300, 8, generator=g, dtype=dtype)  # offset: the norms dominate the distances
+    x_t = 3.0 + torch.randn(420, 8, generator=g, dtype=dtype)
+    s = torch.randn(3, 300, generator=g, dtype=dtype, requires_grad=True)
+    t = torch.randn(3, 420, generator=g, dtype=dtype)
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    cost = losses.squared_euclidean(x_s, x_t)
+    rows, cols = plan.index_pairs()
+    d = band_costs_from_gram(x_s, x_t, plan.perm_s, plan.perm_t, plan.row_start, plan.width, cost.gram,
+                             block_rows=37)
+    tol = dict(rtol=1e-11, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(d, cost(rows, cols), **tol)
+    # the expectation takes this path for points without gradient, and the pairs' path otherwise
+    fast = plan.expectation(cost)
+    x_s.requires_grad_(True)
+    paired = plan.expectation(losses.squared_euclidean(x_s, x_t))
+    torch.testing.assert_close(fast, paired, **tol)
+    g_fast = torch.autograd.grad(fast.sum(), s, retain_graph=True)[0]
+    g_paired = torch.autograd.grad(paired.sum(), s)[0]
+    # the implicit backward's CG meets its tolerance at a different step for a different rounding
+    torch.testing.assert_close(g_fast, g_paired, rtol=0, atol=1e-5 * float(g_paired.abs().max()))
+
+
+def test_blocked_expectation_skips_zero_entries(monkeypatch):
+    from glass_pyg.ot.expectation import BlockedExpectation
+
+    monkeypatch.setattr(blocks, "_CPU_BLOCK_ENTRIES", 32)
+    g = torch.Generator().manual_seed(5)
+    values = torch.rand(2, 9, 4, generator=g, dtype=torch.float64)
+    values[torch.rand(2, 9, 4, generator=g) < 0.5] = 0.0  # band padding
+    values.requires_grad_(True)
+    x_s = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x_t = torch.randn(11, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    rows = torch.randint(0, 9, (2, 9, 4), generator=g)
+    cols = torch.randint(0, 11, (2, 9, 4), generator=g)
+
+    def pair(x, y):
+        return ((x - y) ** 2).sum(-1)
+
+    out = BlockedExpectation.apply(values, x_s, x_t, rows, cols, pair)
+    D = pair(x_s[rows], x_t[cols])
+    ref = (values * D).sum((-2, -1))
+    torch.testing.assert_close(out, ref)
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    got = torch.autograd.grad((out * w).sum(), (values, x_s, x_t))
+    want = torch.autograd.grad((ref * w).sum(), (values, x_s, x_t))
+    torch.testing.assert_close(got[1:], want[1:])
+    nz = values != 0
+    torch.testing.assert_close(got[0][nz], want[0][nz])
+    assert bool((got[0][~nz] == 0).all())
+
+
 def test_blocked_expectation_gradcheck(monkeypatch):
     from glass_pyg.ot.expectation import BlockedExpectation
 

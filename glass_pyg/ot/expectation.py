@@ -6,7 +6,12 @@ the backward) costs ``L n W d`` values of memory traffic twice over; here the
 pairs are visited in row blocks, and only plan-shaped tensors are stored
 whole: the cost values, kept from the forward (they are the gradient with
 respect to the plan), and the points' gradients, which the backward forms in
-row blocks again, and only when the points require them.
+row blocks again, and only when the points require them. Pairs whose plan
+entry is exactly zero (the padding of the band's window, about half of it, and
+underflow) are skipped: they add nothing to the expectation, and their cost is
+left at zero in the gradient with respect to the plan, which every plan of this
+package multiplies by the entry itself (:math:`\partial P_{ij} = P_{ij}\,
+\partial\theta_{ij}`).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ class BlockedExpectation(torch.autograd.Function):
 
     ``values``, ``rows``, ``cols`` are ``(L, n, W)``; ``x_s`` ``(n_s, d)``, ``x_t``
     ``(n_t, d)``; ``pair(x, y)`` maps ``(k, d), (k, d)`` to ``(k,)``.
-    Differentiable once in ``values``, ``x_s`` and ``x_t``.
+    Differentiable once in ``values``, ``x_s`` and ``x_t``; the gradient with respect
+    to ``values`` is the cost on the nonzero entries and zero on the others.
     """
 
     @staticmethod
@@ -34,10 +40,12 @@ class BlockedExpectation(torch.autograd.Function):
                 pair: PairFunction) -> Tensor:
         L, n, W = values.shape
         out = values.new_zeros(L)
-        cost = torch.empty_like(values)
+        cost = torch.zeros_like(values)
         for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
-            cost[:, sl] = pair(x_s[rows[:, sl].reshape(-1)], x_t[cols[:, sl].reshape(-1)]).view(L, -1, W)
-            out += (values[:, sl] * cost[:, sl]).sum((-2, -1))
+            stored = values[:, sl] != 0
+            block = cost[:, sl]
+            block[stored] = pair(x_s[rows[:, sl][stored]], x_t[cols[:, sl][stored]]).to(values.dtype)
+            out += (values[:, sl] * block).sum((-2, -1))
         ctx.save_for_backward(values, x_s, x_t, rows, cols, cost)
         ctx.pair = pair
         return out
@@ -55,15 +63,51 @@ class BlockedExpectation(torch.autograd.Function):
         if not (need_s or need_t):
             return g_values, None, None, None, None, None
         for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
-            r, c = rows[:, sl].reshape(-1), cols[:, sl].reshape(-1)
+            stored = values[:, sl] != 0
+            r, c = rows[:, sl][stored], cols[:, sl][stored]
+            weight = (values[:, sl] * g)[stored]
             xs_b = x_s[r].requires_grad_(need_s)
             xt_b = x_t[c].requires_grad_(need_t)
             with torch.enable_grad():
-                d = ctx.pair(xs_b, xt_b).view(L, -1, W)
+                d = ctx.pair(xs_b, xt_b)
                 wanted = [x for x, need in ((xs_b, need_s), (xt_b, need_t)) if need]
-                grads = list(torch.autograd.grad((values[:, sl] * g * d.to(values.dtype)).sum(), wanted))
+                grads = list(torch.autograd.grad((weight * d.to(values.dtype)).sum(), wanted))
             if need_s:
                 g_s.index_add_(0, r, grads.pop(0))
             if need_t:
                 g_t.index_add_(0, c, grads.pop(0))
         return g_values, g_s, g_t, None, None, None
+
+
+GramFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tensor, row_start: Tensor,
+                         width: int, gram: GramFunction, block_rows: int = 128) -> Tensor:
+    r"""Costs of every window entry of a band, ``(L, n, W)``, for a cost of the form
+    :math:`c(x, y) = h(\lVert x\rVert^2, \lVert y\rVert^2, \langle x, y\rangle)`.
+
+    In sorted coordinates a block of consecutive rows meets a short run of
+    consecutive columns, so each block's inner products are one small matrix
+    product, :math:`X_{\text{rows}} Y_{\text{run}}^\top`, from which the windows are
+    read; the ``L n W`` pairs of ``d``-dimensional points are never gathered
+    (SBM n = 2000, 32-d features, 4 slices: 8 ms against 34 ms). ``perm_s``,
+    ``perm_t``, ``row_start`` are those of :class:`~glass_pyg.ot.TransportPlan`;
+    ``gram(sq_x, sq_y, inner)`` maps broadcastable tensors to costs. Not
+    differentiable in the points (the caller checks that they need no gradient).
+    """
+    L, n = perm_s.shape
+    out = x_s.new_empty(L, n, width)
+    k = torch.arange(width, device=x_s.device)
+    for sl in range(L):
+        xs, xt = x_s[perm_s[sl]], x_t[perm_t[sl]]
+        sq_s, sq_t = (xs * xs).sum(-1), (xt * xt).sum(-1)
+        start = row_start[sl]
+        for i0 in range(0, n, block_rows):
+            i1 = min(i0 + block_rows, n)
+            st = start[i0:i1]
+            c0, c1 = int(st.min()), int(st.max()) + width
+            inner = xs[i0:i1] @ xt[c0:c1].T
+            block = gram(sq_s[i0:i1].unsqueeze(-1), sq_t[c0:c1].unsqueeze(0), inner)
+            out[sl, i0:i1] = block.gather(1, (st - c0).unsqueeze(-1) + k)
+    return out

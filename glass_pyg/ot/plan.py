@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .expectation import BlockedExpectation
+from .expectation import BlockedExpectation, band_costs_from_gram
 
 
 def inverse_permutation(perm: Tensor) -> Tensor:
@@ -144,8 +144,14 @@ class TransportPlan:
         :mod:`glass_pyg.losses`) is evaluated in row blocks instead, forward
         and backward (:class:`~glass_pyg.ot.expectation.BlockedExpectation`).
         """
-        rows, cols = self.index_pairs()
         points = getattr(cost, "points", None)
+        gram = getattr(cost, "gram", None)
+        if points is not None and gram is not None and not (
+                torch.is_grad_enabled() and (points[0].requires_grad or points[1].requires_grad)):
+            # fixed points (graph features): the band's costs from blocks of inner products
+            d = band_costs_from_gram(*points, self.perm_s, self.perm_t, self.row_start, self.width, gram)
+            return self._out((self.values * d.to(self.values.dtype)).sum((-2, -1)))
+        rows, cols = self.index_pairs()
         if points is not None:  # per-point geometry: visit the pairs in row blocks
             x_s, x_t = points
             return self._out(BlockedExpectation.apply(self.values, x_s, x_t, rows, cols, cost.pair))
