@@ -22,6 +22,9 @@ from .ot.plan import TransportPlan
 PlanLike = TransportPlan | Tensor
 _DENSE_LIMIT = 1 << 22  # n * m up to which the dense assignment solver is used (robust to ties)
 _SPARSE_CANDIDATES = 32  # plan entries per row the sparse assignment considers by default
+# below the dense limit, supports of at most this fraction of the n * m pairs go to the sparse solver
+# (the banded plan's at n = 2000 holds 12%: 0.2-0.3 s against 0.6-1.6 s for the dense solver)
+_SPARSE_SUPPORT = 0.25
 
 
 class DecodingWarning(UserWarning):
@@ -77,10 +80,11 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     cheapest (default: all of them while ``n * m <= 2**22``, 32 beyond). When
     every row's best entry is in a different column that is the answer;
     otherwise it is solved with scipy's dense ``linear_sum_assignment``
-    while ``n * m <= 2**22`` (robust to the exact ties of structurally
-    equivalent nodes), beyond that with
+    while ``n * m <= 2**22`` and the candidates hold more than a quarter of
+    the pairs (a dense plan is decoded as a matrix), and otherwise with
     :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
-    candidates. When they admit no matching of every row (or column, if
+    candidates, their weights snapped to a grid of ``1e-7`` of their range
+    (near-ties of structurally equivalent nodes can stall it). When they admit no matching of every row (or column, if
     fewer), pairs outside them are used at a cost above any matching inside,
     so as few as possible, and a :class:`DecodingWarning` says how many.
     """
@@ -113,7 +117,7 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     if best is not None:
         return torch.as_tensor(best, dtype=torch.long, device=rows.device)
     k = min(n, m)
-    if n * m <= _DENSE_LIMIT:
+    if n * m <= _DENSE_LIMIT and r.size > _SPARSE_SUPPORT * n * m:
         D = np.ones((n, m))
         D[r, c] = w
         inside = np.zeros((n, m), dtype=bool)

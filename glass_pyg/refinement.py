@@ -84,8 +84,11 @@ def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
     With :math:`\Pi` a matching and :math:`A_t` symmetric, :math:`W = A_s \Pi A_t^\top = A_s C`
     where row ``k`` of :math:`C` is row ``perm[k]`` of :math:`A_t` (zero when unmatched):
     one sparse-times-dense product in float32, exact for counts below :math:`2^{24}`
-    (n = 2000, degree 127: 0.05 s against 0.16 s for scipy's sparse product)."""
-    if not cache:
+    (n = 2000, degree 127: 0.09 s against 0.16 s for scipy's sparse product). When few
+    nodes changed partner since the previous call with the same ``cache`` (the last
+    rounds), the previous votes are updated instead: each changed ``k`` moves its
+    neighbours' votes from row ``old[k]`` of :math:`A_t` to row ``perm[k]``."""
+    if "a_s" not in cache:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             cache["a_s"] = torch.sparse_csr_tensor(
@@ -93,9 +96,26 @@ def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
                 torch.as_tensor(a_s.data, dtype=torch.float32), a_s.shape, check_invariants=False)
         cache["a_t"] = torch.as_tensor(a_t.toarray(), dtype=torch.float32)
     idx = torch.as_tensor(perm)
-    c = cache["a_t"][idx.clamp_min(0)]
-    c[idx < 0] = 0.0
-    return torch.sparse.mm(cache["a_s"], c)
+
+    def rows_of(targets: Tensor) -> Tensor:
+        c = cache["a_t"][targets.clamp_min(0)]
+        c[targets < 0] = 0.0
+        return c
+
+    old = cache.get("perm")
+    changed = None if old is None else torch.nonzero(idx != old).flatten()
+    if changed is not None and changed.numel() <= idx.numel() // 8:
+        votes = cache["votes"]
+        k = changed.numpy()
+        start, count = a_s.indptr[k], np.diff(a_s.indptr)[k]  # A_s is symmetric: column k = row k
+        owner = np.repeat(np.arange(k.size), count)
+        nbr = a_s.indices[np.repeat(start - np.cumsum(count) + count, count) + np.arange(owner.size)]
+        delta = rows_of(idx[changed]) - rows_of(old[changed])
+        votes.index_add_(0, torch.as_tensor(nbr, dtype=torch.int64), delta[torch.as_tensor(owner)])
+    else:
+        votes = torch.sparse.mm(cache["a_s"], rows_of(idx))
+    cache["perm"], cache["votes"] = idx.clone(), votes
+    return votes
 
 
 def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:

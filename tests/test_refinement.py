@@ -78,7 +78,15 @@ def test_matching_votes_with_unmatched_nodes_brute_force():
     A, B = a_s.toarray(), a_t.toarray()
     W = torch.tensor([[sum(B[j, perm[k]] for k in range(40) if A[i, k] and perm[k] >= 0) for j in range(40)]
                       for i in range(40)], dtype=torch.float32)
-    torch.testing.assert_close(_matching_votes(a_s, perm.numpy(), a_t, {}), W, rtol=0, atol=0)
+    cache = {}
+    torch.testing.assert_close(_matching_votes(a_s, perm.numpy(), a_t, cache), W, rtol=0, atol=0)
+    # a few nodes change partner (one becomes unmatched, one matched): the votes are updated in place
+    perm2 = perm.clone()
+    perm2[[1, 2]] = perm[[2, 1]]
+    perm2[3], perm2[0] = -1, perm[3]
+    W2 = _matching_votes(a_s, perm2.numpy(), a_t, {})
+    assert not torch.equal(W2, W)
+    torch.testing.assert_close(_matching_votes(a_s, perm2.numpy(), a_t, cache), W2, rtol=0, atol=0)
 
 
 def test_bad_input_names_the_problem():
