@@ -123,6 +123,21 @@ def test_pair_costs_in_chunks_match_one_gather(monkeypatch, cost_name):
                                torch.autograd.grad((ref * w).sum(), x_s)[0])
 
 
+def test_band_costs_from_inner_products_with_many_more_targets():
+    from glass_pyg import losses
+    from glass_pyg.ot.expectation import band_costs_from_gram
+
+    g = torch.Generator().manual_seed(7)
+    x_s, x_t = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(3000, 5, generator=g,
+                                                                                 dtype=torch.float64)
+    plan = sinkhorn_banded(torch.randn(2, 40, generator=g, dtype=torch.float64),
+                           torch.randn(2, 3000, generator=g, dtype=torch.float64), gamma=0.5, temperature="rank")
+    cost = losses.squared_euclidean(x_s, x_t)
+    d = band_costs_from_gram(x_s, x_t, plan.perm_s, plan.perm_t, plan.row_start, plan.width, cost.gram,
+                             block_rows=8)  # runs of ~600 columns for 8 rows: the window pairs' inner products
+    torch.testing.assert_close(d, cost(*plan.index_pairs()), rtol=1e-11, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_band_costs_from_inner_products_match_the_pairs(dtype):
     from glass_pyg import losses
