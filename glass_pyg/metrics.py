@@ -94,6 +94,8 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     if cost is None and candidates is None and _is_dense(plan) and plan.numel() <= _DENSE_LIMIT:
         # a dense plan (neighbourhood votes) as it is: no list of its n * m entries
         p = plan.detach().double().cpu().numpy()
+        if not np.isfinite(p).all():
+            raise ValueError("plan holds non-finite values")
         inside = p != 0
         w = (p[inside].max() if inside.any() else 0.0) - p + 1.0
         match, outside = _assign_dense(w, inside)
@@ -104,6 +106,8 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     if cost is None:
         if candidates is not None:
             rows, cols, vals = top_per_row(rows, cols, vals, n, candidates)
+        if not bool(torch.isfinite(vals).all()):
+            raise ValueError("plan holds non-finite values")
         w = (vals.max() - vals).double() if vals.numel() else vals.double()
     else:
         w = cost(rows.view(1, -1), cols.view(1, -1)).detach().reshape(-1).double()

@@ -93,6 +93,13 @@ def test_exact_ties_decode_quickly(solver):
     assert sorted(perm.tolist()) == list(range(40))
 
 
+def test_non_finite_plan_is_an_error(solver):
+    P = torch.tensor([[0.5, float("nan")], [0.2, 0.3]])
+    for plan in (P, P.to_sparse()):
+        with pytest.raises(ValueError, match="non-finite"):
+            M.to_permutation(plan)
+
+
 def test_fallback_when_support_has_no_matching(solver):
     P = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
     with pytest.warns(M.DecodingWarning, match="1 of 3"):
