@@ -93,6 +93,23 @@ def test_exact_ties_decode_quickly(solver):
     assert sorted(perm.tolist()) == list(range(40))
 
 
+def test_sparse_support_below_the_limit_uses_the_dense_solver(monkeypatch):
+    # the sparse solver stalled for minutes on a banded plan's support (12-20% of the pairs, n = 2000)
+    gen = torch.Generator().manual_seed(3)
+    P = random_sparse_plan(30, 30, 0.1, gen)
+    P[torch.arange(30), torch.randperm(30, generator=gen)] = 0.5  # a full matching inside the support
+    P[torch.arange(30), torch.arange(30)] = 0.4
+    D = torch.rand(30, 30, generator=gen, dtype=torch.float64)
+
+    def no_sparse(*args, **kwargs):
+        raise AssertionError("the sparse solver ran")
+
+    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_sparse)
+    for cost in (None, lambda r, c: D[r, c]):
+        perm = M.to_permutation(P.to_sparse(), cost)
+        assert sorted(perm.tolist()) == list(range(30))
+
+
 def test_non_finite_plan_is_an_error(solver):
     P = torch.tensor([[0.5, float("nan")], [0.2, 0.3]])
     for plan in (P, P.to_sparse()):
