@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -189,7 +190,7 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
         assignment = "optimal" if n * m <= (1 << 22) else "greedy"
     if assignment not in ("optimal", "greedy"):
         raise ValueError(f"assignment must be 'optimal', 'greedy' or None, got {assignment!r}")
-    decode = to_permutation if assignment == "optimal" else greedy_matching
+    decode = partial(to_permutation, assignment="optimal") if assignment == "optimal" else greedy_matching
     pairs = None
     if candidates is not None:
         if not isinstance(candidate_k, int) or candidate_k < 1:

@@ -28,10 +28,12 @@ def brute_force(P, cost=None):
 
 @pytest.fixture(params=["dense", "sparse"])
 def solver(request, monkeypatch):
-    """Run a test with the dense assignment solver and with the sparse one."""
+    """Keyword arguments of ``to_permutation`` that run a test with the dense exact solver
+    and with the sparse exact one (the default beyond the dense limit is greedy)."""
     if request.param == "sparse":
         monkeypatch.setattr(M, "_DENSE_LIMIT", 0)
-    return request.param
+        return {"assignment": "optimal"}
+    return {}
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -49,7 +51,7 @@ def test_to_permutation_matches_brute_force(seed, solver):
         for plan in (P.to_sparse(), P):  # a dense plan without cost is decoded as a matrix
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                got = M.to_permutation(plan, fn)
+                got = M.to_permutation(plan, fn, **solver)
             assert abs(val(got.tolist()) - val(ref)) < 1e-9
 
 
@@ -81,7 +83,7 @@ def test_distinct_row_maxima_skip_the_assignment_solver(seed, monkeypatch):
 
 def test_to_permutation_more_rows_than_columns(solver):
     P = torch.tensor([[0.9, 0.1], [0.8, 0.0], [0.0, 0.7]], dtype=torch.float64)
-    assert M.to_permutation(P).tolist() == [0, -1, 1]  # 0.9 + 0.7 beats 0.8 + 0.7 and 0.1 + 0.8
+    assert M.to_permutation(P, **solver).tolist() == [0, -1, 1]  # 0.9 + 0.7 beats 0.8 + 0.7 and 0.1 + 0.8
 
 
 def test_exact_ties_decode_quickly(solver):
@@ -89,7 +91,7 @@ def test_exact_ties_decode_quickly(solver):
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(8, 40, generator=gen, dtype=torch.float64)
     P = base.repeat(5, 1)  # 40 rows, each repeated five times
-    perm = M.to_permutation(P)
+    perm = M.to_permutation(P, **solver)
     assert sorted(perm.tolist()) == list(range(40))
 
 
@@ -120,8 +122,37 @@ def test_non_finite_plan_is_an_error(solver):
 def test_fallback_when_support_has_no_matching(solver):
     P = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
     with pytest.warns(M.DecodingWarning, match="1 of 3"):
-        perm = M.to_permutation(P)
+        perm = M.to_permutation(P, **solver)
     assert sorted(perm.tolist()) == [0, 1, 2] and perm[2] == 2
+
+
+def test_greedy_assignment_beyond_the_dense_limit(monkeypatch):
+    monkeypatch.setattr(M, "_DENSE_LIMIT", 0)  # every plan counts as large
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("an exact solver ran")
+
+    monkeypatch.setattr(M, "linear_sum_assignment", no_solver)
+    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_solver)
+    gen = torch.Generator().manual_seed(8)
+    P = random_sparse_plan(12, 12, 0.5, gen)
+    P[torch.arange(12), torch.randperm(12, generator=gen)] = 0.3  # a full matching inside the support
+    D = torch.rand(12, 12, generator=gen, dtype=torch.float64)
+    for cost, score in ((None, P), (lambda i, j: D[i, j], -D)):
+        with warnings.catch_warnings():  # greedy may leave a row without a free candidate
+            warnings.simplefilter("ignore", M.DecodingWarning)
+            got = M.to_permutation(P.to_sparse(), cost, candidates=12)
+        # the greedy order: cheapest (largest) stored entry first, row and column still free
+        ref = [-1] * 12
+        pairs = sorted(((-float(score[i, j]), i, j) for i, j in P.nonzero().tolist()))
+        for _, i, j in pairs:
+            if ref[i] < 0 and j not in ref:
+                ref[i] = j
+        free = iter(sorted(set(range(12)) - set(ref)))
+        ref = [j if j >= 0 else next(free) for j in ref]  # free rows take the free columns in order
+        assert got.tolist() == ref and sorted(ref) == list(range(12))
+    with pytest.raises(ValueError, match="assignment"):
+        M.to_permutation(P, assignment="hungarian")
 
 
 def test_hits_and_argmax_against_dense(gen):
@@ -184,10 +215,10 @@ def test_candidates_restrict_the_assignment(solver):
         ref_plan = brute_force(largest)
         if ref is None or ref_plan is None:
             continue  # no full matching on three candidates per row
-        got = M.to_permutation(P.to_sparse(), lambda i, j: D[i, j], candidates=3)
+        got = M.to_permutation(P.to_sparse(), lambda i, j: D[i, j], candidates=3, **solver)
         cost = lambda cols: sum(float(D[i, j]) for i, j in enumerate(cols))
         assert abs(cost(got.tolist()) - cost(ref)) < 1e-9
-        got = M.to_permutation(P.to_sparse(), candidates=3)
+        got = M.to_permutation(P.to_sparse(), candidates=3, **solver)
         weight = lambda cols: sum(float(P[i, j]) for i, j in enumerate(cols))
         assert abs(weight(got.tolist()) - weight(ref_plan)) < 1e-9
         ran += 1
