@@ -235,10 +235,14 @@ def _greedy(r: np.ndarray, c: np.ndarray, score: np.ndarray, n: int, m: int) -> 
     order = np.lexsort((c, r, -score))
     match = np.full(n, -1, dtype=np.int64)
     used = np.zeros(m, dtype=bool)
+    left = min(n, m, np.unique(r).size, np.unique(c).size)  # pairs a matching can hold at most
     for i, j in zip(r[order].tolist(), c[order].tolist()):
         if match[i] < 0 and not used[j]:
             match[i] = j
             used[j] = True
+            left -= 1
+            if left == 0:
+                break
     return match
 
 

@@ -42,6 +42,9 @@ class GlassSettings:
     lr: float = 1e-2
     steps: int = 10
     refine_rounds: int = 30
+    # the lifted decoding only seeds the refinement: greedy seeds bootstrap as often as optimal ones
+    # (n = 1000, r = 0.1: 4 of 5 seeds either way) and take 0.25 s instead of 0.6-1.3 s at n = 2000
+    decode_assignment: str = "greedy"
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:
         res = head(xs, xt)
     t2 = time.perf_counter()
     plan = res.plan
-    lifted = metrics.to_permutation(plan, losses.squared_euclidean(xs, xt))
+    lifted = metrics.to_permutation(plan, losses.squared_euclidean(xs, xt), assignment=s.decode_assignment)
     out["perm_lifted"] = lifted.numpy()
     t3 = time.perf_counter()
     # the lifted decoding seeds the neighbourhood votes (a hard seed set votes more sharply than the
