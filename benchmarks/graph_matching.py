@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         cfg.glass.steps = a.steps
     header = (f"# Graph matching on SBM pairs\n\n`python benchmarks/graph_matching.py {' '.join(argv or sys.argv[1:])}`"
               f"\n\nMachine: {machine()}. {settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. Cells: median [min, max] over seeds; "
-              "acc_lifted = assignment with the lifted cost inside the plan's support; acc_refined = after "
+              "acc_lifted = the lifted decoding (a matching on the lifted cost inside the plan's support: greedy with decode_assignment=greedy, else exact); acc_refined = after "
               "neighbourhood refinement from it (glass_pyg.refinement), glass-pyg's full decoder.")
     table = G.run(cfg, progress=lambda s: print(s, flush=True),
                   on_row=lambda t: render(t, a.out, a.name, header, G.headline))
