@@ -93,7 +93,10 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     """
     if candidates is not None and (not isinstance(candidates, int) or candidates < 1):
         raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
-    if cost is None and candidates is None and _is_dense(plan) and plan.numel() <= _DENSE_LIMIT:
+    if assignment not in (None, "optimal", "greedy"):
+        raise ValueError(f"assignment must be 'optimal', 'greedy' or None, got {assignment!r}")
+    if (cost is None and candidates is None and assignment != "greedy" and _is_dense(plan)
+            and plan.numel() <= _DENSE_LIMIT):
         # a dense plan (neighbourhood votes) as it is: no list of its n * m entries
         p = plan.detach().double().cpu().numpy()
         if not np.isfinite(p).all():
@@ -107,8 +110,6 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
         candidates = _SPARSE_CANDIDATES
     if assignment is None:
         assignment = "optimal" if n * m <= _DENSE_LIMIT else "greedy"
-    if assignment not in ("optimal", "greedy"):
-        raise ValueError(f"assignment must be 'optimal', 'greedy' or None, got {assignment!r}")
     if cost is None:
         if candidates is not None:
             rows, cols, vals = top_per_row(rows, cols, vals, n, candidates)

@@ -151,8 +151,16 @@ def test_greedy_assignment_beyond_the_dense_limit(monkeypatch):
         free = iter(sorted(set(range(12)) - set(ref)))
         ref = [j if j >= 0 else next(free) for j in ref]  # free rows take the free columns in order
         assert got.tolist() == ref and sorted(ref) == list(range(12))
-    with pytest.raises(ValueError, match="assignment"):
-        M.to_permutation(P, assignment="hungarian")
+    monkeypatch.undo()
+    for plan in (P, P.to_sparse()):  # named whatever the path
+        with pytest.raises(ValueError, match="assignment"):
+            M.to_permutation(plan, assignment="hungarian")
+    # greedy asked for below the limit, on a dense plan too
+    ref = M.greedy_matching(P)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.DecodingWarning)
+        got = M.to_permutation(P, assignment="greedy")
+    assert got[ref >= 0].tolist() == ref[ref >= 0].tolist()
 
 
 def test_hits_and_argmax_against_dense(gen):
