@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from .geometry.sphere import geodesic_distance
+from .ot.blocks import row_blocks
 from .ot.plan import TransportPlan
 
 PairCost = Callable[[Tensor, Tensor], Tensor]
-_CHUNK_VALUES = 1 << 17
 
 
 class PointPairCost:
@@ -42,14 +42,11 @@ class PointPairCost:
     def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
         x_s, x_t = self.points
         shape, rows, cols = rows.shape, rows.flatten(), cols.flatten()
-        # in chunks of about 2^17 gathered values on CPU: the gathered points stay in cache
+        # in the band's row blocks of gathered values on CPU, so the gathered points stay in cache
         # (decoding 474k pairs of 32-d features: 0.04 s instead of 0.31 s at once)
-        dim = max(1, math.prod(x_s.shape[1:]))
-        step = rows.numel() if rows.device.type != "cpu" else max(1, _CHUNK_VALUES // dim)
-        if rows.numel() <= step:
-            return self.pair(x_s[rows], x_t[cols]).view(shape)
-        parts = [self.pair(x_s[rows[lo:lo + step]], x_t[cols[lo:lo + step]]) for lo in range(0, rows.numel(), step)]
-        return torch.cat(parts).view(shape)
+        blocks = row_blocks(1, rows.numel(), math.prod(x_s.shape[1:]), rows.device)
+        parts = [self.pair(x_s[rows[sl]], x_t[cols[sl]]) for sl in blocks]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(shape)
 
     def __repr__(self) -> str:
         return f"{self.name}(n_s={self.points[0].shape[0]}, n_t={self.points[1].shape[0]})"

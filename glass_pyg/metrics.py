@@ -142,7 +142,7 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
         D[r, c] = w
         inside = np.zeros((n, m), dtype=bool)
         inside[r, c] = True
-        match, outside = _assign_dense(D, inside)
+        match, outside = _assign_dense(D, inside, rows_checked=True)
     else:
         # scipy's LAPJVsp can stall for minutes on weights that differ by ~1e-12 (near-ties of
         # structurally equivalent nodes): snap them to a grid of 1e-7 of their range first
@@ -173,13 +173,14 @@ def _matching(match: np.ndarray, outside: int, k: int, device: torch.device, gre
     return torch.as_tensor(match, dtype=torch.long, device=device)
 
 
-def _assign_dense(w: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
+def _assign_dense(w: np.ndarray, inside: np.ndarray, rows_checked: bool = False) -> tuple[np.ndarray, int]:
     r"""Minimum-cost matching for the positive costs ``w`` ``(n, m)`` on the pairs ``inside``;
     a pair outside costs more than any matching inside, so as few as possible are used.
     Returns the ``(n,)`` matching and how many of its pairs lie outside. Every row's cheapest
-    inside entry, when those columns are all different, is the answer without the solver."""
+    inside entry, when those columns are all different, is the answer without the solver
+    (not looked for again when ``rows_checked``: :func:`_row_minima_matching` did)."""
     n, m = w.shape
-    if n <= m and n:
+    if n <= m and n and not rows_checked:
         best = np.where(inside, w, np.inf).argmin(1)
         if inside[np.arange(n), best].all() and np.unique(best).size == n:
             return best.astype(np.int64), 0

@@ -107,12 +107,10 @@ def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
     changed = None if old is None else torch.nonzero(idx != old).flatten()
     if changed is not None and changed.numel() <= idx.numel() // 8:
         votes = cache["votes"]
-        k = changed.numpy()
-        start, count = a_s.indptr[k], np.diff(a_s.indptr)[k]  # A_s is symmetric: column k = row k
-        owner = np.repeat(np.arange(k.size), count)
-        nbr = a_s.indices[np.repeat(start - np.cumsum(count) + count, count) + np.arange(owner.size)]
+        nbr = a_s[changed.numpy()].tocoo()  # A_s is symmetric: column k = row k
         delta = rows_of(idx[changed]) - rows_of(old[changed])
-        votes.index_add_(0, torch.as_tensor(nbr, dtype=torch.int64), delta[torch.as_tensor(owner)])
+        votes.index_add_(0, torch.as_tensor(nbr.col, dtype=torch.int64),
+                         delta[torch.as_tensor(nbr.row, dtype=torch.int64)])
     else:
         votes = torch.sparse.mm(cache["a_s"], rows_of(idx))
     cache["perm"], cache["votes"] = idx.clone(), votes

@@ -106,7 +106,7 @@ def test_pair_costs_in_chunks_match_one_gather(monkeypatch, cost_name):
     from glass_pyg import losses
     from glass_pyg.geometry import geodesic_distance
 
-    monkeypatch.setattr(losses, "_CHUNK_VALUES", 7)  # chunks of 2 pairs of 3-d points
+    monkeypatch.setattr(blocks, "_CPU_BLOCK_ENTRIES", 7)  # chunks of 2 pairs of 3-d points
     g = torch.Generator().manual_seed(4)
     x_s = torch.nn.functional.normalize(torch.randn(30, 3, generator=g, dtype=torch.float64), dim=-1)
     x_t = torch.nn.functional.normalize(torch.randn(20, 3, generator=g, dtype=torch.float64), dim=-1)

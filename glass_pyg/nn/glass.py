@@ -1,7 +1,7 @@
 r"""The GLASS alignment head: project, soft-sort per slice, lift the plan back."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
@@ -38,18 +38,17 @@ class GLASSOutput:
     band_halfwidth: int  #: widest band in ranks
     marginal_error: float  #: worst relative marginal error
     converged: bool  #: every pair and slice met the tolerance
-    offsets: tuple[tuple[int, int], ...] = field(default=(), repr=False)  #: first source and target row of each pair
-    size: tuple[int, int] = field(default=(0, 0), repr=False)  #: ``(N_s, N_t)``
 
     @cached_property
     def plan(self) -> Tensor:
         """Sparse ``(N_s, N_t)`` slice-averaged plan, block diagonal over pairs (differentiable)."""
-        idx, val = [], []
-        for (s0, t0), plan in zip(self.offsets, self.plans):
+        idx, val, s0, t0 = [], [], 0, 0
+        for plan in self.plans:  # the pairs' rows are consecutive, in order
             avg = plan.averaged()
             idx.append(avg.indices() + torch.tensor([[s0], [t0]], device=avg.device))
             val.append(avg.values())
-        return torch.sparse_coo_tensor(torch.cat(idx, 1), torch.cat(val), self.size, is_coalesced=True,
+            s0, t0 = s0 + plan.num_sources, t0 + plan.num_targets
+        return torch.sparse_coo_tensor(torch.cat(idx, 1), torch.cat(val), (s0, t0), is_coalesced=True,
                                        check_invariants=False)
 
     @cached_property
@@ -127,21 +126,19 @@ class GLASS(torch.nn.Module):
         if ptr_s.numel() != ptr_t.numel():
             raise ValueError(f"batch_s and batch_t hold {ptr_s.numel() - 1} and {ptr_t.numel() - 1} pairs")
         factory = _COSTS[self.cost] if isinstance(self.cost, str) else self.cost
-        plans, pair_losses, offsets = [], [], []
+        plans, pair_losses = [], []
         for k in range(ptr_s.numel() - 1):
             s0, s1, t0, t1 = int(ptr_s[k]), int(ptr_s[k + 1]), int(ptr_t[k]), int(ptr_t[k + 1])
             plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma, k)
             pair_losses.append(losses.lifted_loss(plan, factory(geom_s[s0:s1], geom_t[t0:t1])))
             plans.append(plan)
-            offsets.append((s0, t0))
         return GLASSOutput(
             loss=torch.stack(pair_losses).mean(), plans=tuple(plans), scores_s=scores_s, scores_t=scores_t,
             iterations=max(p.iterations for p in plans), nnz=sum(p.nnz for p in plans),
             band_radius=max(float(p.band_radius.max()) for p in plans),
             band_halfwidth=max(int(p.band_halfwidth.max()) for p in plans),
             marginal_error=max(float(p.marginal_error.max()) for p in plans),
-            converged=all(bool(p.converged.all()) for p in plans), offsets=tuple(offsets),
-            size=(x_s.size(0), x_t.size(0)))
+            converged=all(bool(p.converged.all()) for p in plans))
 
     def warm_state(self) -> dict[str, list[Tensor]]:
         """The warm-start potentials, for checkpoints (so a resumed run repeats the same solves)."""
