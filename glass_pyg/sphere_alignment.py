@@ -1,0 +1,209 @@
+r"""Rotation-invariant matching of two point clouds on :math:`S^2`.
+
+:func:`align_sphere` recovers the rotation :math:`R` with
+``pos_t[perm] ≈ pos_s @ R.T`` and the matching, in three stages:
+
+1. **Start.** Candidate rotations read off the clouds' moments (mean
+   direction and second-moment eigenframe, every sign and ordering) and the 60
+   rotations of the icosahedral group, ranked by the sliced 1-D transport cost
+   on a few fixed directions (:mod:`glass_pyg.geometry.frames`).
+2. **Descent.** The best candidates are descended by gradient on the sliced
+   transport cost :math:`S(R)`, GLASS's 1-D transport with linear slices
+   (:func:`~glass_pyg.geometry.sliced.descend_rotation`), whose basin is
+   60-90 degrees wide at every ``n``; the lowest final cost wins. Its
+   minimiser lies within a few tenths of a degree of the truth.
+3. **Polish.** Rounds of exact assignment on the squared geodesic cost and
+   orthogonal Procrustes (Kabsch) on the matched pairs, which converge from
+   within about one point spacing; the last assignment is the matching.
+
+The lifted GLASS loss :math:`\langle P, d^2\rangle` alone pulls a rotation in
+only from about one point spacing, so stages 1-2 are what make GLASS work on
+rotated pairs; a GLASS head trained on the aligned pair then matches as
+exact assignment does.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import losses, metrics
+from .geometry.frames import icosahedral_rotations, kabsch, moment_candidates
+from .geometry.rotation import rotation_angle
+from .geometry.sliced import SlicedCost, descend_rotation, fibonacci_directions
+
+_DENSE_LIMIT = metrics._DENSE_LIMIT
+
+
+@dataclass(frozen=True)
+class SphereAlignment:
+    """The result of :func:`align_sphere` (float64 rotation, on the inputs' device)."""
+
+    rotation: Tensor  #: ``(3, 3)``, ``pos_t[perm] ≈ pos_s @ rotation.T``
+    perm: Tensor | None  #: ``(n,)`` target index of every source point (``-1``: unmatched), or None
+    sliced_cost: float  #: the sliced 1-D transport cost at the descended rotation
+    start_rotation: Tensor  #: ``(3, 3)`` the chosen start, before descent
+    candidates: int  #: start rotations scored
+    seconds: float  #: wall time
+
+    def aligned_target(self, pos_t: Tensor) -> Tensor:
+        """``pos_t`` rotated back onto the source, ``pos_t @ R``."""
+        return pos_t @ self.rotation.to(pos_t.dtype)
+
+
+def check_sphere_points(x: Tensor, name: str, *, min_points: int = 1, atol: float = 1e-3) -> Tensor:
+    """``x`` as float64 unit vectors ``(n, 3)``, or an error naming what is wrong.
+
+    Rows within ``atol`` of unit norm (float32 round-off) are normalised; rows
+    further off the sphere are refused, not silently projected.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape (n, 3), got {type(x).__name__}")
+    if x.dim() != 2 or x.size(1) != 3:
+        raise ValueError(f"{name} must have shape (n, 3), got {tuple(x.shape)}")
+    if x.size(0) < min_points:
+        raise ValueError(f"{name} needs at least {min_points} points, got {x.size(0)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    x = x.detach().double()
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"{name} holds non-finite values (row {int(bad.nonzero()[0])})")
+    norm = x.norm(dim=1)
+    off = (norm - 1).abs() > atol
+    if bool(off.any()):
+        i = int(off.nonzero()[0])
+        raise ValueError(f"{name} must be unit vectors on S^2: row {i} has norm {float(norm[i]):.6g} "
+                         f"({int(off.sum())} rows off by more than {atol:g}); normalise them first")
+    return x / norm.unsqueeze(1)
+
+
+def start_rotations(pos_s: Tensor, pos_t: Tensor, *, directions: int = 4) -> tuple[Tensor, Tensor]:
+    r"""Candidate rotations, ranked by their sliced transport cost, best first.
+
+    Returns ``(R, cost)``: ``(C, 3, 3)`` and ``(C,)`` with ``C = 90`` (30
+    moment frames and the 60 icosahedral rotations).
+    """
+    x, y = check_sphere_points(pos_s, "pos_s", min_points=3), check_sphere_points(pos_t, "pos_t", min_points=3)
+    C = torch.cat([moment_candidates(x, y), icosahedral_rotations()])
+    with torch.no_grad():
+        cost = SlicedCost(x, y)(C, fibonacci_directions(directions))
+    order = cost.argsort()
+    return C[order], cost[order]
+
+
+def _distinct(R: Tensor, k: int, min_deg: float) -> Tensor:
+    """The first ``k`` rows of ``R`` that lie at least ``min_deg`` apart (in order)."""
+    keep = [0]
+    for i in range(1, R.size(0)):
+        if len(keep) == k:
+            break
+        ang = torch.rad2deg(rotation_angle(R[keep].transpose(-1, -2) @ R[i]))
+        if bool((ang >= min_deg).all()):
+            keep.append(i)
+    return R[keep]
+
+
+def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 16) -> Tensor:
+    r"""Minimum squared-geodesic-cost matching of two aligned point sets, ``(n,)``.
+
+    Exact (dense assignment) while ``n * m <= 2**22``; beyond, exact on the
+    ``candidates`` nearest targets of every source (found by blocks of inner
+    products) with the sparse solver, which is the assignment whenever no
+    optimal pair is farther than that.
+    """
+    x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
+    n, m = x.size(0), y.size(0)
+    cost = losses.squared_geodesic(x, y)
+    if n * m <= _DENSE_LIMIT:
+        plan = torch.ones(n, m, dtype=torch.float64)
+        return metrics.to_permutation(plan, cost, assignment="optimal")
+    k = min(candidates, m)
+    cols = torch.cat([(x[i:i + 4096] @ y.t()).topk(k, dim=1).indices for i in range(0, n, 4096)])
+    rows = torch.arange(n).repeat_interleave(k)
+    plan = torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), torch.ones(n * k, dtype=torch.float64),
+                                   (n, m)).coalesce()
+    return metrics.to_permutation(plan, cost, assignment="optimal")
+
+
+def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
+                    candidates: int = 16) -> tuple[Tensor, Tensor]:
+    r"""Rounds of (assignment of the aligned sets, Kabsch on the matched pairs), then a last assignment.
+
+    Converges from within about one point spacing of the truth. Returns
+    ``(R, perm)``; stops early when the matching repeats.
+    """
+    x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
+    R = R.double()
+    perm = match_points(x, y @ R, candidates=candidates)
+    for _ in range(rounds):
+        ok = perm >= 0
+        R = kabsch(x[ok], y[perm[ok]])
+        new = match_points(x, y @ R, candidates=candidates)
+        if torch.equal(new, perm):
+            break
+        perm = new
+    return R, perm
+
+
+def align_sphere(pos_s: Tensor, pos_t: Tensor, *, top: int = 3, steps: int = 100, directions: int = 2,
+                 lr: float = 0.02, engine: str = "sort", gamma: float = 1.0, polish_rounds: int = 3,
+                 match: bool = True, seed: int = 0) -> SphereAlignment:
+    r"""Recover the rotation between two point clouds on :math:`S^2`, and the matching.
+
+    Args:
+        pos_s: source points ``(n, 3)`` on the sphere (float32 or float64).
+        pos_t: target points ``(m, 3)``: a rotated, relabelled, noisy copy;
+            ``n != m`` is allowed.
+        top (int): best start candidates descended (at least 20 degrees apart).
+        steps (int): descent steps.
+        directions (int): random slice directions per descent step (a
+            stochastic gradient of the full sliced cost: its minimiser is
+            nearer the truth than that of a fixed set of directions).
+        lr (float): initial descent step in radians (cosine-decayed).
+        engine (str): ``"sort"`` (exact 1-D transport) or ``"sinkhorn"``
+            (entropic, :func:`~glass_pyg.ot.sinkhorn_banded` at a rank
+            temperature ``gamma``).
+        polish_rounds (int): assignment + Kabsch rounds (0: none).
+        match (bool): also return the matching (``perm``); with
+            ``polish_rounds = 0`` it is computed once on the descended rotation.
+        seed (int): seeds the random directions.
+
+    Returns:
+        :class:`SphereAlignment`.
+
+    Example:
+        >>> from glass_pyg.datasets import SpherePairDataset
+        >>> pair = SpherePairDataset(n=256, rotation=True, seed=0)[0]
+        >>> res = align_sphere(pair.pos_s, pair.pos_t)
+        >>> res.rotation.shape
+        torch.Size([3, 3])
+    """
+    for name, v in (("top", top), ("steps", steps), ("directions", directions), ("polish_rounds", polish_rounds)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name in ("steps", "polish_rounds") else 1):
+            raise ValueError(f"{name} must be a {'non-negative' if name in ('steps', 'polish_rounds') else 'positive'}"
+                             f" integer, got {v!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    t0 = time.perf_counter()
+    device = pos_s.device if isinstance(pos_s, Tensor) else None
+    x = check_sphere_points(pos_s, "pos_s", min_points=3).cpu()
+    y = check_sphere_points(pos_t, "pos_t", min_points=3).cpu()
+    starts, _ = start_rotations(x, y)
+    chosen = _distinct(starts, top, 20.0)
+    gen = torch.Generator().manual_seed(seed)
+    R, cost = descend_rotation(x, y, chosen, directions=directions, steps=steps, lr=lr, engine=engine,
+                               gamma=gamma, generator=gen)
+    best = int(cost.argmin())
+    R_best = R[best]
+    perm = None
+    if polish_rounds:
+        R_best, perm = polish_rotation(x, y, R_best, rounds=polish_rounds)
+    elif match:
+        perm = match_points(x, y @ R_best)
+    return SphereAlignment(rotation=R_best.to(device), perm=None if not match else perm.to(device),
+                           sliced_cost=float(cost[best]), start_rotation=chosen[best].to(device),
+                           candidates=starts.size(0), seconds=time.perf_counter() - t0)
