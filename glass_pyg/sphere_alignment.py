@@ -125,7 +125,7 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 16) -> Tenso
     cols = torch.cat([(x[i:i + 4096] @ y.t()).topk(k, dim=1).indices for i in range(0, n, 4096)])
     rows = torch.arange(n).repeat_interleave(k)
     plan = torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), torch.ones(n * k, dtype=torch.float64),
-                                   (n, m)).coalesce()
+                                   (n, m), check_invariants=False).coalesce()
     return metrics.to_permutation(plan, cost, assignment="optimal")
 
 

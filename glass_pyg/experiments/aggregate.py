@@ -8,7 +8,8 @@ from typing import Any
 
 from . import run_dir as R
 
-FINAL = ["steps_done", "loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5",
+SUMMARY = ["accuracy", "accuracy_at_step0", "seconds"]
+FINAL = SUMMARY + ["steps_done", "loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5",
          "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter", "band_halfwidth",
          "runtime_sec_median", "runtime_sec_total"]
 
@@ -44,7 +45,11 @@ def collect(logdir: str) -> tuple[list[str], list[dict[str, Any]]]:
         cfg = _flatten(R.read_config(folder))
         times = sorted(float(r["runtime_sec"]) for r in rows if r.get("runtime_sec"))
         final = {k: _last(rows, k) for k in FINAL if k not in ("steps_done", "runtime_sec_median",
-                                                                 "runtime_sec_total")}
+                                                                 "runtime_sec_total", *SUMMARY)}
+        done = R.read_summary(folder) or {}  # absent while a run is unfinished
+        final.update({k: "" if done.get(k) is None else done[k] for k in SUMMARY})
+        if done.get("rotation_err_deg") is not None:
+            final["rotation_err_deg"] = done["rotation_err_deg"]
         final["steps_done"] = rows[-1]["step"]
         final["runtime_sec_median"] = f"{times[len(times) // 2]:.4g}" if times else ""
         final["runtime_sec_total"] = f"{sum(times):.4g}" if times else ""

@@ -51,6 +51,7 @@ class ManifoldModel:
     gate_c_per_sqrtk_deg: float = 45.0
     init_u_scale: float = 0.2
     learn_rotation: bool | None = None  #: default: on when the data are rotated
+    train_rotation: bool = False  #: keep training the aligned rotation with the lifted loss
     geometry: str = "torch"
 
 

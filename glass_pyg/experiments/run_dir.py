@@ -47,6 +47,19 @@ def write_config(run_dir: str, config: dict[str, Any]) -> None:
     atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def write_summary(run_dir: str, summary: dict[str, Any]) -> None:
+    """``summary.json``: the run's final answer (written atomically when the run ends)."""
+    atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def read_summary(run_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
 def read_config(run_dir: str) -> dict[str, Any]:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):

@@ -15,7 +15,7 @@ from .tasks import Task, build_task
 
 COLUMNS = ["step", "loss", "plan_entropy", "gamma", "runtime_sec", "nnz", "sinkhorn_iter", "band_radius",
            "band_halfwidth", "marginal_error", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
-           "hits_at_5", "rotation_err_deg"]
+           "hits_at_5", "rotation_err_deg", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
     ``progress(row)`` is called after every row is written.
     """
     torch.manual_seed(cfg.seed)  # nothing below draws from it; pinned for user code in hooks
+    t_start = time.perf_counter()
     task = build_task(cfg)
     opt = _optimizer(task, cfg)
     start = 0
@@ -82,10 +83,25 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
     finally:
         writer.close()
         bar(None)
+    prior = R.read_summary(folder) if resume is not None else None
+    seconds = time.perf_counter() - t_start + (prior or {}).get("seconds", 0.0)
+    R.write_summary(folder, summary(folder, final, seconds, task.stage_seconds))
     if plot:
         from .plots import plot_run
         plot_run(folder, task)
     return RunResult(folder, final, total)
+
+
+def summary(folder: str, final: dict, seconds: float, stage_seconds: float) -> dict:
+    """What ``summary.json`` holds: the run's answer at the end and before any training step."""
+    rows = R.read_metrics(folder)
+    first = next((r for r in rows if r.get("accuracy")), None)
+    out = {"accuracy": final.get("accuracy"),
+           "accuracy_at_step0": float(first["accuracy"]) if first is not None and int(first["step"]) == 0 else None,
+           "seconds": seconds, "stage_seconds": stage_seconds, "steps": final.get("step")}
+    if final.get("rotation_err_deg") is not None:
+        out["rotation_err_deg"] = final["rotation_err_deg"]
+    return out
 
 
 def _step(task: Task, opt: torch.optim.Optimizer, cfg: ExperimentConfig, step: int, train: bool) -> dict:
@@ -118,15 +134,20 @@ def _progress(total: int, start: int, quiet: bool) -> Callable[[dict | None], No
             if row is None:
                 bar.close()
                 return
-            bar.set_postfix(loss=f"{row['loss']:.4g}", perm_acc=f"{row['perm_acc']:.3f}", gamma=f"{row['gamma']:.3g}")
+            shown = {"loss": f"{row['loss']:.4g}", "gamma": f"{row['gamma']:.3g}"}
+            if row.get("accuracy") is not None:
+                shown["accuracy"] = f"{row['accuracy']:.3f}"
+            bar.set_postfix(**shown)
             bar.update(1)
         return update
     every = max(1, total // 20)
 
     def plain(row: dict | None) -> None:
         if row is not None and (row["step"] % every == 0 or row["step"] == total):
-            print(f"step {row['step']}/{total} loss={row['loss']:.5g} perm_acc={row['perm_acc']:.3f} "
-                  f"gamma={row['gamma']:.4g}", file=sys.stderr, flush=True)
+            acc = f" accuracy={row['accuracy']:.3f}" if row.get("accuracy") is not None else ""
+            rot = f" rotation_err_deg={row['rotation_err_deg']:.3g}" if row.get("rotation_err_deg") is not None else ""
+            print(f"step {row['step']}/{total} loss={row['loss']:.5g}{acc}{rot} gamma={row['gamma']:.4g}",
+                  file=sys.stderr, flush=True)
     return plain
 
 

@@ -65,3 +65,28 @@ def so3_exp(omega: Tensor) -> Tensor:
                      torch.stack([omega[..., 2], zero, -omega[..., 0]], -1),
                      torch.stack([-omega[..., 1], omega[..., 0], zero], -1)], -2)
     return torch.linalg.matrix_exp(K)
+
+
+def so3_log(R: Tensor) -> Tensor:
+    r"""Axis-angle vector :math:`\omega` ``(..., 3)`` with :math:`\exp([\omega]_\times) = R`, :math:`|\omega| \le \pi`.
+
+    From the skew part, :math:`\omega = \theta\,\mathrm{axial}(R - R^\top) / (2\sin\theta)`; within
+    1e-4 of :math:`\pi`, where that ratio is ill-conditioned, the axis is the column of
+    :math:`(R + I)/2 = a a^\top` of largest norm, its sign taken from the skew part.
+    """
+    theta = rotation_angle(R)
+    axial = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                         R[..., 1, 0] - R[..., 0, 1]], -1)
+    sin = torch.sin(theta)
+    small = theta < 1e-6
+    factor = torch.where(small, 0.5 + theta * theta / 12, theta / (2 * torch.where(small, torch.ones_like(sin), sin)))
+    omega = factor.unsqueeze(-1) * axial
+    near_pi = (math.pi - theta) < 1e-4
+    if bool(near_pi.any()):
+        B = (R + torch.eye(3, dtype=R.dtype, device=R.device)) / 2
+        col = torch.linalg.vector_norm(B, dim=-2).argmax(-1)
+        a = torch.gather(B, -1, col[..., None, None].expand(*B.shape[:-1], 1)).squeeze(-1)
+        a = a / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+        sign = torch.where((a * axial).sum(-1) < 0, -1.0, 1.0).to(R.dtype)
+        omega = torch.where(near_pi.unsqueeze(-1), (sign * theta).unsqueeze(-1) * a, omega)
+    return omega

@@ -155,6 +155,14 @@ class LearnedRotation(torch.nn.Module):
         from ..geometry.rotation import so3_exp
         return so3_exp(self.omega)
 
+    def set_matrix(self, R: Tensor) -> None:
+        """Set the rotation to ``R`` ``(3, 3)`` (e.g. the result of :func:`~glass_pyg.align_sphere`)."""
+        from ..geometry.rotation import so3_log
+        if R.shape != (3, 3):
+            raise ValueError(f"R must be a (3, 3) rotation, got shape {tuple(R.shape)}")
+        with torch.no_grad():
+            self.omega.copy_(so3_log(R.detach().to(self.omega.dtype)))
+
     def forward(self, x: Tensor) -> Tensor:
         return x @ self.matrix().to(x.dtype).t()
 
