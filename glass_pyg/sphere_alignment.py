@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from . import losses, metrics
+from .assignment import sparse_assignment
+from .geometry.sphere import geodesic_distance
 from .geometry.frames import icosahedral_rotations, kabsch, moment_candidates
 from .geometry.rotation import rotation_angle
 from .geometry.sliced import SlicedCost, descend_rotation, fibonacci_directions
@@ -107,30 +111,38 @@ def _distinct(R: Tensor, k: int, min_deg: float) -> Tensor:
     return R[keep]
 
 
-def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 16) -> Tensor:
+def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8) -> Tensor:
     r"""Minimum squared-geodesic-cost matching of two aligned point sets, ``(n,)``.
 
-    Exact (dense assignment) while ``n * m <= 2**22``; beyond, exact on the
-    ``candidates`` nearest targets of every source (found by blocks of inner
-    products) with the sparse solver, which is the assignment whenever no
-    optimal pair is farther than that.
+    Exact (dense assignment) while ``n * m <= 2**22``. Beyond, exact on the
+    candidate pairs ``(i, j)`` where ``j`` is among the ``candidates``
+    nearest targets of ``i`` or ``i`` among the nearest sources of ``j``
+    (k-d trees, :func:`~glass_pyg.assignment.sparse_assignment`): the
+    assignment itself whenever no optimal pair is farther apart than that
+    (at ``n = 4096``, 8 and 16 candidates gave the dense optimum's accuracy).
     """
     x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
     n, m = x.size(0), y.size(0)
-    cost = losses.squared_geodesic(x, y)
     if n * m <= _DENSE_LIMIT:
         plan = torch.ones(n, m, dtype=torch.float64)
-        return metrics.to_permutation(plan, cost, assignment="optimal")
-    k = min(candidates, m)
-    cols = torch.cat([(x[i:i + 4096] @ y.t()).topk(k, dim=1).indices for i in range(0, n, 4096)])
-    rows = torch.arange(n).repeat_interleave(k)
-    plan = torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), torch.ones(n * k, dtype=torch.float64),
-                                   (n, m), check_invariants=False).coalesce()
-    return metrics.to_permutation(plan, cost, assignment="optimal")
+        return metrics.to_permutation(plan, losses.squared_geodesic(x, y), assignment="optimal")
+    from scipy.spatial import cKDTree
+    xn, yn = x.numpy(), y.numpy()
+    k_t, k_s = min(candidates, m), min(candidates, n)
+    _, to_t = cKDTree(yn).query(xn, k=k_t)
+    _, to_s = cKDTree(xn).query(yn, k=k_s)
+    rows = np.concatenate([np.repeat(np.arange(n), k_t), to_s.reshape(-1)])
+    cols = np.concatenate([to_t.reshape(-1), np.repeat(np.arange(m), k_s)])
+    cost = (geodesic_distance(x[rows], y[cols]) ** 2).numpy()
+    match, outside = sparse_assignment(rows, cols, cost, n, m)
+    if outside:
+        warnings.warn(f"{outside} of {min(n, m)} pairs were matched outside the {candidates} nearest "
+                      f"candidates; raise candidates", metrics.DecodingWarning, stacklevel=2)
+    return torch.as_tensor(match, dtype=torch.long)
 
 
 def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
-                    candidates: int = 16) -> tuple[Tensor, Tensor]:
+                    candidates: int = 8) -> tuple[Tensor, Tensor]:
     r"""Rounds of (assignment of the aligned sets, Kabsch on the matched pairs), then a last assignment.
 
     Converges from within about one point spacing of the truth. Returns
