@@ -140,3 +140,50 @@ def test_sweep_runs_globs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert len([d for d in os.listdir(tmp_path / "sw") if d.startswith("s2_M2")]) == 4
     assert "summary.md" in os.listdir(tmp_path / "sw")
+
+
+def _summary(folder):
+    import json
+    with open(os.path.join(folder, "summary.json")) as fh:
+        return json.load(fh)
+
+
+def test_rotated_sphere_run_is_aligned_from_step0(tmp_path):
+    # the reference M1 experiment (Haar-rotated pairs, n = 256) with 4 training steps
+    cfg = load_config("_auto_s2_M1_tie_K8_g0.05", ["train.steps=4", f"log.out_dir={tmp_path}"])
+    result = run(cfg, quiet=True)
+    rows = R.read_metrics(result.run_dir)
+    assert all(r["rotation_err_deg"] and float(r["rotation_err_deg"]) < 0.5 for r in rows)
+    s = _summary(result.run_dir)
+    assert set(s) >= {"accuracy", "accuracy_at_step0", "seconds", "rotation_err_deg"}
+    # exact assignment on the unrotated pair: the ceiling of any matcher
+    from glass_pyg.datasets import SpherePairDataset
+    from glass_pyg.sphere_alignment import match_points
+    pair = SpherePairDataset(n=256, noise_deg=2.0, rotation=True, seed=0)[0]
+    truth = pair.y[1]
+    ceiling = float((match_points(pair.pos_s, pair.pos_t.double() @ pair.rotation[0].double()) == truth)
+                    .double().mean())
+    assert s["accuracy"] >= ceiling - 0.01 and s["accuracy_at_step0"] >= ceiling - 0.01
+    assert s["accuracy"] == float(rows[-1]["accuracy"])
+
+
+def test_graph_run_answer_is_the_refined_matching(tmp_path):
+    cfg = load_config("graph_sbm_small", ["train.steps=2", f"log.out_dir={tmp_path}"])
+    result = run(cfg, quiet=True)
+    s = _summary(result.run_dir)
+    assert s["accuracy"] >= 0.95 and s["accuracy_at_step0"] >= 0.95
+    out = cli("compile-runs", "--logdir", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "summary.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["accuracy"]) == s["accuracy"] and float(row["seconds"]) == pytest.approx(s["seconds"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["_auto_s2_M1_tie_K8_g0.05", "_auto_s2_M2_r40", "_auto_s2_M4_n1024",
+                                  "manifold_s2_small"])
+def test_reference_sphere_configs_succeed_as_shipped(name, tmp_path):
+    s = _summary(run(load_config(name, [f"log.out_dir={tmp_path}"]), quiet=True).run_dir)
+    assert s["rotation_err_deg"] < 0.5
+    assert s["accuracy"] >= s["accuracy_at_step0"] - 0.01
+    assert s["accuracy"] > 0.6  # exact assignment on the unrotated pairs: 0.93 at n = 256, 0.73 at 1024

@@ -14,3 +14,13 @@ def test_pipeline_example_runs(capsys):
     for line in printed:
         loss, acc = map(float, line.split())
         assert loss > 0 and 0 <= acc <= 1
+
+
+def test_sphere_alignment_example_runs(capsys):
+    text = open(README).read()
+    section = text.split("## Rotated point clouds on S²", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    line = capsys.readouterr().out.strip()
+    m = re.match(r"rotation error ([\d.]+) deg, accuracy ([\d.]+), ([\d.]+) s", line)
+    assert m and float(m.group(1)) < 0.5 and float(m.group(2)) > 0.7
