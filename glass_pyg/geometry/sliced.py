@@ -120,9 +120,12 @@ class SlicedCost:
             self._dirs, self._sx = directions, _source_quantiles(self.x, directions.to(self.x.dtype), self.y.size(0))
         return self._sx
 
-    def __call__(self, R: Tensor, directions: Tensor) -> Tensor:
-        """``(C,)`` costs of rotations ``R`` ``(C, 3, 3)`` on ``directions`` ``(D, 3)`` (differentiable in ``R``)."""
-        sx = self.source_sorted(directions)
+    def __call__(self, R: Tensor, directions: Tensor, source_sorted: Tensor | None = None) -> Tensor:
+        """``(C,)`` costs of rotations ``R`` ``(C, 3, 3)`` on ``directions`` ``(D, 3)`` (differentiable in ``R``).
+
+        ``source_sorted`` ``(D, m)``: the source's sorted projections on ``directions``, when known.
+        """
+        sx = self.source_sorted(directions) if source_sorted is None else source_sorted
         py = (self.y @ (R @ directions.to(R.dtype).t())).transpose(-1, -2)  # (C, D, m): theta . R^T y_j
         sy = torch.gather(py, -1, py.detach().argsort(-1))
         return ((sy - sx) ** 2).mean((-2, -1))
@@ -130,7 +133,7 @@ class SlicedCost:
 
 def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | int, steps: int = 100,
                      lr: float = 0.03, engine: str = "sort", gamma: float = 1.0,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                     generator: torch.Generator | None = None, pool: int = 32) -> tuple[Tensor, Tensor]:
     r"""Gradient descent of the sliced cost over rotations, from each start in ``R0``.
 
     Parametrised as :math:`R = \exp([\omega]_\times) R_0` from :math:`\omega = 0`
@@ -140,13 +143,16 @@ def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | i
     Args:
         x: source ``(n, 3)``; y: target ``(m, 3)``; R0: starts ``(C, 3, 3)``.
         directions: fixed slices ``(D, 3)``, or a number of directions drawn
-            afresh from ``generator`` at every step (a stochastic gradient of
-            the full sliced cost, which fixed directions only approximate).
+            at every step from a pool of ``pool`` random directions (a
+            stochastic gradient of the sliced cost over the pool, nearer the
+            full sliced cost than a few fixed directions; the source's sorted
+            projections on the pool are formed once).
+        pool: size of that pool.
         engine, gamma: as in :func:`sliced_transport_cost`.
 
     Returns:
         ``(R, cost)``: the final rotations ``(C, 3, 3)`` and their sliced cost
-        ``(C,)`` (on the fixed directions, or on 16 Fibonacci directions).
+        ``(C,)`` (on the fixed directions, or on the whole pool).
     """
     if R0.dim() != 3 or R0.shape[1:] != (3, 3):
         raise ValueError(f"R0 must be (C, 3, 3) rotations, got {tuple(R0.shape)}")
@@ -158,25 +164,39 @@ def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | i
     R0 = R0.detach()
     exact = SlicedCost(x, y)
 
-    def cost_of(R: Tensor, dirs: Tensor) -> Tensor:
+    if not fixed:
+        if not isinstance(directions, int) or directions < 1 or not isinstance(pool, int) or pool < directions:
+            raise ValueError(f"need 1 <= directions <= pool, got directions={directions!r}, pool={pool!r}")
+        bank = random_directions(pool, generator, R0.dtype)
+        bank_sorted = exact.source_sorted(bank) if engine == "sort" else None
+
+    def draw() -> tuple[Tensor, Tensor | None]:
+        if fixed:
+            return directions, None
+        pick = torch.randperm(pool, generator=generator)[:directions]
+        return bank[pick], None if bank_sorted is None else bank_sorted[pick]
+
+    def cost_of(R: Tensor, dirs: Tensor, sx: Tensor | None = None) -> Tensor:
         if engine == "sinkhorn":
             return sliced_transport_cost(exact.x, exact.y @ R, dirs, engine=engine, gamma=gamma)
-        return exact(R, dirs)
+        return exact(R, dirs, sx)
 
     omega = torch.zeros(R0.size(0), 3, dtype=R0.dtype, device=R0.device, requires_grad=True)
     opt = torch.optim.Adam([omega], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.01)
     with torch.enable_grad():
         for _ in range(steps):
-            dirs = directions if fixed else random_directions(directions, generator, R0.dtype)
-            cost = cost_of(so3_exp(omega) @ R0, dirs)
+            dirs, sx = draw()
+            cost = cost_of(so3_exp(omega) @ R0, dirs, sx)
             opt.zero_grad(set_to_none=True)
             cost.sum().backward()
             opt.step()
             sched.step()
     with torch.no_grad():
         R = so3_exp(omega) @ R0
-        return R, cost_of(R, directions if fixed else fibonacci_directions(16, R0.dtype))
+        if fixed:
+            return R, cost_of(R, directions)
+        return R, cost_of(R, bank, bank_sorted)
 
 
 def _source_quantiles(x: Tensor, directions: Tensor, size: int) -> Tensor:
