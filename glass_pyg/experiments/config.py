@@ -60,6 +60,7 @@ class GraphModel:
     tau: float = 0.5
     cheby_degree: int = 12
     feat_dim: int = 32
+    consensus: str = "auto"  #: GW consensus: "auto" (when the refined GLASS matching keeps < half the edges), "always", "never"
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {  # key: (low, high, low inclus
 }
 _CHOICES = {"distribution": ("uniform", "vmf"), "gate_mode": ("fixed", "tie", "learn"),
             "geometry": ("torch", "geomstats"), "temperature": ("absolute", "rank"),
-            "grad": ("implicit", "unrolled")}
+            "grad": ("implicit", "unrolled"), "consensus": ("auto", "always", "never")}
 
 
 def _coerce(value: Any, annotation: str, key: str, where: str) -> Any:

@@ -15,7 +15,7 @@ from .tasks import Task, build_task
 
 COLUMNS = ["step", "loss", "plan_entropy", "gamma", "runtime_sec", "nnz", "sinkhorn_iter", "band_radius",
            "band_halfwidth", "marginal_error", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
-           "hits_at_5", "rotation_err_deg", "accuracy"]
+           "hits_at_5", "rotation_err_deg", "edges_preserved", "accuracy"]
 
 
 @dataclass(frozen=True)
