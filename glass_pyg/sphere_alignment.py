@@ -111,7 +111,7 @@ def _distinct(R: Tensor, k: int, min_deg: float) -> Tensor:
     return R[keep]
 
 
-def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8) -> Tensor:
+def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8, retry: bool = True) -> Tensor:
     r"""Minimum squared-geodesic-cost matching of two aligned point sets, ``(n,)``.
 
     Exact (dense assignment) while ``n * m <= 2**22``. Beyond, exact on the
@@ -121,7 +121,7 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8) -> Tensor
     assignment itself whenever no optimal pair is farther apart than that
     (at ``n = 4096``, 8 and 16 candidates gave the dense optimum's accuracy).
     When those candidates admit no full matching (dense vMF clusters at
-    ``n = 16384``: 3-21 points), twice as many are tried, and a
+    ``n = 16384``: 3-21 points), twice as many are tried (with ``retry``), and a
     :class:`~glass_pyg.metrics.DecodingWarning` says how many pairs remain
     outside them.
     """
@@ -133,7 +133,7 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8) -> Tensor
     from scipy.spatial import cKDTree
     xn, yn = x.numpy(), y.numpy()
     tree_t, tree_s = cKDTree(yn), cKDTree(xn)
-    for k in (candidates, 2 * candidates):  # dense clusters can leave the nearest ones without a full matching
+    for k in (candidates, 2 * candidates) if retry else (candidates,):  # dense clusters can leave too few
         k_t, k_s = min(k, m), min(k, n)
         _, to_t = tree_t.query(xn, k=k_t)
         _, to_s = tree_s.query(yn, k=k_s)
@@ -144,7 +144,7 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8) -> Tensor
         if not outside:
             break
     if outside:
-        warnings.warn(f"{outside} of {min(n, m)} pairs were matched outside the {2 * candidates} nearest "
+        warnings.warn(f"{outside} of {min(n, m)} pairs were matched outside the {k} nearest "
                       f"candidates; raise candidates", metrics.DecodingWarning, stacklevel=2)
     return torch.as_tensor(match, dtype=torch.long)
 
@@ -158,15 +158,20 @@ def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
     """
     x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
     R = R.double()
-    perm = match_points(x, y @ R, candidates=candidates)
-    for _ in range(rounds):
-        ok = perm >= 0
-        R = kabsch(x[ok], y[perm[ok]])
-        new = match_points(x, y @ R, candidates=candidates)
-        if torch.equal(new, perm):
-            break
-        perm = new
-    return R, perm
+    # the rounds' matchings only feed Kabsch: a few escape pairs there cost nothing, so no retry
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.DecodingWarning)
+        perm = match_points(x, y @ R, candidates=candidates, retry=False)
+        for _ in range(rounds):
+            ok = perm >= 0
+            R = kabsch(x[ok], y[perm[ok]])
+            new = match_points(x, y @ R, candidates=candidates, retry=False)
+            if torch.equal(new, perm):
+                break
+            perm = new
+    if x.size(0) * y.size(0) <= _DENSE_LIMIT:
+        return R, perm  # the matching of the final R, exact
+    return R, match_points(x, y @ R, candidates=candidates)
 
 
 def align_sphere(pos_s: Tensor, pos_t: Tensor, *, top: int = 3, steps: int = 100, screen_steps: int = 25,
