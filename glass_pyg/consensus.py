@@ -40,6 +40,8 @@ from torch import Tensor
 from . import metrics
 from .refinement import refine_matching
 
+_DENSE_PRODUCTS = 1 << 22  # n * m up to which the adjacencies are multiplied as dense matrices
+
 
 @dataclass(frozen=True)
 class ConsensusMatching:
@@ -68,12 +70,23 @@ def _adjacency(edge_index: Tensor, n: int, name: str, dtype: torch.dtype) -> Ten
                                    check_invariants=False)
 
 
-def linear_cost(A: Tensor, B: Tensor, T: Tensor) -> Tensor:
-    r"""The linearised square-loss GW cost :math:`C(T)` of sparse 0/1 symmetric adjacencies, ``(n, m)``."""
-    n, m = T.shape
-    deg_s = torch.sparse.sum(A, 1).to_dense().to(T.dtype) / n  # (A o A) p for a 0/1 matrix
-    deg_t = torch.sparse.sum(B, 1).to_dense().to(T.dtype) / m
-    return deg_s.unsqueeze(1) + deg_t.unsqueeze(0) - 2.0 * torch.sparse.mm(A, torch.sparse.mm(B, T.t()).t())
+def _product(M: Tensor, X: Tensor) -> Tensor:
+    return torch.sparse.mm(M, X) if M.is_sparse else M @ X
+
+
+def linear_cost(A: Tensor, B: Tensor, T: Tensor, const: Tensor | None = None) -> Tensor:
+    r"""The linearised square-loss GW cost :math:`C(T)` of 0/1 symmetric adjacencies (sparse or dense), ``(n, m)``.
+
+    ``const`` is its constant part :math:`(A\circ A)p\mathbf 1^	op + \mathbf 1 q^	op(B\circ B)`, when known.
+    """
+    if const is None:
+        n, m = T.shape
+        deg_s = (torch.sparse.sum(A, 1).to_dense() if A.is_sparse else A.sum(1)).to(T.dtype) / n
+        deg_t = (torch.sparse.sum(B, 1).to_dense() if B.is_sparse else B.sum(1)).to(T.dtype) / m
+        const = deg_s.unsqueeze(1) + deg_t.unsqueeze(0)
+    # A T B^T = A (B T^T)^T with B symmetric; both products read contiguous dense operands
+    TB = _product(B, T.t().contiguous()).t().contiguous()
+    return const - 2.0 * _product(A, TB)
 
 
 def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, num_nodes_t: int) -> float:
@@ -96,7 +109,7 @@ def _undirected(edge_index: Tensor) -> Tensor:
 
 def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[int, int], *,
                  epsilon: float | None = None, max_iter: int = 100, inner_iter: int = 20,
-                 check_every: int = 5, patience: int = 3, refine_rounds: int = 20,
+                 check_every: int = 5, patience: int = 2, refine_rounds: int = 20,
                  dtype: torch.dtype = torch.float64) -> ConsensusMatching:
     r"""Match two graphs by entropic Gromov-Wasserstein consensus and neighbourhood refinement.
 
@@ -135,6 +148,11 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
     eps = 0.125 * dens_s * dens_t if epsilon is None else float(epsilon)
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    deg_s = torch.sparse.sum(A, 1).to_dense().to(dtype) / n
+    deg_t = torch.sparse.sum(B, 1).to_dense().to(dtype) / m
+    const = deg_s.unsqueeze(1) + deg_t.unsqueeze(0)
+    if n * m <= _DENSE_PRODUCTS:  # dense BLAS products are as fast as sparse ones at these sizes
+        A, B = A.to_dense(), B.to_dense()
     log_a, log_b = -math.log(n), -math.log(m)
     T = torch.full((n, m), 1.0 / (n * m), dtype=dtype)
     f = torch.zeros(n, dtype=dtype)
@@ -143,7 +161,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
     history: list[float] = []
     best_perm, best_score, it, stale = None, -1.0, 0, 0
     for it in range(1, max_iter + 1):
-        C = linear_cost(A, B, T)
+        C = linear_cost(A, B, T, const)
         # log-domain sweeps (all of them on the first step, from f = g = 0; one pair later, which makes the
         # warm plan nearly feasible), then scaling sweeps on that plan, absorbed into (f, g)
         for _ in range(inner_iter if it == 1 else 1):
