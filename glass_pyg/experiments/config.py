@@ -84,6 +84,7 @@ class TrainConfig:
     gamma_min: float = 0.01
     eval_every: int = 10
     warm_start: bool = True
+    stop_when_stable: int = 3  #: stop once this many eval rows in a row give the same matching (0: never)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {  # key: (low, high, low inclus
     "feat_dim": (1, math.inf, True), "band_eps": (0, 1, False), "gamma": (0, math.inf, False),
     "max_iter": (1, math.inf, True), "tol": (0, math.inf, False), "lr": (0, math.inf, False),
     "steps": (0, math.inf, True), "slices": (1, math.inf, True), "gamma_decay": (0, 1, False),
-    "gamma_min": (0, math.inf, False), "eval_every": (1, math.inf, True), "save_every": (1, math.inf, True),
+    "gamma_min": (0, math.inf, False), "eval_every": (1, math.inf, True), "stop_when_stable": (0, math.inf, True), "save_every": (1, math.inf, True),
 }
 _CHOICES = {"distribution": ("uniform", "vmf"), "gate_mode": ("fixed", "tie", "learn"),
             "geometry": ("torch", "geomstats"), "temperature": ("absolute", "rank"),

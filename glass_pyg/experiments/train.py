@@ -68,8 +68,10 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
     total = cfg.train.steps
     bar = _progress(total, start, quiet)
     final: dict = {}
+    patience, same, previous = cfg.train.stop_when_stable, 0, None
     try:
-        for step in range(start, total + 1):
+        step = start
+        while step <= total:
             row = _step(task, opt, cfg, step, train=step < total)
             writer.write(row)
             final = row
@@ -77,28 +79,44 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
             if progress is not None:
                 progress(row)
             done = step + 1 if step < total else total
-            if step < total and (done % cfg.log.save_every == 0 or done == total):
+            stable = False
+            if step < total and row.get("accuracy") is not None and task.answer is not None:
+                # the answer (a matching, compared without labels) has not changed over `patience` eval rows:
+                # further steps do not pay for themselves; the next row is the final evaluation
+                same = same + 1 if previous is not None and torch.equal(task.answer, previous) else 1
+                previous = task.answer.clone()
+                stable = patience > 0 and same >= patience
+            if step < total and (done % cfg.log.save_every == 0 or done == total or stable):
                 R.save_checkpoint(folder, done, {"model": task.model.state_dict(), "optimizer": opt.state_dict(),
                                                  "warm": task.head.warm_state(), "step": done})
+            if stable:
+                final = _step(task, opt, cfg, done, train=False)
+                writer.write(final)
+                bar(final)
+                if progress is not None:
+                    progress(final)
+                break
+            step += 1
     finally:
         writer.close()
         bar(None)
     prior = R.read_summary(folder) if resume is not None else None
     seconds = time.perf_counter() - t_start + (prior or {}).get("seconds", 0.0)
-    R.write_summary(folder, summary(folder, final, seconds, task.stage_seconds))
+    R.write_summary(folder, summary(folder, final, seconds, task.stage_seconds, total))
     if plot:
         from .plots import plot_run
         plot_run(folder, task)
     return RunResult(folder, final, total)
 
 
-def summary(folder: str, final: dict, seconds: float, stage_seconds: float) -> dict:
+def summary(folder: str, final: dict, seconds: float, stage_seconds: float, steps: int) -> dict:
     """What ``summary.json`` holds: the run's answer at the end and before any training step."""
     rows = R.read_metrics(folder)
     first = next((r for r in rows if r.get("accuracy")), None)
     out = {"accuracy": final.get("accuracy"),
            "accuracy_at_step0": float(first["accuracy"]) if first is not None and int(first["step"]) == 0 else None,
-           "seconds": seconds, "stage_seconds": stage_seconds, "steps": final.get("step")}
+           "seconds": seconds, "stage_seconds": stage_seconds, "steps": final.get("step"),
+           "stopped_early": final.get("step") is not None and final["step"] < steps}
     if final.get("rotation_err_deg") is not None:
         out["rotation_err_deg"] = final["rotation_err_deg"]
     return out
