@@ -91,7 +91,7 @@ def linear_cost(A: Tensor, B: Tensor, T: Tensor, const: Tensor | None = None) ->
 
 def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, num_nodes_t: int) -> float:
     r"""Fraction of the source's (undirected) edges :math:`\{i, k\}` with :math:`\{\pi(i), \pi(k)\}` a target edge."""
-    s = edge_index_s[:, edge_index_s[0] < edge_index_s[1]] if edge_index_s.numel() else edge_index_s
+    s = _undirected(edge_index_s.cpu().long())  # each undirected edge once, whatever the list's directions
     if s.size(1) == 0:
         return 0.0
     t = edge_index_t.cpu()
@@ -157,7 +157,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
     T = torch.full((n, m), 1.0 / (n * m), dtype=dtype)
     f = torch.zeros(n, dtype=dtype)
     g = torch.zeros(m, dtype=dtype)
-    es, et = _undirected(edge_index_s.cpu().long()), _undirected(edge_index_t.cpu().long())
+    es, et = edge_index_s.cpu().long(), edge_index_t.cpu().long()
     history: list[float] = []
     best_perm, best_score, it, stale = None, -1.0, 0, 0
     for it in range(1, max_iter + 1):

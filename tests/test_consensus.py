@@ -33,6 +33,8 @@ def test_preserved_edges_brute_force():
     both = torch.cat([es, es.flip(0)], 1)
     und = both[:, both[0] < both[1]].unique(dim=1)
     assert preserved_edges(perm, und, et, 12) == pytest.approx(want)
+    assert preserved_edges(perm, und.flip(0), et, 12) == pytest.approx(want)  # any direction of each edge
+    assert preserved_edges(perm, es, et, 12) == pytest.approx(want)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
