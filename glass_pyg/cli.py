@@ -55,9 +55,12 @@ def _train(kind: str):
 
 def _print_final(result) -> None:
     f = result.final
-    keys = ("loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5", "rotation_err_deg")
+    keys = ("accuracy", "rotation_err_deg", "edges_preserved", "loss", "perm_acc", "perm_acc_hungarian",
+            "perm_acc_refined", "hits_at_5")
     shown = " ".join(f"{k}={f[k]:.4g}" for k in keys if isinstance(f.get(k), float))
-    print(f"{result.run_dir}: step {f.get('step')} {shown}")
+    from .experiments.run_dir import read_summary
+    stopped = " (stopped early: the answer was stable)" if (read_summary(result.run_dir) or {}).get("stopped_early") else ""
+    print(f"{result.run_dir}: step {f.get('step')}{stopped} {shown}")
 
 
 def _configs(args: argparse.Namespace) -> int:
