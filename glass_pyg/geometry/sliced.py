@@ -112,6 +112,7 @@ class SlicedCost:
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x.detach(), y.detach()
+        self.yt = self.y.t().contiguous()
         self._dirs: Tensor | None = None
         self._sx: Tensor | None = None
 
@@ -126,7 +127,8 @@ class SlicedCost:
         ``source_sorted`` ``(D, m)``: the source's sorted projections on ``directions``, when known.
         """
         sx = self.source_sorted(directions) if source_sorted is None else source_sorted
-        py = (self.y @ (R @ directions.to(R.dtype).t())).transpose(-1, -2)  # (C, D, m): theta . R^T y_j
+        rd = (R @ directions.to(R.dtype).t()).transpose(-1, -2)  # (C, D, 3): rows R theta_d
+        py = rd @ self.yt  # (C, D, m), contiguous: theta_d . R^T y_j
         sy = torch.gather(py, -1, py.detach().argsort(-1))
         return ((sy - sx) ** 2).mean((-2, -1))
 
@@ -152,7 +154,7 @@ def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | i
 
     Returns:
         ``(R, cost)``: the final rotations ``(C, 3, 3)`` and their sliced cost
-        ``(C,)`` (on the fixed directions, or on the whole pool).
+        ``(C,)`` (on the fixed directions, or on the pool's first 8).
     """
     if R0.dim() != 3 or R0.shape[1:] != (3, 3):
         raise ValueError(f"R0 must be (C, 3, 3) rotations, got {tuple(R0.shape)}")
@@ -196,7 +198,8 @@ def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | i
         R = so3_exp(omega) @ R0
         if fixed:
             return R, cost_of(R, directions)
-        return R, cost_of(R, bank, bank_sorted)
+        k = min(pool, 8)  # the final cost on part of the pool: a sort per direction and start
+        return R, cost_of(R, bank[:k], None if bank_sorted is None else bank_sorted[:k])
 
 
 def _source_quantiles(x: Tensor, directions: Tensor, size: int) -> Tensor:
