@@ -9,7 +9,8 @@ from typing import Any
 from . import run_dir as R
 
 SUMMARY = ["accuracy", "accuracy_at_step0", "seconds"]
-FINAL = SUMMARY + ["steps_done", "loss", "perm_acc", "perm_acc_hungarian", "perm_acc_refined", "hits_at_5",
+FINAL = SUMMARY + ["steps_done", "loss", "edges_preserved", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
+                   "hits_at_5",
          "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter", "band_halfwidth",
          "runtime_sec_median", "runtime_sec_total"]
 
