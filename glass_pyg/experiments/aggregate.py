@@ -10,9 +10,8 @@ from . import run_dir as R
 
 SUMMARY = ["accuracy", "accuracy_at_step0", "seconds"]
 FINAL = SUMMARY + ["steps_done", "loss", "edges_preserved", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
-                   "hits_at_5",
-         "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter", "band_halfwidth",
-         "runtime_sec_median", "runtime_sec_total"]
+                   "hits_at_5", "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter",
+                   "band_halfwidth", "runtime_sec_median", "runtime_sec_total"]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
