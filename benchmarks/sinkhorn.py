@@ -1,4 +1,4 @@
-"""Solver scaling benchmark (issue 2): n from 2^10 to 2^20.
+"""Solver scaling benchmark: n from 2^10 to 2^20.
 
     python benchmarks/sinkhorn.py --out bench-results
     python benchmarks/sinkhorn.py --sizes 1024 16384 --repeats 5
