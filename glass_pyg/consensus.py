@@ -34,10 +34,12 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from . import metrics
+from .refinement import _adjacency as refinement_adjacency
 from .refinement import refine_matching
 
 _DENSE_PRODUCTS = 1 << 22  # n * m up to which the adjacencies are multiplied as dense matrices
@@ -56,55 +58,60 @@ class ConsensusMatching:
 
 
 def _adjacency(edge_index: Tensor, n: int, name: str, dtype: torch.dtype) -> Tensor:
-    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"{name} must be a [2, E] edge index, got "
-                         f"{tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__}")
-    ei = edge_index.detach().cpu().long()
-    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
-        raise ValueError(f"{name} holds node indices outside [0, {n})")
-    ei = ei[:, ei[0] != ei[1]]
-    both = torch.cat([ei, ei.flip(0)], 1)  # undirected: a directed edge list is symmetrised
-    key = torch.unique(both[0] * n + both[1])
-    idx = torch.stack([key // n, key % n])
-    return torch.sparse_coo_tensor(idx, torch.ones(key.numel(), dtype=dtype), (n, n), is_coalesced=True,
-                                   check_invariants=False)
+    """Sparse ``(n, n)`` 0/1 symmetric adjacency without self-loops (checked as the refinement checks it)."""
+    a = refinement_adjacency(edge_index, n, name).tocoo()
+    idx = torch.from_numpy(np.vstack([a.row, a.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(idx, torch.ones(a.nnz, dtype=dtype), (n, n)).coalesce()
 
 
 def _product(M: Tensor, X: Tensor) -> Tensor:
     return torch.sparse.mm(M, X) if M.is_sparse else M @ X
 
 
+def _constant(A: Tensor, B: Tensor, dtype: torch.dtype) -> Tensor:
+    r""":math:`(A\circ A)p\mathbf 1^\top + \mathbf 1 q^\top(B\circ B)`: scaled degrees, for 0/1 adjacencies."""
+    def degrees(M: Tensor) -> Tensor:
+        return (torch.sparse.sum(M, 1).to_dense() if M.is_sparse else M.sum(1)).to(dtype) / M.size(0)
+    return degrees(A).unsqueeze(1) + degrees(B).unsqueeze(0)
+
+
 def linear_cost(A: Tensor, B: Tensor, T: Tensor, const: Tensor | None = None) -> Tensor:
     r"""The linearised square-loss GW cost :math:`C(T)` of 0/1 symmetric adjacencies (sparse or dense), ``(n, m)``.
 
-    ``const`` is its constant part :math:`(A\circ A)p\mathbf 1^	op + \mathbf 1 q^	op(B\circ B)`, when known.
+    ``const`` is its constant part (the scaled degrees), when known.
     """
-    if const is None:
-        n, m = T.shape
-        deg_s = (torch.sparse.sum(A, 1).to_dense() if A.is_sparse else A.sum(1)).to(T.dtype) / n
-        deg_t = (torch.sparse.sum(B, 1).to_dense() if B.is_sparse else B.sum(1)).to(T.dtype) / m
-        const = deg_s.unsqueeze(1) + deg_t.unsqueeze(0)
+    const = _constant(A, B, T.dtype) if const is None else const
     # A T B^T = A (B T^T)^T with B symmetric; both products read contiguous dense operands
     TB = _product(B, T.t().contiguous()).t().contiguous()
     return const - 2.0 * _product(A, TB)
 
 
+def _undirected(edge_index: Tensor) -> Tensor:
+    """Each undirected edge once, as ``(i, k)`` with ``i < k``, whatever the list's directions."""
+    ei = edge_index.detach().cpu().long()
+    both = torch.cat([ei, ei.flip(0)], 1)
+    return both[:, both[0] < both[1]].unique(dim=1)
+
+
+def _edge_keys(edge_index: Tensor, m: int) -> Tensor:
+    """Sorted keys ``j * m + l`` of the target's edges, both directions."""
+    t = edge_index.detach().cpu().long()
+    return torch.unique(torch.cat([t[0] * m + t[1], t[1] * m + t[0]]))
+
+
+def _preserved(perm: Tensor, source: Tensor, target_keys: Tensor, m: int) -> float:
+    if source.size(1) == 0 or target_keys.numel() == 0:
+        return 0.0
+    perm = perm.cpu()
+    a, b = perm[source[0]], perm[source[1]]
+    q = (a * m + b)[(a >= 0) & (b >= 0)]
+    pos = torch.searchsorted(target_keys, q).clamp_max(target_keys.numel() - 1)
+    return int((target_keys[pos] == q).sum()) / source.size(1)
+
+
 def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, num_nodes_t: int) -> float:
     r"""Fraction of the source's (undirected) edges :math:`\{i, k\}` with :math:`\{\pi(i), \pi(k)\}` a target edge."""
-    s = _undirected(edge_index_s.cpu().long())  # each undirected edge once, whatever the list's directions
-    if s.size(1) == 0:
-        return 0.0
-    t = edge_index_t.cpu()
-    target = set((t[0] * num_nodes_t + t[1]).tolist()) | set((t[1] * num_nodes_t + t[0]).tolist())
-    a, b = perm[s[0]].cpu(), perm[s[1]].cpu()
-    ok = (a >= 0) & (b >= 0)
-    keys = (a * num_nodes_t + b)[ok].tolist()
-    return sum(k in target for k in keys) / s.size(1)
-
-
-def _undirected(edge_index: Tensor) -> Tensor:
-    both = torch.cat([edge_index, edge_index.flip(0)], 1)
-    return both[:, both[0] < both[1]].unique(dim=1)
+    return _preserved(perm, _undirected(edge_index_s), _edge_keys(edge_index_t, num_nodes_t), num_nodes_t)
 
 
 def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[int, int], *,
@@ -148,16 +155,14 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
     eps = 0.125 * dens_s * dens_t if epsilon is None else float(epsilon)
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    deg_s = torch.sparse.sum(A, 1).to_dense().to(dtype) / n
-    deg_t = torch.sparse.sum(B, 1).to_dense().to(dtype) / m
-    const = deg_s.unsqueeze(1) + deg_t.unsqueeze(0)
+    const = _constant(A, B, dtype)
     if n * m <= _DENSE_PRODUCTS:  # dense BLAS products are as fast as sparse ones at these sizes
         A, B = A.to_dense(), B.to_dense()
     log_a, log_b = -math.log(n), -math.log(m)
     T = torch.full((n, m), 1.0 / (n * m), dtype=dtype)
     f = torch.zeros(n, dtype=dtype)
     g = torch.zeros(m, dtype=dtype)
-    es, et = edge_index_s.cpu().long(), edge_index_t.cpu().long()
+    source, target_keys = _undirected(edge_index_s), _edge_keys(edge_index_t, m)
     history: list[float] = []
     best_perm, best_score, it, stale = None, -1.0, 0, 0
     for it in range(1, max_iter + 1):
@@ -184,7 +189,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
             argmax = T.argmax(1)
             perm = refine_matching(metrics.to_permutation(T), edge_index_s, edge_index_t, num_nodes=(n, m),
                                    max_rounds=refine_rounds).perm
-            score = preserved_edges(perm, es, et, m)
+            score = _preserved(perm, source, target_keys, m)
             history.append(score)
             stale = 0 if score > best_score + 1e-3 else stale + 1
             if score > best_score:

@@ -18,13 +18,13 @@ import torch
 from .. import baselines as B
 from .. import losses, metrics
 from ..datasets.sbm import SBMPairDataset
-from ..nn import GLASS, DiffusionFeatures, GraphProjection
 from ..consensus import gw_consensus, preserved_edges
+from ..nn import GLASS, DiffusionFeatures, GraphProjection
 from ..refinement import refine_matching
 from .bench_common import Table, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
 
-METHODS = ["glass", "gw_consensus", "features_lap", "features_lap+refine", "grampa", "grampa+refine", "umeyama",
-           "degree_profile", "faq", "entropic_gw"]
+METHODS = ["glass", "gw_consensus", "features_lap", "features_lap+refine", "grampa", "grampa+refine",
+           "umeyama", "degree_profile", "faq", "entropic_gw"]
 KEYS = ["family", "n", "rewire", "method"]
 METRICS = ["acc_hungarian", "acc_argmax", "acc_lifted", "acc_refined", "hits_at_1", "hits_at_5", "hits_at_10",
            "edges_preserved", "wall_s", "cpu_s", "peak_mib"]
@@ -80,15 +80,9 @@ def instance(n: int, rewire: float, seed: int, family: str = "sbm") -> dict[str,
 
 def edges_preserved(perm: np.ndarray, inst: dict[str, Any]) -> float:
     """Edges of the source kept by ``perm``, relative to the number the true matching keeps."""
-    es, et, n = inst["edge_index_s"].numpy(), inst["edge_index_t"].numpy(), inst["n"]
-    target = set((et[0] * n + et[1]).tolist())
-
-    def kept(p: np.ndarray) -> int:
-        u, v = p[es[0]], p[es[1]]
-        ok = (u >= 0) & (v >= 0)
-        return sum(1 for k in (u[ok] * n + v[ok]).tolist() if k in target)
-    best = kept(inst["truth"])
-    return kept(perm) / best if best else math.nan
+    es, et, n = inst["edge_index_s"], inst["edge_index_t"], inst["n"]
+    best = preserved_edges(torch.as_tensor(inst["truth"]), es, et, n)
+    return preserved_edges(torch.as_tensor(perm), es, et, n) / best if best else math.nan
 
 
 def _glass(inst: dict[str, Any], s: GlassSettings) -> dict[str, Any]:

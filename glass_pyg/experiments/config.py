@@ -60,7 +60,8 @@ class GraphModel:
     tau: float = 0.5
     cheby_degree: int = 12
     feat_dim: int = 32
-    consensus: str = "auto"  #: GW consensus: "auto" (when the refined GLASS matching keeps < half the edges), "always", "never"
+    #: GW consensus stage: "auto" (where the refined GLASS matching keeps under half the edges), "always", "never"
+    consensus: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {  # key: (low, high, low inclus
     "feat_dim": (1, math.inf, True), "band_eps": (0, 1, False), "gamma": (0, math.inf, False),
     "max_iter": (1, math.inf, True), "tol": (0, math.inf, False), "lr": (0, math.inf, False),
     "steps": (0, math.inf, True), "slices": (1, math.inf, True), "gamma_decay": (0, 1, False),
-    "gamma_min": (0, math.inf, False), "eval_every": (1, math.inf, True), "stop_when_stable": (0, math.inf, True), "save_every": (1, math.inf, True),
+    "gamma_min": (0, math.inf, False), "eval_every": (1, math.inf, True), "save_every": (1, math.inf, True),
+    "stop_when_stable": (0, math.inf, True),
 }
 _CHOICES = {"distribution": ("uniform", "vmf"), "gate_mode": ("fixed", "tie", "learn"),
             "geometry": ("torch", "geomstats"), "temperature": ("absolute", "rank"),

@@ -11,8 +11,8 @@ from .. import losses, metrics
 from ..consensus import gw_consensus, preserved_edges
 from ..datasets import SBMPairDataset, SpherePairDataset
 from ..geometry.rotation import rotation_error_deg
-from ..refinement import refine_matching
 from ..nn import GLASS, DiffusionFeatures, GLASSOutput, GraphProjection, LearnedRotation, SphereProjection
+from ..refinement import refine_matching
 from ..sphere_alignment import align_sphere
 from .config import ExperimentConfig
 
@@ -63,7 +63,6 @@ class Task:
             # the model rotates the target back: est @ R_true should be the identity
             row["rotation_err_deg"] = float(rotation_error_deg(est.t(), self.true_rotation))
         return row
-
 
     def _graph_answer(self, out: GLASSOutput) -> dict[str, Any]:
         """Graphs: the lifted decoding seeds the neighbourhood refinement; where that matching keeps under

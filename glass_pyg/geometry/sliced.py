@@ -106,8 +106,8 @@ class SlicedCost:
     r"""The exact sliced cost :math:`S(R)` of a fixed pair, for many rotations and directions.
 
     Sorting the source's projections does not depend on :math:`R`; they are
-    formed once per set of directions. The target's are gathered through a
-    detached sort, whose gradient is the sorted values' own.
+    formed once per set of directions (at the target's ``m`` quantile levels
+    when ``n != m``).
     """
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
@@ -129,8 +129,7 @@ class SlicedCost:
         sx = self.source_sorted(directions) if source_sorted is None else source_sorted
         rd = (R @ directions.to(R.dtype).t()).transpose(-1, -2)  # (C, D, 3): rows R theta_d
         py = rd @ self.yt  # (C, D, m), contiguous: theta_d . R^T y_j
-        sy = torch.gather(py, -1, py.detach().argsort(-1))
-        return ((sy - sx) ** 2).mean((-2, -1))
+        return ((py.sort(-1).values - sx) ** 2).mean((-2, -1))
 
 
 def descend_rotation(x: Tensor, y: Tensor, R0: Tensor, *, directions: Tensor | int, steps: int = 100,
