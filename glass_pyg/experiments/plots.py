@@ -24,10 +24,12 @@ def plot_curves(run_dir: str) -> str:
     ax1.plot(steps, [float(r["loss"]) for r in rows])
     ax1.set(xlabel="step", ylabel="lifted loss", title="loss")
     for key, label in (("perm_acc", "row argmax"), ("perm_acc_hungarian", "Hungarian"),
-                       ("perm_acc_refined", "Hungarian, lifted cost")):
+                       ("perm_acc_refined", "Hungarian, lifted cost"), ("accuracy", "the run's answer")):
         pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
         if pts:
-            ax2.plot(*zip(*pts), label=label, marker="." if len(pts) < 50 else None)
+            answer = key == "accuracy"  # drawn last and wide, so it shows where it coincides with a decoder
+            ax2.plot(*zip(*pts), label=label, marker="." if len(pts) < 50 else None,
+                     linewidth=3 if answer else 1.5, color="black" if answer else None, alpha=0.6 if answer else 1)
     ax2.set(xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02), title="correspondences")
     ax2.legend(loc="lower right")
     fig.tight_layout()
@@ -70,11 +72,15 @@ def plot_sphere_matches(run_dir: str, src: torch.Tensor, dst: torch.Tensor, pred
     s, d = src.detach().double(), dst.detach().double()
     ax.scatter(*s.T.numpy(), s=6, c="tab:blue", label="source")
     ax.scatter(*d.T.numpy(), s=6, c="tab:orange", label="target (model frame)")
+    shown = set()
     for i in range(s.size(0)):
         j = int(pred[i])
         if j >= 0:
+            right = j == int(truth[i])
+            label = ("right match" if right else "wrong match") if right not in shown else None
+            shown.add(right)
             seg = torch.stack([s[i], d[j]]).T.numpy()
-            ax.plot(*seg, color="tab:green" if j == int(truth[i]) else "tab:red", linewidth=0.6)
+            ax.plot(*seg, color="tab:green" if right else "tab:red", linewidth=0.6, label=label)
     ax.set_box_aspect((1, 1, 1))
     ax.legend(loc="upper left")
     path = os.path.join(run_dir, "matches.png")
@@ -94,6 +100,7 @@ def plot_run(run_dir: str, task: Task) -> list[str]:
         if p:
             paths.append(p)
     else:
-        pred = metrics.to_permutation(out.plan)
+        # the run's answer (its last full evaluation), else the lifted-cost decoding of this pass
+        pred = task.answer if task.answer is not None else metrics.to_permutation(out.plan, task.cost())
         paths.append(plot_sphere_matches(run_dir, task.src, task.target(), pred, task.y))
     return paths
