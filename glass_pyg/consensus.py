@@ -21,12 +21,13 @@ Sinkhorn of ``inner_iter`` sweeps warm-started from the previous potentials
 (scaling form, with the potentials absorbed once per step). POT's solver forms
 the dense products, :math:`O(n^3)`.
 
-Every ``check_every`` steps the plan is decoded and refined by neighbourhood
-votes (:func:`~glass_pyg.refinement.refine_matching`); the iteration stops once
-the refined matching has preserved no more edges for ``patience`` checks (an
-unsupervised criterion: the number of preserved edges is the quadratic
-assignment objective), or when the plan's own row maxima already form that
-matching. The best refined matching seen is the answer.
+Every ``check_every`` steps the rows' argmax is scored by the edges it
+preserves (the quadratic assignment objective, needing no labels); a descent
+stops when that score stalls for ``patience`` checks or when the plan has
+localised. Its plan is then decoded and refined by neighbourhood votes
+(:func:`~glass_pyg.refinement.refine_matching`). A descent that did not
+localise is followed by descents from perturbed uniform plans; the refined
+matching that preserves the most edges is the answer.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _adjacency(edge_index: Tensor, n: int, name: str, dtype: torch.dtype) -> Ten
     """Sparse ``(n, n)`` 0/1 symmetric adjacency without self-loops (checked as the refinement checks it)."""
     a = refinement_adjacency(edge_index, n, name).tocoo()
     idx = torch.from_numpy(np.vstack([a.row, a.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(idx, torch.ones(a.nnz, dtype=dtype), (n, n)).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.ones(a.nnz, dtype=dtype), (n, n),
+                                   check_invariants=False).coalesce()
 
 
 def _product(M: Tensor, X: Tensor) -> Tensor:
@@ -89,8 +91,10 @@ def linear_cost(A: Tensor, B: Tensor, T: Tensor, const: Tensor | None = None) ->
 def _undirected(edge_index: Tensor) -> Tensor:
     """Each undirected edge once, as ``(i, k)`` with ``i < k``, whatever the list's directions."""
     ei = edge_index.detach().cpu().long()
-    both = torch.cat([ei, ei.flip(0)], 1)
-    return both[:, both[0] < both[1]].unique(dim=1)
+    lo, hi = ei.min(0).values, ei.max(0).values
+    span = int(hi.max()) + 1 if hi.numel() else 1
+    keys = torch.unique((lo * span + hi)[lo < hi])
+    return torch.stack([keys // span, keys % span])
 
 
 def _edge_keys(edge_index: Tensor, m: int) -> Tensor:
@@ -114,57 +118,22 @@ def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, nu
     return _preserved(perm, _undirected(edge_index_s), _edge_keys(edge_index_t, num_nodes_t), num_nodes_t)
 
 
-def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[int, int], *,
-                 epsilon: float | None = None, max_iter: int = 100, inner_iter: int = 20,
-                 check_every: int = 5, patience: int = 2, refine_rounds: int = 20,
-                 dtype: torch.dtype = torch.float64) -> ConsensusMatching:
-    r"""Match two graphs by entropic Gromov-Wasserstein consensus and neighbourhood refinement.
+def _gw_descent(A: Tensor, B: Tensor, const: Tensor, T: Tensor, eps: float, max_iter: int, inner_iter: int,
+                check_every: int, patience: int, source: Tensor, target_keys: Tensor) -> tuple[Tensor, int, bool]:
+    """Entropic GW steps from the plan ``T``; returns ``(plan, steps, settled)``.
 
-    Args:
-        edge_index_s: ``[2, E_s]`` source edges; edge_index_t: ``[2, E_t]``
-            target edges. Both are made undirected and unweighted, self-loops
-            dropped. Disconnected graphs are fine.
-        num_nodes: ``(n, m)``; ``n != m`` is allowed (uniform weights).
-        epsilon: entropic regularisation; default :math:`\tfrac18\,\delta_s\delta_t`
-            with :math:`\delta` the edge densities (the scale of the cost's
-            edge-count term).
-        max_iter: outer GW steps at most.
-        inner_iter: Sinkhorn sweeps per outer step (warm-started).
-        check_every: outer steps between decoding checks.
-        patience: checks in a row without more preserved edges before stopping.
-        refine_rounds: voting rounds of each check's refinement.
-        dtype: of the plan (float64, or float32 for half the memory).
-
-    Returns:
-        :class:`ConsensusMatching`.
+    Every ``check_every`` steps the rows' argmax is scored by the edges it preserves
+    (no assignment needed); the descent stops once that score has not grown for
+    ``patience`` checks, or once the argmax is one-to-one on 99% of the rows (the
+    plan has localised: ``settled``).
     """
-    n, m = num_nodes
-    for name, v in (("max_iter", max_iter), ("inner_iter", inner_iter), ("check_every", check_every),
-                    ("patience", patience), ("refine_rounds", refine_rounds)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if n < 1 or m < 1:
-        raise ValueError(f"both graphs need nodes, got num_nodes={num_nodes}")
-    t0 = time.perf_counter()
-    A, B = _adjacency(edge_index_s, n, "edge_index_s", dtype), _adjacency(edge_index_t, m, "edge_index_t", dtype)
-    if A.values().numel() == 0 or B.values().numel() == 0:
-        raise ValueError(f"gw_consensus needs edges in both graphs, got {A.values().numel() // 2} and "
-                         f"{B.values().numel() // 2}")
-    dens_s = A.values().numel() / max(n * (n - 1), 1)
-    dens_t = B.values().numel() / max(m * (m - 1), 1)
-    eps = 0.125 * dens_s * dens_t if epsilon is None else float(epsilon)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    const = _constant(A, B, dtype)
-    if n * m <= _DENSE_PRODUCTS:  # dense BLAS products are as fast as sparse ones at these sizes
-        A, B = A.to_dense(), B.to_dense()
+    n, m = T.shape
+    dtype = T.dtype
     log_a, log_b = -math.log(n), -math.log(m)
-    T = torch.full((n, m), 1.0 / (n * m), dtype=dtype)
     f = torch.zeros(n, dtype=dtype)
     g = torch.zeros(m, dtype=dtype)
-    source, target_keys = _undirected(edge_index_s), _edge_keys(edge_index_t, m)
-    history: list[float] = []
-    best_perm, best_score, it, stale = None, -1.0, 0, 0
+    tiny = torch.finfo(dtype).tiny
+    best, stale, it = -1.0, 0, 0
     for it in range(1, max_iter + 1):
         C = linear_cost(A, B, T, const)
         # log-domain sweeps (all of them on the first step, from f = g = 0; one pair later, which makes the
@@ -176,7 +145,6 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         if it > 1 and inner_iter > 1:
             u = torch.ones(n, dtype=dtype)
             v = torch.ones(m, dtype=dtype)
-            tiny = torch.finfo(dtype).tiny
             for _ in range(inner_iter - 1):
                 u = (1.0 / n) / (K @ v).clamp_min(tiny)
                 v = (1.0 / m) / (K.t() @ u).clamp_min(tiny)
@@ -185,17 +153,116 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         T = K
         if not bool(torch.isfinite(T).all()):
             raise FloatingPointError(f"the GW plan became non-finite at step {it} (epsilon={eps:g}: raise it)")
-        if it % check_every == 0 or it == max_iter:
+        if it % check_every == 0:
             argmax = T.argmax(1)
-            perm = refine_matching(metrics.to_permutation(T), edge_index_s, edge_index_t, num_nodes=(n, m),
-                                   max_rounds=refine_rounds).perm
-            score = _preserved(perm, source, target_keys, m)
-            history.append(score)
-            stale = 0 if score > best_score + 1e-3 else stale + 1
-            if score > best_score:
-                best_perm, best_score = perm, score
-            settled = float((argmax == perm).double().mean()) >= 0.99
-            if settled or stale >= patience:
+            if torch.unique(argmax).numel() >= 0.99 * min(n, m):
+                return T, it, True
+            score = _preserved(argmax, source, target_keys, m)
+            stale = 0 if score > best + 1e-3 else stale + 1
+            best = max(best, score)
+            if stale >= patience:
                 break
-    return ConsensusMatching(perm=best_perm, plan=T, iterations=it, preserved=best_score, history=tuple(history),
+    return T, it, False
+
+
+def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[int, int], *,
+                 epsilon: float | None = None, max_iter: int = 100, inner_iter: int = 20,
+                 check_every: int = 5, patience: int = 2, refine_rounds: int = 20, restarts: int = 12,
+                 seed: int = 0, dtype: torch.dtype | None = None) -> ConsensusMatching:
+    r"""Match two graphs by entropic Gromov-Wasserstein consensus and neighbourhood refinement.
+
+    The first descent starts from the uniform plan. GW is non-convex: at 30%
+    rewiring the uniform start can stall in a plan that keeps 14% of the edges
+    where the true matching keeps 70%, while starts from a randomly perturbed
+    uniform plan, :math:`T_0 \propto 1 + U`, :math:`U_{ij}\sim\mathcal U(0, 1)`,
+    localise on the truth in a few steps. So a descent that ends without
+    localising (its plan's row maxima not one-to-one) is followed by up to
+    ``restarts`` perturbed ones; the answer is the refined matching that
+    preserves the most edges, an unsupervised criterion (the quadratic
+    assignment objective). A localised descent ends the search.
+
+    Args:
+        edge_index_s: ``[2, E_s]`` source edges; edge_index_t: ``[2, E_t]``
+            target edges. Both are made undirected and unweighted, self-loops
+            dropped. Disconnected graphs are fine.
+        num_nodes: ``(n, m)``; ``n != m`` is allowed (uniform weights).
+        epsilon: entropic regularisation; default :math:`\tfrac18\,\delta_s\delta_t`
+            with :math:`\delta` the edge densities (the scale of the cost's
+            edge-count term).
+        max_iter: outer GW steps of one descent at most.
+        inner_iter: Sinkhorn sweeps per outer step (warm-started).
+        check_every: outer steps between checks of the plan's row maxima.
+        patience: checks in a row without more preserved edges before a descent stops.
+        refine_rounds: voting rounds of the refinement that ends each descent.
+        restarts: perturbed descents at most after a first one that does not localise
+            (``0``: the uniform start alone).
+        seed: of the perturbations.
+        dtype: of the plan; default float64 while ``n * m <= 2^22``, float32 beyond
+            (half the memory and time of the dense products).
+
+    Returns:
+        :class:`ConsensusMatching`: the best descent's plan and refined matching;
+        ``iterations`` counts the steps of all descents, ``history`` holds each
+        descent's preserved fraction.
+
+    Example:
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> pair = SBMPairDataset(n=300, rewire_prob=0.1, seed=0)[0]
+        >>> res = gw_consensus(pair.edge_index_s, pair.edge_index_t, (300, 300))
+        >>> bool(res.preserved > 0.8)
+        True
+    """
+    n, m = num_nodes
+    for name, v in (("max_iter", max_iter), ("inner_iter", inner_iter), ("check_every", check_every),
+                    ("patience", patience), ("refine_rounds", refine_rounds)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 0:
+        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
+    if n < 1 or m < 1:
+        raise ValueError(f"both graphs need nodes, got num_nodes={num_nodes}")
+    t0 = time.perf_counter()
+    if dtype is None:
+        dtype = torch.float64 if n * m <= _DENSE_PRODUCTS else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    A, B = _adjacency(edge_index_s, n, "edge_index_s", dtype), _adjacency(edge_index_t, m, "edge_index_t", dtype)
+    if A.values().numel() == 0 or B.values().numel() == 0:
+        raise ValueError(f"gw_consensus needs edges in both graphs, got {A.values().numel() // 2} and "
+                         f"{B.values().numel() // 2}")
+    dens_s = A.values().numel() / max(n * (n - 1), 1)
+    dens_t = B.values().numel() / max(m * (m - 1), 1)
+    eps = 0.125 * dens_s * dens_t if epsilon is None else float(epsilon)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    const = _constant(A, B, dtype)
+    # dense BLAS products run ~20x more multiply-adds per second than sparse ones: dense while the plan is
+    # small or the graphs hold more than 1/32 of all pairs (then dense A, B take no more memory than the plan)
+    if n * m <= _DENSE_PRODUCTS or min(dens_s, dens_t) >= 1.0 / 32:
+        A, B = A.to_dense(), B.to_dense()
+    else:
+        A, B = A.to_sparse_csr(), B.to_sparse_csr()
+    source, target_keys = _undirected(edge_index_s), _edge_keys(edge_index_t, m)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[float] = []
+    best: tuple[float, Tensor, Tensor] | None = None
+    steps = 0
+    for start in range(restarts + 1):
+        T = torch.full((n, m), 1.0 / (n * m), dtype=dtype)
+        if start:
+            T = T * (1.0 + torch.rand(n, m, generator=gen, dtype=dtype))
+            T = T / T.sum()
+        T, it, settled = _gw_descent(A, B, const, T, eps, max_iter, inner_iter, check_every, patience,
+                                     source, target_keys)
+        steps += it
+        perm = refine_matching(metrics.to_permutation(T), edge_index_s, edge_index_t, num_nodes=(n, m),
+                               max_rounds=refine_rounds).perm
+        score = _preserved(perm, source, target_keys, m)
+        history.append(score)
+        if best is None or score > best[0]:
+            best = (score, perm, T)
+        if settled:
+            break
+    score, perm, T = best
+    return ConsensusMatching(perm=perm, plan=T, iterations=steps, preserved=score, history=tuple(history),
                              seconds=time.perf_counter() - t0)

@@ -284,7 +284,11 @@ def perm_accuracy(plan: PlanLike, y: Tensor, decoder: str = "hungarian",
 
 
 def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
-    """Fraction of ground-truth pairs whose target is among the ``k`` largest entries of its row."""
+    """Fraction of ground-truth pairs whose target is among the ``k`` largest entries of its row.
+
+    An entry tied with the true one ranks above it, so ties never count as hits
+    (on a plan of equal entries hits@1 is 0 whatever ``k < m``).
+    """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     rows, cols, vals, n, m = _coo(plan)
@@ -297,7 +301,8 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
     pos = torch.searchsorted(key, q).clamp_max(max(key.numel() - 1, 0))
     found = (key.numel() > 0) & (key[pos] == q) if key.numel() else torch.zeros_like(q, dtype=torch.bool)
     v_true = torch.where(found, vals_sorted[pos], torch.zeros_like(q, dtype=vals.dtype))
-    # rank = number of entries in the row strictly larger than the true entry
+    # rank = entries of the row larger than the true entry or tied with it (ties count against the
+    # matcher: on a plan of equal entries no pair is a hit)
     by_row = torch.argsort(rows)
     rows_s, vals_s = rows[by_row], vals[by_row]
     start = torch.searchsorted(rows_s, src)
@@ -305,8 +310,8 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
     owner = torch.repeat_interleave(torch.arange(q.numel(), device=q.device), length)
     first = torch.repeat_interleave(start - torch.cumsum(length, 0) + length, length)
     entry = first + torch.arange(owner.numel(), device=q.device)
-    bigger = (vals_s[entry] > v_true[owner]).long()
-    larger = torch.zeros(q.numel(), dtype=torch.long, device=q.device).index_add_(0, owner, bigger)
+    bigger = (vals_s[entry] >= v_true[owner]).long()
+    larger = torch.zeros(q.numel(), dtype=torch.long, device=q.device).index_add_(0, owner, bigger) - found.long()
     return float(((larger < k) & found & (v_true > 0)).double().mean())
 
 

@@ -177,3 +177,54 @@ def test_torch_compile(gen):
     conv = ChebDiffusion(0.5, 10)
     compiled = torch.compile(conv)
     torch.testing.assert_close(compiled(x, ei, w), conv(x, ei, w), atol=1e-5, rtol=1e-5)
+
+
+def directed_graph(n, p, gen):
+    """A weighted directed graph with one-way edges, ``A[target, source]`` (no duplicates)."""
+    A = (torch.rand(n, n, generator=gen, dtype=torch.float64) < p).double()
+    A.fill_diagonal_(0)
+    return A * torch.rand(n, n, generator=gen, dtype=torch.float64).add(0.2)
+
+
+def test_directed_graphs_are_symmetrised_and_the_bound_holds(gen):
+    n, tau = 14, 3.0
+    A = directed_graph(n, 0.25, gen)  # A[target, source]
+    assert not torch.equal(A, A.T)
+    idx = A.nonzero().T
+    ei, w = idx.flip(0), A[idx[0], idx[1]]  # source -> target
+    x = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    S = 0.5 * (A + A.T)
+    ref = torch.from_numpy(scipy.linalg.expm(-tau * laplacian(S).numpy())) @ x
+    K = 20
+    out = ChebDiffusion(tau, K)(x, ei, w)
+    bound = 2 * sum((tau / 2) ** k / math.factorial(k) for k in range(K + 1, K + 30)) * math.exp(tau / 2)
+    assert float((out - ref).norm() / x.norm()) <= bound
+    conv = ChebDiffusion(tau, K)
+    for adj_t in (A.to_sparse(), A.to_sparse_csr(), A.to_sparse_csc()):
+        torch.testing.assert_close(conv(x, adj_t), out)
+
+
+def test_pyg_assert_module_directed_and_undirected(gen):
+    from torch_geometric.testing import assert_module
+    from torch_geometric.utils import coalesce
+    x = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    und, _ = dense_to_edges(random_graph(12, 0.35, gen))
+    directed = coalesce(directed_graph(12, 0.25, gen).nonzero().T.flip(0))
+    for ei in (und, directed):
+        assert_module(ChebDiffusion(1.0, 12), x, ei, expected_size=(12, 3))
+
+
+def test_uncoalesced_coo_is_read_as_summed_and_left_untouched(gen):
+    A = random_graph(10, 0.4, gen, weighted=True)
+    ei, w = dense_to_edges(A)
+    x = torch.randn(10, 2, generator=gen, dtype=torch.float64)
+    conv = ChebDiffusion(0.7, 12)
+    ref = conv(x, ei, w)
+    # each weight split into two entries, listed in reverse order: the same matrix, uncoalesced
+    order = torch.arange(ei.size(1) - 1, -1, -1)
+    idx = torch.cat([ei[:, order], ei], 1).flip(0)
+    val = torch.cat([0.25 * w[order], 0.75 * w])
+    adj_t = torch.sparse_coo_tensor(idx, val, (10, 10))
+    assert not adj_t.is_coalesced()
+    torch.testing.assert_close(conv(x, adj_t), ref)
+    assert not adj_t.is_coalesced()  # the caller's tensor is not marked coalesced

@@ -75,13 +75,66 @@ def test_processed_file_and_safe_load(tmp_path):
     ds = SBMPairDataset(str(tmp_path), n=50, rewire_prob=0.05, num_pairs=2, seed=4)
     path = ds.processed_paths[0]
     assert os.path.basename(path) == "sbm_n50_b3_pin0.15_pout0.02_rw0.05_perm1_pairs2_seed4.pt"
-    assert not [f for f in os.listdir(tmp_path / "processed") if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path / "processed") if f.startswith(".tmp")]
     out = torch.load(path, weights_only=True)
-    assert out[2] is PairData
+    assert isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict)
     again = SBMPairDataset(str(tmp_path), n=50, rewire_prob=0.05, num_pairs=2, seed=4)
     assert torch.equal(again[1].edge_index_t, ds[1].edge_index_t)
     mem = SBMPairDataset(None, n=50, rewire_prob=0.05, num_pairs=2, seed=4)
     assert torch.equal(mem[1].edge_index_t, ds[1].edge_index_t)
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_dataset_folder_cannot_run_code(tmp_path):
+    ds = SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.05, seed=1)
+    marker = tmp_path / "ran"
+    # a planted record of the pre_transform is read as data only: a warning, no code
+    torch.save(_Payload(str(marker)), tmp_path / "processed" / "pre_transform.pt")
+    with pytest.warns(UserWarning, match="pre_transform"):
+        again = SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.05, seed=1)
+    assert not marker.exists() and torch.equal(again[0].edge_index_t, ds[0].edge_index_t)
+    # a planted data file is refused, naming the file and the way out
+    torch.save(_Payload(str(marker)), ds.processed_paths[0])
+    with pytest.raises(RuntimeError, match="force_reload=True"):
+        SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.05, seed=1)
+    assert not marker.exists()
+    rebuilt = SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.05, seed=1, force_reload=True)
+    assert torch.equal(rebuilt[0].edge_index_t, ds[0].edge_index_t)
+
+
+def test_truncated_processed_file_says_how_to_rebuild(tmp_path):
+    ds = SBMPairDataset(str(tmp_path), n=40, seed=2)
+    path = ds.processed_paths[0]
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 3)
+    with pytest.raises(RuntimeError, match=r"cannot be read.*force_reload=True"):
+        SBMPairDataset(str(tmp_path), n=40, seed=2)
+
+
+def test_processed_file_key_is_exact(tmp_path):
+    a = SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.2, seed=0)
+    b = SBMPairDataset(str(tmp_path), n=40, rewire_prob=0.2000004, seed=0)
+    assert a.processed_paths[0] != b.processed_paths[0]
+    mem = SBMPairDataset(None, n=40, rewire_prob=0.2000004, seed=0)
+    assert torch.equal(b[0].edge_index_t, mem[0].edge_index_t)
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ds = SBMPairDataset(str(tmp_path), n=30, seed=0)
+    finally:
+        os.umask(old)
+    assert os.stat(ds.processed_paths[0]).st_mode & 0o777 == 0o644
 
 
 def test_dataloader_batches_pairs():

@@ -167,7 +167,8 @@ def test_hits_and_argmax_against_dense(gen):
     P = random_sparse_plan(30, 30, 0.3, gen)
     y = torch.stack([torch.arange(30), torch.randperm(30, generator=gen)])
     for k in (1, 3, 5):
-        ref = sum(int((P[i] > P[i, j]).sum()) < k and P[i, j] > 0 for i, j in y.t().tolist()) / 30
+        # pessimistic rank: every other entry of the row tied with the true one ranks above it
+        ref = sum(int((P[i] >= P[i, j]).sum()) - 1 < k and P[i, j] > 0 for i, j in y.t().tolist()) / 30
         assert M.hits_at_k(P.to_sparse(), y, k) == pytest.approx(ref)
         assert M.hits_at_k(P, y[1], k) == pytest.approx(ref)
     nonempty = P.sum(1) > 0
@@ -176,6 +177,18 @@ def test_hits_and_argmax_against_dense(gen):
     assert M.perm_accuracy(P, y, "argmax") == pytest.approx(float((pred[y[0]] == y[1]).double().mean()))
     with pytest.raises(ValueError, match="decoder"):
         M.perm_accuracy(P, y, "greedy")
+
+
+def test_hits_never_count_ties_as_hits():
+    n = 50
+    flat = torch.full((n, n), 1.0 / n ** 2, dtype=torch.float64)
+    y = torch.arange(n)
+    assert M.hits_at_k(flat, y, 1) == 0.0 and M.hits_at_k(flat, y, n - 1) == 0.0
+    assert M.hits_at_k(flat, y, n) == 1.0
+    two = torch.zeros(n, n, dtype=torch.float64)
+    two[y, y] = 1.0
+    two[y, (y + 1) % n] = 1.0  # the true entry tied with one other: a hit at k = 2, not at k = 1
+    assert M.hits_at_k(two, y, 1) == 0.0 and M.hits_at_k(two.to_sparse(), y, 2) == 1.0
 
 
 def test_on_transport_plans(gen):

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-import tempfile
+import warnings
 from typing import Callable
 
+import torch
 from torch_geometric.data import InMemoryDataset
 
+from .._atomic import atomic_path
 from .pair_data import PairData
 
 
@@ -17,7 +19,11 @@ class GeneratedPairDataset(InMemoryDataset):
     ``root=None`` keeps everything in memory; otherwise the pairs are saved
     once to ``processed/<processed_file_names[0]>`` through a temporary file
     and a rename, so an interrupted run never leaves half a file, and later
-    instances with the same parameters load it (``weights_only=True``).
+    instances with the same parameters load it. Every file under ``root`` is
+    read with ``torch.load(weights_only=True)`` (only tensors, containers and
+    the :class:`PairData` class), never unpickled: a file that does not load
+    that way is refused (the data file) or ignored with a warning (the record
+    of the ``pre_transform``), so a dataset folder cannot run code.
     Subclasses set their parameters before calling ``super().__init__``.
     """
 
@@ -28,7 +34,20 @@ class GeneratedPairDataset(InMemoryDataset):
         if self._in_memory:
             self.data, self.slices = self.collate(self._transformed())
         else:
-            self.load(self.processed_paths[0], PairData)
+            self._load_processed(self.processed_paths[0])
+
+    def _load_processed(self, path: str) -> None:
+        try:
+            with torch.serialization.safe_globals([PairData]):
+                out = torch.load(path, weights_only=True)
+        except Exception as e:  # truncated, foreign or unsafe: say how to rebuild it
+            raise RuntimeError(f"the processed dataset file {path} cannot be read safely "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                               "pass force_reload=True to rebuild it") from None
+        if not (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], dict)):
+            raise RuntimeError(f"the processed dataset file {path} does not hold a saved pair dataset; "
+                               "pass force_reload=True to rebuild it")
+        self.data, self.slices = PairData.from_dict(out[0]), out[1]
 
     def _pairs(self) -> list[PairData]:
         raise NotImplementedError
@@ -45,16 +64,37 @@ class GeneratedPairDataset(InMemoryDataset):
         pass
 
     def _process(self) -> None:
-        if not self._in_memory:  # in memory: generated in __init__, nothing on disk
-            super()._process()
+        # PyG's version unpickles processed/pre_transform.pt (weights_only=False); this one reads it as a string
+        if self._in_memory:  # generated in __init__, nothing on disk
+            return
+        record = osp.join(self.processed_dir, "pre_transform.pt")
+        want = _transform_repr(self.pre_transform)
+        if not self.force_reload and osp.exists(record):
+            try:
+                had = torch.load(record, weights_only=True)
+            except Exception:
+                had = None
+            if had != want:
+                warnings.warn(f"the pre_transform differs from the one recorded in {record} (or the record is "
+                              "unreadable); pass force_reload=True to process the dataset again", stacklevel=3)
+        if not self.force_reload and all(osp.exists(p) for p in self.processed_paths):
+            return
+        os.makedirs(self.processed_dir, exist_ok=True)
+        self.process()
+        _save_atomic(want, record)
 
     def process(self) -> None:
-        path = self.processed_paths[0]
-        fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), suffix=".tmp")
-        os.close(fd)
-        try:
-            self.save(self._transformed(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
+        data, slices = self.collate(self._transformed())
+        _save_atomic((data.to_dict(), slices), self.processed_paths[0])  # tensors only: loads weights_only
+
+
+def _transform_repr(transform: Callable | None) -> str:
+    """PyG's record of a transform: its ``repr`` without object addresses."""
+    from torch_geometric.data.dataset import _repr
+    return _repr(transform)
+
+
+def _save_atomic(obj: object, path: str) -> None:
+    """``torch.save`` through a temporary file in the same folder and a rename: never half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

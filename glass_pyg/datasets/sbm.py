@@ -104,7 +104,7 @@ class SBMPairDataset(GeneratedPairDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
-        return [f"sbm_n{self.n}_b{self.blocks}_pin{self.p_in:g}_pout{self.p_out:g}_rw{self.rewire_prob:g}"
+        return [f"sbm_n{self.n}_b{self.blocks}_pin{self.p_in!r}_pout{self.p_out!r}_rw{self.rewire_prob!r}"
                 f"_perm{int(self.planted_perm)}_pairs{self.num_pairs}_seed{self.seed}.pt"]
 
     def _pairs(self) -> list[PairData]:

@@ -97,9 +97,9 @@ class SpherePairDataset(GeneratedPairDataset):
     @property
     def processed_file_names(self) -> list[str]:
         rot = "none" if not self.rotation else ("haar" if self.max_rotation_deg is None
-                                                else f"max{self.max_rotation_deg:g}")
-        dist = "uniform" if self.distribution == "uniform" else f"vmf{self.num_clusters}k{self.kappa:g}"
-        return [f"s2_n{self.n}_noise{self.noise_deg:g}_rot{rot}_{dist}_pairs{self.num_pairs}_seed{self.seed}.pt"]
+                                                else f"max{self.max_rotation_deg!r}")
+        dist = "uniform" if self.distribution == "uniform" else f"vmf{self.num_clusters}k{self.kappa!r}"
+        return [f"s2_n{self.n}_noise{self.noise_deg!r}_rot{rot}_{dist}_pairs{self.num_pairs}_seed{self.seed}.pt"]
 
     def _pairs(self) -> list[PairData]:
         return [make_sphere_pair(self.n, self.noise_deg, self.rotation, self.max_rotation_deg,

@@ -309,19 +309,15 @@ def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], st
 
 def save_figure(fig, path: str) -> None:
     """Write a matplotlib figure as PNG through a temporary file and a rename, then close it."""
-    import tempfile
-
     import matplotlib.pyplot as plt
+
+    from .._atomic import atomic_path
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _parse(text: str) -> Any:

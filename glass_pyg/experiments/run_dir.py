@@ -5,28 +5,22 @@ import csv
 import json
 import os
 import re
-import tempfile
 import time
 from typing import Any, Iterable
 
 import torch
+
+from .._atomic import atomic_path
 
 CHECKPOINT = re.compile(r"^state_step(\d+)\.pt$")
 
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def new_run_dir(out_dir: str, exp_name: str) -> str:
@@ -120,14 +114,8 @@ def read_metrics(run_dir: str) -> list[dict[str, str]]:
 
 def save_checkpoint(run_dir: str, step: int, state: dict[str, Any]) -> str:
     path = os.path.join(run_dir, f"state_step{step:06d}.pt")
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -33,6 +33,7 @@ class Task:
     stage_seconds: float = 0.0  #: wall time of the stages before training (the S^2 rotation stage)
     edges: tuple[Tensor, Tensor] | None = None  #: the two graphs' edge indices (graph pairs)
     consensus: str = "never"  #: graph pairs: when to run the GW consensus stage
+    seed: int = 0  #: of the consensus stage's perturbed starts
     _consensus: Any = None  #: its result (it does not depend on trained parameters: run once)
     answer: Tensor | None = None  #: the matching of the last full evaluation (no labels needed to compare)
 
@@ -75,7 +76,7 @@ class Task:
         kept = preserved_edges(perm, self.edges[0], self.edges[1], n[1])
         if self.consensus == "always" or (self.consensus == "auto" and kept < 0.5):
             if self._consensus is None:
-                self._consensus = gw_consensus(self.edges[0], self.edges[1], n)
+                self._consensus = gw_consensus(self.edges[0], self.edges[1], n, seed=self.seed)
                 self.stage_seconds += self._consensus.seconds
             if self._consensus.preserved > kept:
                 perm, kept = self._consensus.perm, self._consensus.preserved
@@ -126,4 +127,5 @@ def build_task(cfg: ExperimentConfig) -> Task:
     proj = GraphProjection(m.feat_dim, cfg.train.slices).to(DTYPE)
     proj.reset_parameters(gen)
     return Task(torch.nn.ModuleDict({"projection": proj}), _head(cfg, proj, "sq_euclidean"), psi_s, psi_t, pair.y,
-                edges=(pair.edge_index_s, pair.edge_index_t), consensus=m.consensus)
+                edges=(pair.edge_index_s, pair.edge_index_t), consensus=m.consensus,
+                seed=cfg.seed)

@@ -163,7 +163,10 @@ class TransportPlan:
     def entropy(self) -> Tensor:
         r"""Plan entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` per slice."""
         p = self.values
-        return self._out(-torch.special.xlogy(p, p).sum((-2, -1)))
+        # the band's padding zeros contribute 0 with gradient 0 (xlogy's would be -inf * 0 = NaN)
+        inside = p > 0
+        plogp = torch.where(inside, p * torch.log(torch.where(inside, p, torch.ones_like(p))), torch.zeros_like(p))
+        return self._out(-plogp.sum((-2, -1)))
 
     def transport_cost(self) -> Tensor:
         """:math:`\\langle P, C\\rangle` per slice (scalar for 1-D inputs)."""
