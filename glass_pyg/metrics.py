@@ -57,12 +57,23 @@ def top_per_row(rows: Tensor, cols: Tensor, vals: Tensor, n: int, k: int) -> tup
     return rows[keep], cols[keep], vals[keep]
 
 
-def _truth(y: Tensor) -> tuple[Tensor, Tensor]:
+def _truth(y: Tensor, n: int | None = None, m: int | None = None) -> tuple[Tensor, Tensor]:
+    """``y`` as (sources, targets), checked against ``n`` sources and ``m`` targets when known."""
     if y.dim() == 1:
-        return torch.arange(y.numel(), device=y.device), y
-    if y.dim() != 2 or y.size(0) != 2:
+        src, dst = torch.arange(y.numel(), device=y.device), y
+    elif y.dim() != 2 or y.size(0) != 2:
         raise ValueError(f"y must be a [2, M] index of pairs or an (n,) permutation, got {tuple(y.shape)}")
-    return y[0], y[1]
+    else:
+        src, dst = y[0], y[1]
+    if y.is_floating_point():
+        raise ValueError(f"y must hold integer node indices, got dtype {y.dtype}")
+    if src.numel():
+        for name, idx, size in (("source", src, n), ("target", dst, m)):
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or (size is not None and hi >= size):
+                raise ValueError(f"y holds {name} indices in [{lo}, {hi}], outside [0, "
+                                 f"{size if size is not None else 'inf'})")
+    return src, dst
 
 
 def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -159,6 +170,16 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
             support = set(zip(r.tolist(), c.tolist()))
             outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
     return _matching(match, outside, k, rows.device)
+
+
+def _shape(plan: PlanLike) -> tuple[int, int]:
+    """``(n, m)`` of a plan (a slice-averaged :class:`TransportPlan` or an ``(n, m)`` tensor)."""
+    if isinstance(plan, TransportPlan):
+        return plan.num_sources, plan.num_targets
+    if not isinstance(plan, Tensor) or plan.dim() != 2:
+        raise ValueError(f"plan must be a TransportPlan or an (n, m) tensor, got "
+                         f"{tuple(plan.shape) if isinstance(plan, Tensor) else type(plan).__name__}")
+    return tuple(plan.shape)
 
 
 def _is_dense(plan: PlanLike) -> bool:
@@ -262,7 +283,7 @@ def row_argmax(plan: PlanLike) -> Tensor:
 
 def matching_accuracy(pred: Tensor, y: Tensor) -> float:
     """Fraction of ground-truth pairs ``y`` that the matching ``pred`` ``(n,)`` reproduces."""
-    src, dst = _truth(y)
+    src, dst = _truth(y, pred.numel())
     if src.numel() == 0:
         raise ValueError("y holds no ground-truth pairs")
     return float((pred.to(dst.device)[src] == dst).double().mean())
@@ -276,6 +297,7 @@ def perm_accuracy(plan: PlanLike, y: Tensor, decoder: str = "hungarian",
     pick the same column); ``"hungarian"`` decodes a one-to-one matching with
     :func:`to_permutation` (``cost`` optional).
     """
+    _truth(y, *_shape(plan))
     if decoder == "argmax":
         return matching_accuracy(row_argmax(plan), y)
     if decoder == "hungarian":
@@ -292,7 +314,7 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     rows, cols, vals, n, m = _coo(plan)
-    src, dst = _truth(y)
+    src, dst = _truth(y, n, m)
     src, dst = src.to(rows.device), dst.to(rows.device)
     key = rows * m + cols
     order = torch.argsort(key)

@@ -14,35 +14,50 @@ def random_rotation(num: int | None = None, *, generator: torch.Generator | None
 
     QR of a Gaussian matrix with the signs of :math:`R`'s diagonal moved into
     :math:`Q` (so :math:`Q` is Haar on :math:`O(3)`), then one column flipped
-    where :math:`\det Q = -1`. With ``max_angle_deg`` the rotation is Haar
-    conditioned on an angle at most that bound (rejection sampling; the angle
-    density is :math:`(1 - \cos\theta)/\pi`). Sampled in float64 on the CPU
-    from ``generator``, then cast.
+    where :math:`\det Q = -1`. With ``max_angle_deg`` :math:`= b` the rotation is
+    Haar conditioned on an angle :math:`\theta \le b`: a uniform axis and an
+    angle drawn exactly from its conditional law, whose CDF is
+    :math:`(\theta - \sin\theta)/(b - \sin b)` (inverted by bisection), so any
+    bound in :math:`(0, 180]` costs the same. Sampled in float64 on the CPU from
+    ``generator``, then cast.
     """
-    if max_angle_deg is not None and not 0 < max_angle_deg <= 180:
-        raise ValueError(f"max_angle_deg must be in (0, 180], got {max_angle_deg!r}")
+    if max_angle_deg is not None and not (isinstance(max_angle_deg, (int, float))
+                                          and 0 < max_angle_deg <= 180):
+        raise ValueError(f"max_angle_deg must be a number in (0, 180], got {max_angle_deg!r}")
     count = 1 if num is None else num
-    if count < 0:
-        raise ValueError(f"num must be >= 0, got {num}")
-    out = torch.zeros(0, 3, 3, dtype=torch.float64)
-    while out.size(0) < count:
-        need = count - out.size(0)
-        draw = need if max_angle_deg is None else max(8, int(need * 2.5 / _acceptance(max_angle_deg)))
-        g = torch.randn(draw, 3, 3, generator=generator, dtype=torch.float64)
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"num must be an integer >= 0, got {num!r}")
+    if max_angle_deg is None:
+        g = torch.randn(count, 3, 3, generator=generator, dtype=torch.float64)
         q, r = torch.linalg.qr(g)
         q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
         flip = torch.linalg.det(q) < 0
         q[flip, :, 0] = -q[flip, :, 0]
-        if max_angle_deg is not None:
-            q = q[rotation_angle(q) <= math.radians(max_angle_deg)]
-        out = torch.cat([out, q[:need]])
-    out = out.to(dtype=dtype, device=device)
+    else:
+        axis = torch.randn(count, 3, generator=generator, dtype=torch.float64)
+        axis = axis / torch.linalg.vector_norm(axis, dim=-1, keepdim=True).clamp_min(1e-300)
+        u = torch.rand(count, generator=generator, dtype=torch.float64)
+        q = so3_exp(axis * _bounded_angle(u, math.radians(float(max_angle_deg))).unsqueeze(-1))
+    out = q.to(dtype=dtype, device=device)
     return out[0] if num is None else out
 
 
-def _acceptance(max_angle_deg: float) -> float:
-    t = math.radians(max_angle_deg)
-    return (t - math.sin(t)) / math.pi
+def _theta_minus_sin(t: Tensor) -> Tensor:
+    """:math:`t - \\sin t` without cancellation for small ``t`` (series below 0.1)."""
+    t2 = t * t
+    series = t * t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0)))
+    return torch.where(t < 0.1, series, t - torch.sin(t))
+
+
+def _bounded_angle(u: Tensor, bound: float) -> Tensor:
+    """The angle of CDF :math:`(\\theta - \\sin\\theta)/(b - \\sin b)` at ``u`` in [0, 1), by bisection."""
+    target = u * _theta_minus_sin(torch.tensor(bound, dtype=torch.float64))
+    lo, hi = torch.zeros_like(u), torch.full_like(u, bound)
+    for _ in range(64):  # halves the bracket to float64 resolution of any bound
+        mid = 0.5 * (lo + hi)
+        below = _theta_minus_sin(mid) < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def rotation_angle(R: Tensor) -> Tensor:

@@ -64,6 +64,14 @@ class DiffusionFeatures(torch.nn.Module):
             num_nodes = x.size(0)
         elif num_nodes is None:
             raise ValueError("num_nodes is required when x is None (isolated nodes cannot be inferred)")
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"DiffusionFeatures needs a graph with nodes, got num_nodes={num_nodes!r}")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point():
+            raise ValueError(f"edge_index must be an integer tensor of shape (2, E), got "
+                             f"{tuple(edge_index.shape)} of {edge_index.dtype}")
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(f"edge_index holds node indices in [{int(edge_index.min())}, "
+                             f"{int(edge_index.max())}], outside [0, {num_nodes}) (num_nodes={num_nodes})")
         if dtype is None:
             dtype = x.dtype if x is not None and x.is_floating_point() else torch.get_default_dtype()
         device = edge_index.device

@@ -102,6 +102,10 @@ class GLASS(torch.nn.Module):
             raise ValueError(f"solver must be 'banded' or 'dense', got {solver!r}")
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
+        if temperature not in ("absolute", "rank"):
+            raise ValueError(f"temperature must be 'absolute' or 'rank', got {temperature!r}")
+        if grad not in ("implicit", "unrolled"):
+            raise ValueError(f"grad must be 'implicit' or 'unrolled', got {grad!r}")
         self.projection = projection
         self.cost = cost
         self.gamma, self.temperature, self.band_eps = float(gamma), temperature, band_eps
@@ -129,6 +133,9 @@ class GLASS(torch.nn.Module):
         plans, pair_losses = [], []
         for k in range(ptr_s.numel() - 1):
             s0, s1, t0, t1 = int(ptr_s[k]), int(ptr_s[k + 1]), int(ptr_t[k]), int(ptr_t[k + 1])
+            if s1 == s0 or t1 == t0:
+                raise ValueError(f"pair {k} of the batch has {s1 - s0} source and {t1 - t0} target rows: "
+                                 "every pair id up to the largest needs rows on both sides")
             plan = self._solve(scores_s[s0:s1].t(), scores_t[t0:t1].t(), gamma, k)
             pair_losses.append(losses.lifted_loss(plan, factory(geom_s[s0:s1], geom_t[t0:t1])))
             plans.append(plan)
@@ -174,6 +181,10 @@ def _pointers(batch: OptTensor, size: int, name: str) -> Tensor:
         return torch.tensor([0, size])
     if batch.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},), got {tuple(batch.shape)}")
+    if batch.is_floating_point() or batch.is_complex():
+        raise ValueError(f"{name} must hold integer pair ids, got dtype {batch.dtype}")
+    if size and int(batch.min()) < 0:
+        raise ValueError(f"{name} holds negative pair ids (smallest {int(batch.min())}); ids start at 0")
     if size and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(f"{name} must be sorted (PyG batch vectors are)")
     counts = torch.bincount(batch.cpu(), minlength=int(batch.max()) + 1 if size else 0)

@@ -214,11 +214,7 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     a2 = V.weights(a, s2, "a").to(dt)
     b2 = V.weights(b, t2, "b").to(dt)
     V.same_mass(a2, b2, 1e-5 if in_dtype != torch.float64 else 1e-9)
-    V.positive_scalar(gamma, "gamma")
-    gamma_t = torch.as_tensor(gamma, dtype=dt, device=s2.device)
-    if gamma_t.dim() > 1 or gamma_t.numel() not in (1, L):
-        raise ValueError(f"gamma must be a scalar or have shape ({L},), got {tuple(gamma_t.shape)}")
-    gamma_t = gamma_t.expand(L) if gamma_t.dim() == 0 else gamma_t.reshape(L)
+    gamma_t = V.gamma_per_slice(gamma, L, dt, s2.device)
 
     s2, t2 = s2.to(dt), t2.to(dt)
     ss, perm_s = torch.sort(s2, dim=-1, stable=True)

@@ -28,14 +28,13 @@ def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
     if not torch.is_floating_point(C) or not bool(torch.isfinite(C).all()):
         raise ValueError("C must be a finite floating tensor")
     V.check_options(max_iter, tol)
-    V.positive_scalar(gamma, "gamma")
     batched = C.dim() == 3
     C3 = C if batched else C.unsqueeze(0)
     L, n, m = C3.shape
     a2 = V.weights(a, C3[:, :, 0], "a")
     b2 = V.weights(b, C3[:, 0, :], "b")
     V.same_mass(a2, b2, 1e-5 if C.dtype != torch.float64 else 1e-9)
-    gam = torch.as_tensor(gamma, dtype=C.dtype, device=C.device).expand(L).reshape(L, 1, 1)
+    gam = V.gamma_per_slice(gamma, L, C.dtype, C.device).reshape(L, 1, 1)
     theta = -C3 / gam
     log_a, log_b = a2.log(), b2.log()
     mass = a2.sum(-1)

@@ -24,6 +24,7 @@ from .band import Band, Staircase
 from .blocks import add_to_columns, row_blocks, window_gather
 from .iterations import exp_windows
 from .laplacian import band_operator, solve_laplacian
+from .validation import first_order_only as _first_order_only
 
 
 class FixedPointPlan(torch.autograd.Function):
@@ -48,6 +49,7 @@ class FixedPointPlan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        _first_order_only()
         s, t, gamma, p_row, phi, psi, theta_row = ctx.saved_tensors
         band: Band = ctx.band
         L, n, m = band.shape

@@ -9,10 +9,21 @@ class ConvergenceWarning(UserWarning):
     """A solver stopped at ``max_iter`` before its marginal error reached ``tol``."""
 
 
+def first_order_only() -> None:
+    """Refuse a double backward (``create_graph=True``) through an implicit gradient."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("the solver's implicit gradient is first-order only: a double backward "
+                           "(create_graph=True, e.g. a gradient penalty or Hessian-vector products) through "
+                           "the plan is not supported; use grad='unrolled' for higher derivatives")
+
+
 def as_slices(x: Tensor, name: str) -> Tensor:
     """Return ``x`` as ``(L, n)``; accepts ``(n,)`` or ``(L, n)`` floating tensors."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape and dtype only, no values): the solver needs "
+                         "the scores' values")
     if not torch.is_floating_point(x):
         raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
     if x.dim() not in (1, 2) or x.shape[-1] == 0:
@@ -64,6 +75,15 @@ def positive_scalar(x, name: str) -> None:
             raise ValueError(f"{name} must be a positive number, got {x!r}") from None
     if not ok:
         raise ValueError(f"{name} must be positive and finite, got {x!r}")
+
+
+def gamma_per_slice(gamma, L: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``gamma`` (a positive scalar or one value per slice) as an ``(L,)`` tensor."""
+    positive_scalar(gamma, "gamma")
+    g = torch.as_tensor(gamma, dtype=dtype, device=device)
+    if g.dim() > 1 or g.numel() not in (1, L):
+        raise ValueError(f"gamma must be a scalar or have shape ({L},), got {tuple(g.shape)}")
+    return g.reshape(-1).expand(L) if g.numel() == 1 else g.reshape(L)
 
 
 def check_options(max_iter, tol, band_eps=None) -> None:
