@@ -196,6 +196,7 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
     """
     steps = cg_total = 0
     a = st.log_a.exp()
+    limit = max(1e3, tol / (16 * torch.finfo(st.phi.dtype).eps))
     for _ in range(max_steps):
         todo = err > tol
         if not bool(todo.any()):
@@ -218,7 +219,10 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
             phi = st.phi + alpha * d_phi
             psi = col_update(st, phi, st.psi)
             e = row_error(st, phi, row_update(st, psi, phi))
-            better = allowed & torch.isfinite(e) & (e < best[2])
+            # the error is read from phi - phi_next, exact only while |phi| * eps stays below tol: a
+            # step to huge potentials (rows of tiny weight, near-singular operator) reads as converged
+            sane = phi.abs().amax(-1) < limit
+            better = allowed & sane & torch.isfinite(e) & (e < best[2])
             best[0] = torch.where(better.unsqueeze(-1), phi, best[0])
             best[1] = torch.where(better.unsqueeze(-1), psi, best[1])
             best[2] = torch.where(better, e, best[2])

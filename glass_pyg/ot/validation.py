@@ -65,6 +65,24 @@ def same_mass(a: Tensor, b: Tensor, rtol: float) -> None:
                          f"sum(a) = {float(ma[l]):.8g}, sum(b) = {float(mb[l]):.8g}")
 
 
+def matched_weights(a: Tensor | None, b: Tensor | None, s: Tensor, t: Tensor,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The marginals ``(L, n)``, ``(L, m)`` in the compute ``dtype``, with exactly equal masses.
+
+    Uniform weights are formed in ``dtype`` itself. Given weights must agree in
+    mass to the precision of the coarsest given dtype (float32 sums of weights
+    spread over many decades differ by ~1e-8); ``b`` is then rescaled to
+    ``a``'s mass, since a balanced solve whose masses differ in the last bits
+    drifts its potentials apart instead of converging.
+    """
+    a2 = weights(a, s.to(dtype), "a").to(dtype)
+    b2 = weights(b, t.to(dtype), "b").to(dtype)
+    given = [w.dtype for w in (a, b) if isinstance(w, Tensor)]
+    coarse = any(d != torch.float64 for d in given)
+    same_mass(a2, b2, 1e-5 if coarse else 1e-9)
+    return a2, b2 * (a2.sum(-1, keepdim=True) / b2.sum(-1, keepdim=True))
+
+
 def positive_scalar(x, name: str) -> None:
     if isinstance(x, Tensor):
         ok = bool(torch.isfinite(x).all()) and bool((x > 0).all())
