@@ -6,13 +6,30 @@ import fnmatch
 import sys
 
 
+class UsageError(Exception):
+    """A command line that cannot run as written (exit status 2, like argparse's own errors)."""
+
+
+def _positive(kind: type, strict: bool = True):
+    """An argparse type: a number of ``kind`` that is > 0 (or >= 0 when not ``strict``), with a clear error."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not (v > 0 if strict else v >= 0) or v != v or v == float("inf"):
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} {'>' if strict else '>='} 0, got {text}")
+        return v
+    parse.__name__ = f"{'positive' if strict else 'non-negative'} {kind.__name__}"
+    return parse
+
+
 def _bench_sinkhorn(args: argparse.Namespace) -> int:
     from .experiments import bench_sinkhorn as B
 
     sizes = args.sizes if args.sizes else [args.n]
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"glass-pyg: --threads must be at least 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     cfg = B.BenchConfig(sizes=sizes, gamma=args.gamma, rank_gamma=args.rank_gamma, band_eps=args.band_eps,
@@ -37,15 +54,15 @@ def _train(kind: str):
 
         if args.resume:
             if args.config or args.set:
-                raise SystemExit("glass-pyg: --resume continues a run with its own config; "
+                raise UsageError("--resume continues a run with its own config; "
                                  "do not pass --config or --set with it")
             cfg = resume_config(args.resume)
         elif not args.config:
-            raise SystemExit("glass-pyg: --config is required (a path or a shipped name; see `glass-pyg configs`)")
+            raise UsageError("--config is required (a path or a shipped name; see `glass-pyg configs`)")
         else:
             cfg = load_config(args.config, args.set)
         if cfg.kind != kind:
-            raise SystemExit(f"glass-pyg: this is a {cfg.kind} config; run it with `glass-pyg "
+            raise UsageError(f"this is a {cfg.kind} config; run it with `glass-pyg "
                              f"{'manifold' if cfg.kind == 'manifold' else 'graph'}`")
         result = run(cfg, resume=args.resume, quiet=args.quiet, plot=args.plot, out_dir=args.out_dir)
         _print_final(result)
@@ -93,7 +110,7 @@ def _sweep(args: argparse.Namespace) -> int:
         pat = pattern[:-5] if pattern.endswith(".yaml") else pattern
         hits = [n for n in shipped_configs() if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise SystemExit(f"glass-pyg: no config file or shipped config matches {pattern!r}")
+            raise UsageError(f"no config file or shipped config matches {pattern!r}")
         names.extend(hits)
     out_dir = args.out_dir or "runs"
     configs = [load_config(n, args.set) for n in names]  # validate all before running any
@@ -134,21 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--plot", action="store_true")
     sw.set_defaults(func=_sweep)
     b = sub.add_parser("bench-sinkhorn", help="benchmark the 1-D entropic OT solvers")
-    b.add_argument("--n", type=int, default=2048, help="problem size (when --sizes is not given)")
-    b.add_argument("--sizes", type=int, nargs="+", help="several problem sizes")
-    b.add_argument("--gamma", type=float, default=0.05, help="absolute gamma (squared score units)")
-    b.add_argument("--rank_gamma", "--rank-gamma", type=float, default=1.0,
+    pos_int, pos_float, count = _positive(int), _positive(float), _positive(int, strict=False)
+    b.add_argument("--n", type=pos_int, default=2048, help="problem size (when --sizes is not given)")
+    b.add_argument("--sizes", type=pos_int, nargs="+", help="several problem sizes")
+    b.add_argument("--gamma", type=pos_float, default=0.05, help="absolute gamma (squared score units)")
+    b.add_argument("--rank_gamma", "--rank-gamma", type=pos_float, default=1.0,
                    help="gamma at rank temperature (in squared mean spacings)")
-    b.add_argument("--band_eps", "--band-eps", type=float, default=1e-6)
-    b.add_argument("--max_iter", "--max-iter", type=int, default=200)
-    b.add_argument("--tol", type=float, default=1e-6)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--dense_max_n", "--dense-max-n", type=int, default=2048)
-    b.add_argument("--pot_max_n", "--pot-max-n", type=int, default=2048)
-    b.add_argument("--absolute_max_n", "--absolute-max-n", type=int, default=16384,
+    b.add_argument("--band_eps", "--band-eps", type=pos_float, default=1e-6)
+    b.add_argument("--max_iter", "--max-iter", type=pos_int, default=200)
+    b.add_argument("--tol", type=pos_float, default=1e-6)
+    b.add_argument("--repeats", type=pos_int, default=3)
+    b.add_argument("--dense_max_n", "--dense-max-n", type=count, default=2048)
+    b.add_argument("--pot_max_n", "--pot-max-n", type=count, default=2048)
+    b.add_argument("--absolute_max_n", "--absolute-max-n", type=count, default=16384,
                    help="largest n solved at absolute gamma (its band grows like n)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=int, help="torch (and compiled kernel) threads; default: torch's")
+    b.add_argument("--seed", type=count, default=0)
+    b.add_argument("--threads", type=pos_int, help="torch (and compiled kernel) threads; default: torch's")
     b.add_argument("--out", help="folder for sinkhorn.md and sinkhorn.csv")
     b.set_defaults(func=_bench_sinkhorn)
     return p
@@ -160,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:  # bad configs, missing run folders: one clear line
+    except (UsageError, ConfigError) as exc:  # the command line or the config: one clear line, status 2
         print(f"glass-pyg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that is a file, read-only, missing, full: one clear line, status 1
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"glass-pyg: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

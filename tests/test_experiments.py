@@ -187,3 +187,62 @@ def test_reference_sphere_configs_succeed_as_shipped(name, tmp_path):
     assert s["rotation_err_deg"] < 0.5
     assert s["accuracy"] >= s["accuracy_at_step0"] - 0.01
     assert s["accuracy"] > 0.6  # exact assignment on the unrotated pairs: 0.93 at n = 256, 0.73 at 1024
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_a_torn_row(tmp_path):
+    cfg = small("graph_sbm_small", tmp_path / "a", steps=6, extra=("log.save_every=2", "train.stop_when_stable=0"))
+    full = R.read_metrics(run(cfg, quiet=True).run_dir)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(row):
+        if row["step"] == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cfg, quiet=True, out_dir=str(tmp_path / "c"), progress=crash)
+    (folder,) = [os.path.join(tmp_path / "c", d) for d in os.listdir(tmp_path / "c")]
+    newest = os.path.join(folder, "state_step000004.pt")
+    with open(newest, "r+b") as fh:  # a crash while the newest checkpoint was copied
+        fh.truncate(os.path.getsize(newest) // 2)
+    with open(os.path.join(folder, "state_step000009.pt"), "wb") as fh:  # a stray file with a higher step
+        fh.write(b"not a checkpoint")
+    with open(os.path.join(folder, "metrics.csv"), "a") as fh:  # a row torn by the crash
+        fh.write("5,0.12")
+    assert [int(r["step"]) for r in R.read_metrics(folder)] == [0, 1, 2, 3, 4, 5]
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        resumed = run(cfg, quiet=True, resume=folder)
+    rows = R.read_metrics(resumed.run_dir)
+    assert [int(r["step"]) for r in rows] == list(range(7))
+    assert _strip_time(rows) == _strip_time(full)
+
+
+def test_cli_errors_are_one_line_with_consistent_status(tmp_path, capsys):
+    from glass_pyg.cli import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"seed: 1\n\xff\xfe\n")
+    assert main(["graph"]) == 2
+    assert main(["graph", "--config", str(bad)]) == 2
+    assert main(["graph", "--config", "graph_sbm_small", "--set", "train.lr=["]) == 2
+    assert main(["graph", "--config", "graph_sbm_small", "--set", f"seed={2 ** 64}"]) == 2
+    assert main(["manifold", "--config", "graph_sbm_small"]) == 2
+    (tmp_path / "afile").write_text("")
+    assert main(["graph", "--config", "graph_sbm_small", "--set", "train.steps=1", "--quiet",
+                 "--out_dir", str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 6 and all(line.startswith("glass-pyg: error: ") for line in err), err
+    assert "not UTF-8" in err[1] and "not valid YAML" in err[2] and "2^63" in err[3] and "not a folder" in err[5]
+    for argv in (["bench-sinkhorn", "--n", "0"], ["bench-sinkhorn", "--gamma", "-1"],
+                 ["bench-sinkhorn", "--repeats", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+
+
+def test_numbers_in_the_usual_spellings_are_numbers(tmp_path):
+    cfg = load_config("graph_sbm_small", ["train.lr=1e-3", "ot.gamma=5E-2", "ot.tol=.5e-6"])
+    assert cfg.train.lr == 1e-3 and cfg.ot.gamma == 0.05 and cfg.ot.tol == 5e-7
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  graph: {}\ntrain:\n  lr: 1e-3\n")
+    assert load_config(str(path)).train.lr == 1e-3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
@@ -190,8 +191,8 @@ def from_dict(raw: Any, where: str = "<config>") -> ExperimentConfig:
     kind = next(iter(model))
     data_cls, model_cls = (SphereData, ManifoldModel) if kind == "manifold" else (GraphData, GraphModel)
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+        raise ConfigError(f"{where}: seed must be an integer in [0, 2^63), got {seed!r}")
     name = raw.get("exp_name", "glass")
     if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
         raise ConfigError(f"{where}: exp_name must be a plain folder-name string, got {name!r}")
@@ -205,6 +206,27 @@ def from_dict(raw: Any, where: str = "<config>") -> ExperimentConfig:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 with floats in the usual spellings: ``1e-3``, ``2E5``, ``.5`` (PyYAML reads ``1e-3`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml(text: Any, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a config mapping."""
     out = _copy(raw)
@@ -212,7 +234,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> di
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         path, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _yaml(text, f"override {item!r}") if text.strip() else None
         keys = path.strip().split(".")
         node = out
         for k in keys[:-1]:
@@ -250,9 +272,12 @@ def resolve_path(name_or_path: str) -> str:
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load, override and validate a config."""
     path = resolve_path(name_or_path)
-    with open(path) as fh:
-        try:
-            raw = yaml.safe_load(fh)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    raw = _yaml(text, path)
     return from_dict(apply_overrides(raw or {}, overrides or [], path), path)

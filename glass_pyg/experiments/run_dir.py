@@ -2,11 +2,13 @@ r"""Run folders: ``config.json``, an append-only ``metrics.csv`` and checkpoints
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import time
-from typing import Any, Iterable
+import warnings
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -25,6 +27,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def new_run_dir(out_dir: str, exp_name: str) -> str:
     """Create ``out_dir/<exp_name>_<timestamp>`` (with a suffix if it exists)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(20, "it is a file, not a folder for runs (out_dir)", out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(out_dir, f"{exp_name}_{stamp}")
@@ -95,7 +99,6 @@ def _fmt(v: Any) -> Any:
 
 
 def _rewrite(path: str, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
-    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
@@ -105,11 +108,16 @@ def _rewrite(path: str, columns: list[str], rows: Iterable[dict[str, Any]]) -> N
 
 
 def read_metrics(run_dir: str) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv``; a last row torn by a crash (no final newline, or fields missing) is left out."""
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.exists(path):
         return []
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+        text = fh.read()
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]  # the torn tail
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return [r for r in rows if None not in r.values() and None not in r]
 
 
 def save_checkpoint(run_dir: str, step: int, state: dict[str, Any]) -> str:
@@ -119,13 +127,30 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any]) -> str:
     return path
 
 
-def last_checkpoint(run_dir: str) -> tuple[int, str] | None:
-    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := CHECKPOINT.match(name))]
-    if not found:
-        return None
-    step, name = max(found)
-    return step, os.path.join(run_dir, name)
-
-
 def load_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_latest(run_dir: str, apply: Callable[[dict[str, Any]], None]) -> int:
+    """Load the newest checkpoint that reads and applies; returns its step (0: none did).
+
+    A truncated or foreign file (a crash mid-copy, a stray file with a higher
+    step) is skipped with a warning naming it, and the next older one is tried.
+    """
+    found = sorted(((int(m.group(1)), name) for name in os.listdir(run_dir) if (m := CHECKPOINT.match(name))),
+                   reverse=True)
+    for step, name in found:
+        path = os.path.join(run_dir, name)
+        try:
+            state = load_checkpoint(path)
+            if not isinstance(state, dict):
+                raise ValueError("not a checkpoint mapping")
+            apply(state)
+            return step
+        except Exception as exc:  # unreadable or not ours: fall back to an older one
+            warnings.warn(f"skipping checkpoint {path}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}", RuntimeWarning, stacklevel=2)
+    if found:
+        warnings.warn(f"no checkpoint in {run_dir} could be restored: the run restarts from step 0",
+                      RuntimeWarning, stacklevel=2)
+    return 0

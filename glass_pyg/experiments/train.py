@@ -1,6 +1,7 @@
 r"""Train and evaluate one experiment config into a run folder; resume from its checkpoints."""
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -54,13 +55,14 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
     start = 0
     if resume is not None:
         folder = resume
-        last = R.last_checkpoint(folder)
-        if last is not None:
-            start, path = last
-            state = R.load_checkpoint(path)
+        def restore(state: dict) -> None:
             task.model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             task.head.load_warm_state(state.get("warm", {}))
+        fresh = (copy.deepcopy(task.model.state_dict()), copy.deepcopy(opt.state_dict()))
+        start = R.restore_latest(folder, restore)
+        if start == 0:  # a checkpoint that failed half-way must not leave its weights behind
+            restore({"model": fresh[0], "optimizer": fresh[1], "warm": {}})
     else:
         folder = R.new_run_dir(out_dir or cfg.log.out_dir, cfg.exp_name)
         R.write_config(folder, cfg.to_dict())
