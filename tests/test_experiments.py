@@ -246,3 +246,23 @@ def test_numbers_in_the_usual_spellings_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  graph: {}\ntrain:\n  lr: 1e-3\n")
     assert load_config(str(path)).train.lr == 1e-3
+
+
+def test_compile_runs_skips_broken_folders_and_marks_unfinished(tmp_path):
+    import shutil
+
+    from glass_pyg.experiments.aggregate import compile_runs
+    done = run(small("graph_sbm_small", tmp_path), quiet=True).run_dir
+    broken, unfinished = tmp_path / "broken_run", tmp_path / "unfinished_run"
+    shutil.copytree(done, broken)
+    shutil.copytree(done, unfinished)
+    (broken / "config.json").write_text("{not json")
+    os.remove(unfinished / "summary.json")
+    _, _, md = compile_runs(str(tmp_path))
+    lines = md.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in lines[2:]
+             if r.startswith("| ")}
+    finished = header.index("finished")
+    assert table[os.path.basename(done)][finished] == "yes" and table["unfinished_run"][finished] == "no"
+    assert "broken_run" not in table and "- `broken_run`: JSONDecodeError" in md
