@@ -1,5 +1,7 @@
 """Compiled band kernels against the torch implementation, and the fallback."""
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -314,3 +316,69 @@ def test_band_extent_is_the_bisection():
         assert torch.equal(lo, search_extent(pred, stair.lo, 0, 350))
         assert torch.equal(hi, search_extent(pred, stair.hi, 349, 350))
         assert (hi - lo).float().mean() > 3  # a real band, not the staircase alone
+
+
+def _fresh(monkeypatch, cache):
+    monkeypatch.setenv("GLASS_PYG_CACHE", str(cache))
+    monkeypatch.setattr(native.build, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
+                                                 "pool": None, "pool_size": 0})
+
+
+def _built(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    _fresh(monkeypatch, cache)
+    assert native.status().startswith("compiled")
+    (lib,) = cache.glob("band_kernels-*.so")
+    return cache, lib
+
+
+def test_cache_refuses_files_and_folders_others_can_write(tmp_path, monkeypatch):
+    cache, lib = _built(tmp_path, monkeypatch)
+    os.chmod(lib, 0o666)  # a library anyone could have replaced
+    _fresh(monkeypatch, cache)
+    assert "writable by others" in native.status() and native.status().startswith("torch")
+    os.chmod(lib, 0o600)
+    os.chmod(cache, 0o777)  # a shared folder
+    _fresh(monkeypatch, cache)
+    assert "cache folder" in native.status() and "writable by others" in native.status()
+    os.chmod(cache, 0o700)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root can make the file another user's
+        os.chown(lib, 12345, -1)
+        _fresh(monkeypatch, cache)
+        assert "belongs to uid 12345" in native.status()
+
+
+def test_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    cache, lib = _built(tmp_path, monkeypatch)
+    good = lib.read_bytes()
+    # a torn copy put in its place (a new file: this process still maps the old one); loading it is SIGBUS
+    torn = tmp_path / "torn.so"
+    torn.write_bytes(good[:4096])
+    os.chmod(torn, 0o600)
+    os.replace(torn, lib)
+    _fresh(monkeypatch, cache)
+    assert native.status().startswith("compiled")
+    assert lib.stat().st_size == len(good)
+
+
+def test_library_missing_a_kernel_falls_back_with_the_reason(tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+    import subprocess
+    cache, lib = _built(tmp_path, monkeypatch)
+    src = tmp_path / "empty.c"
+    src.write_text("int nothing(void) { return 0; }\n")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    other = tmp_path / "other.so"
+    subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(other)], check=True)
+    os.chmod(other, 0o600)
+    os.replace(other, lib)  # a new file: this process still maps the real one
+    lib.with_suffix(".sha256").write_text(hashlib.sha256(lib.read_bytes()).hexdigest() + "\n")
+    # a fresh process (this one's dlopen would hand back the library it already holds under that name)
+    code = ("import torch; from glass_pyg.ot import native, sinkhorn_banded; print(native.status()); "
+            "p = sinkhorn_banded(torch.randn(100, dtype=torch.float64), torch.randn(100, dtype=torch.float64)); "
+            "print(bool(p.converged.all()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "GLASS_PYG_CACHE": str(cache)})
+    status, converged = out.stdout.strip().splitlines()[-2:]
+    assert status.startswith("torch") and "lacks a kernel" in status and converged == "True", out.stderr

@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -61,29 +62,87 @@ def _cache_dir() -> Path:
     return Path(base) / "glass_pyg"
 
 
+def _check_private(path: Path, what: str) -> os.stat_result:
+    """Refuse a path another user could have written: a link, not ours, or writable by group or others."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeError(f"{what} {path} is a symbolic link; refusing it")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise RuntimeError(f"{what} {path} belongs to uid {st.st_uid}, not to this user; refusing it")
+    if st.st_mode & 0o022:
+        raise RuntimeError(f"{what} {path} is writable by others (mode {oct(st.st_mode & 0o777)}); refusing it")
+    return st
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: Path, record: Path) -> bool:
+    """The cached library is ours, private, and has the checksum recorded when it was built."""
+    if not target.exists():
+        return False
+    _check_private(target, "cached library")  # another user's file is refused, never rebuilt over
+    try:
+        return record.read_text().strip() == _digest(target)
+    except OSError:
+        return False
+
+
+def _build(compiler: str, flags: list[str], folder: Path, target: Path, record: Path) -> None:
+    """Compile into a private temporary file in ``folder``, then rename it and record its checksum."""
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)  # mode 0600
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *flags, str(_SOURCES[0]), "-o", tmp, "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:500]}")
+        digest = _digest(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sha256", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(digest + "\n")
+    os.replace(tmp, record)
+
+
 def _compile() -> ctypes.CDLL:
+    r"""Build (or reuse) the kernels in the per-user cache folder and load them.
+
+    Only a private folder and library are trusted: the folder and the file must
+    belong to this user and be writable by nobody else, and the library must
+    match the SHA-256 recorded beside it when it was built. A truncated or
+    altered library is rebuilt; another user's is refused (the solver then runs
+    on torch, and :func:`status` says why).
+    """
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
     flags = _BASE_FLAGS + _cpu_flags()
     source = b"".join(f.read_bytes() for f in _SOURCES)
     key = hashlib.sha256(source + " ".join([compiler, *flags, platform.platform()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"band_kernels-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # compile next to the target and rename: concurrent processes never load half a file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            proc = subprocess.run([compiler, *flags, str(_SOURCES[0]), "-o", tmp, "-lm"],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:500]}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    folder = _cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder, "cache folder")
+    target = folder / f"band_kernels-{key}.so"
+    record = folder / f"band_kernels-{key}.sha256"
+    if not _intact(target, record):
+        _build(compiler, flags, folder, target, record)
+        if not _intact(target, record):
+            raise RuntimeError(f"the library built at {target} does not match its checksum")
     lib = ctypes.CDLL(str(target))
+    try:
+        _bind(lib)
+    except AttributeError as exc:
+        raise RuntimeError(f"{target} lacks a kernel ({exc}); remove it to rebuild") from None
+    return lib
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    """Declare the argument types of every kernel (AttributeError when one is missing)."""
     kinds = {"i": ctypes.c_int64, "p": ctypes.c_void_p, "d": ctypes.c_double}
     for name, sig in _SIGNATURES.items():
         for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
@@ -95,7 +154,6 @@ def _compile() -> ctypes.CDLL:
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
             ctypes.c_int64, ctypes.c_void_p]
-    return lib
 
 
 def _library() -> ctypes.CDLL | None:
