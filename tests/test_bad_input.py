@@ -21,6 +21,11 @@ def _head():
     return GLASS(GraphProjection(4, 2).double(), "sq_euclidean")
 
 
+def _sphere():
+    from glass_pyg.nn import SphereProjection
+    return SphereProjection(K=4, slices=2)
+
+
 X = torch.randn(10, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 ZEROS = torch.zeros(10, dtype=torch.long)
 
@@ -50,6 +55,10 @@ CASES = {
                      ValueError, "source indices"),
     "matching_accuracy negative y": (lambda: metrics.matching_accuracy(torch.arange(3), torch.tensor([0, -1, 2])),
                                      ValueError, "target indices"),
+    "points off the sphere": (lambda: _sphere()(torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])),
+                              ValueError, "row 1 .* norm 2"),
+    "NaN points": (lambda: _sphere()(torch.tensor([[0.0, 0.0, 1.0], [float("nan"), 0.0, 0.0]])),
+                   ValueError, "row 1"),
     "sbm rewiring without room": (lambda: SBMPairDataset(n=10, blocks=1, p_in=1.0, p_out=0.0, rewire_prob=0.5),
                                   ValueError, "rewire_prob"),
 }

@@ -45,7 +45,8 @@ class SphereProjection(torch.nn.Module):
             ``torch.nn`` layers).
 
     Shapes:
-        - **input:** points :math:`(N, 3)` on :math:`S^2`
+        - **input:** points :math:`(N, 3)` on :math:`S^2` (unit norm within 1e-3; other rows, NaN or
+          inf are refused with an error naming the row)
         - **output:** scores :math:`(N, L)`
     """
 
@@ -116,6 +117,14 @@ class SphereProjection(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.size(1) != 3:
             raise ValueError(f"x must be points of shape (N, 3), got {tuple(x.shape)}")
+        if not torch.compiler.is_compiling() and x.numel():
+            # the log map is defined on the unit sphere: points off it (or NaN, inf) are refused, not projected
+            with torch.no_grad():
+                off = ~torch.isfinite(x).all(1) | ((x.norm(dim=1) - 1).abs() > 1e-3)
+            if bool(off.any()):
+                i = int(off.nonzero()[0])
+                raise ValueError(f"x must hold unit vectors (points on S^2): row {i} is {x[i].tolist()} "
+                                 f"with norm {float(x[i].norm()):.6g}; normalise the points first")
         a, u = self.anchors.to(x.dtype), self.directions.to(x.dtype)
         if self.geometry == "geomstats":
             from ..geometry.geomstats_backend import gs_log
