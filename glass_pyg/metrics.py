@@ -11,12 +11,11 @@ import warnings
 from typing import Callable
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
+from .assignment import sparse_assignment
 from .ot.plan import TransportPlan
 
 PlanLike = TransportPlan | Tensor
@@ -90,11 +89,9 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     Otherwise ``assignment`` says how: ``"optimal"`` solves it exactly, with
     scipy's dense ``linear_sum_assignment`` while ``n * m <= 2**22`` (robust to
     the exact ties of structurally equivalent nodes; a dense plan is decoded as
-    a matrix) and beyond that with
-    :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
-    candidates, weights snapped to a grid of ``1e-7`` of their range, which can
-    stall for many minutes on banded supports (SBM n = 10000, 32 candidates
-    per row: over 8 minutes); ``"greedy"`` visits the candidates from the best
+    a matrix) and beyond that with :func:`~glass_pyg.assignment.sparse_assignment`
+    (exact LAPMOD on the candidates; scipy's sparse solver stalled for over 8
+    minutes on SBM n = 10000 with 32 candidates per row); ``"greedy"`` visits the candidates from the best
     down (:func:`greedy_matching`: at least half the optimal weight, never
     stalls). ``None``: optimal while ``n * m <= 2**22``, greedy beyond. When
     the candidates admit no matching of every row (or column, if fewer), pairs
@@ -154,21 +151,8 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
         inside = np.zeros((n, m), dtype=bool)
         inside[r, c] = True
         match, outside = _assign_dense(D, inside, rows_checked=True)
-    else:
-        # scipy's LAPJVsp can stall for minutes on weights that differ by ~1e-12 (near-ties of
-        # structurally equivalent nodes): snap them to a grid of 1e-7 of their range first
-        step = (w.max() - w.min()) * 1e-7 if w.size else 0.0
-        if step > 0:
-            w = 1.0 + np.round((w - 1.0) / step) * step
-        try:
-            match, outside = _match(r, c, w, n, m), 0
-        except ValueError:
-            extra = np.arange(k)
-            penalty = (w.max() if w.size else 1.0) * (k + 1)  # above any matching inside the support
-            match = _match(np.concatenate([r, extra]), np.concatenate([c, extra]),
-                           np.concatenate([w, np.full(k, penalty)]), n, m)
-            support = set(zip(r.tolist(), c.tolist()))
-            outside = sum((i, int(j)) not in support for i, j in enumerate(match) if j >= 0)
+    else:  # exact sparse assignment (LAPMOD), completed by escape pairs: never infeasible
+        match, outside = sparse_assignment(r, c, w, n, m)
     return _matching(match, outside, k, rows.device)
 
 
@@ -228,14 +212,6 @@ def _row_minima_matching(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m:
     match = c[pick].astype(np.int64)
     if np.unique(match).size != n:
         return None
-    return match
-
-
-def _match(r: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, m: int) -> np.ndarray:
-    graph = sp.csr_matrix((w, (r, c)), shape=(n, m))  # duplicates are summed; inputs are coalesced
-    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-    match = np.full(n, -1, dtype=np.int64)
-    match[row_ind] = col_ind
     return match
 
 

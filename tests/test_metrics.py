@@ -68,7 +68,7 @@ def test_distinct_row_maxima_skip_the_assignment_solver(seed, monkeypatch):
         raise AssertionError("the assignment solver ran")
 
     monkeypatch.setattr(M, "linear_sum_assignment", no_solver)
-    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_solver)
+    monkeypatch.setattr(M, "sparse_assignment", no_solver)
     got = M.to_permutation(P.to_sparse())
     assert got.tolist() == perm.tolist() == list(ref)
     assert M.to_permutation(P).tolist() == perm.tolist()  # dense, as a matrix
@@ -106,7 +106,7 @@ def test_sparse_support_below_the_limit_uses_the_dense_solver(monkeypatch):
     def no_sparse(*args, **kwargs):
         raise AssertionError("the sparse solver ran")
 
-    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_sparse)
+    monkeypatch.setattr(M, "sparse_assignment", no_sparse)
     for cost in (None, lambda r, c: D[r, c]):
         perm = M.to_permutation(P.to_sparse(), cost)
         assert sorted(perm.tolist()) == list(range(30))
@@ -133,7 +133,7 @@ def test_greedy_assignment_beyond_the_dense_limit(monkeypatch):
         raise AssertionError("an exact solver ran")
 
     monkeypatch.setattr(M, "linear_sum_assignment", no_solver)
-    monkeypatch.setattr(M, "min_weight_full_bipartite_matching", no_solver)
+    monkeypatch.setattr(M, "sparse_assignment", no_solver)
     gen = torch.Generator().manual_seed(8)
     P = random_sparse_plan(12, 12, 0.5, gen)
     P[torch.arange(12), torch.randperm(12, generator=gen)] = 0.3  # a full matching inside the support
