@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,8 +198,9 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         restarts: perturbed descents at most after a first one that does not localise
             (``0``: the uniform start alone).
         seed: of the perturbations.
-        dtype: of the plan; default float64 while ``n * m <= 2^22``, float32 beyond
-            (half the memory and time of the dense products).
+        dtype: of the plan, float32 by default (half the memory and time of float64's
+            dense products; on the benchmark pairs both gave the same matchings in the
+            same number of steps).
 
     Returns:
         :class:`ConsensusMatching`: the best descent's plan and refined matching;
@@ -223,7 +225,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         raise ValueError(f"both graphs need nodes, got num_nodes={num_nodes}")
     t0 = time.perf_counter()
     if dtype is None:
-        dtype = torch.float64 if n * m <= _DENSE_PRODUCTS else torch.float32
+        dtype = torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     A, B = _adjacency(edge_index_s, n, "edge_index_s", dtype), _adjacency(edge_index_t, m, "edge_index_t", dtype)
@@ -255,7 +257,10 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         T, it, settled = _gw_descent(A, B, const, T, eps, max_iter, inner_iter, check_every, patience,
                                      source, target_keys)
         steps += it
-        perm = refine_matching(metrics.to_permutation(T), edge_index_s, edge_index_t, num_nodes=(n, m),
+        with warnings.catch_warnings():  # entries that underflowed leave no full matching: refined next
+            warnings.simplefilter("ignore", metrics.DecodingWarning)
+            start_perm = metrics.to_permutation(T)
+        perm = refine_matching(start_perm, edge_index_s, edge_index_t, num_nodes=(n, m),
                                max_rounds=refine_rounds).perm
         score = _preserved(perm, source, target_keys, m)
         history.append(score)

@@ -166,3 +166,13 @@ def test_distinct_pairs_uniform():
     assert ((counts[1:] - expected).abs() < 5 * expected ** 0.5).all()
     with pytest.raises(ValueError, match="distinct pairs"):
         distinct_pairs(10, 5, None, gen, forbidden=forbidden)
+
+
+def test_in_memory_datasets_leave_no_folder(tmp_path, monkeypatch):
+    from glass_pyg.datasets import SpherePairDataset
+    monkeypatch.chdir(tmp_path)
+    SBMPairDataset(None, n=30, seed=0)
+    SpherePairDataset(n=30, seed=0)
+    assert os.listdir(tmp_path) == []
+    SBMPairDataset(str(tmp_path / "root"), n=30, seed=0)
+    assert os.listdir(tmp_path / "root") == ["processed"]  # nothing to download: no raw folder

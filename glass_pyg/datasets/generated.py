@@ -63,6 +63,10 @@ class GeneratedPairDataset(InMemoryDataset):
     def download(self) -> None:  # generated, nothing to download
         pass
 
+    def _download(self) -> None:
+        # PyG's version creates ``root/raw`` (``???/raw`` in the working folder when root is None)
+        pass
+
     def _process(self) -> None:
         # PyG's version unpickles processed/pre_transform.pt (weights_only=False); this one reads it as a string
         if self._in_memory:  # generated in __init__, nothing on disk
