@@ -266,3 +266,13 @@ def test_compile_runs_skips_broken_folders_and_marks_unfinished(tmp_path):
     finished = header.index("finished")
     assert table[os.path.basename(done)][finished] == "yes" and table["unfinished_run"][finished] == "no"
     assert "broken_run" not in table and "- `broken_run`: JSONDecodeError" in md
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        folder = run(small("graph_sbm_small", tmp_path, steps=1), quiet=True).run_dir
+    finally:
+        os.umask(old)
+    for name in ("config.json", "metrics.csv", "summary.json", "state_step000001.pt"):
+        assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o644, name
