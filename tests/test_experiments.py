@@ -276,3 +276,15 @@ def test_run_files_follow_the_umask(tmp_path):
         os.umask(old)
     for name in ("config.json", "metrics.csv", "summary.json", "state_step000001.pt"):
         assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o644, name
+
+
+def test_help_and_configs_do_not_import_torch():
+    code = ("import sys, contextlib, io\nfrom glass_pyg.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['configs'])\n"
+            "print('torch' in sys.modules, 'torch_geometric' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+    out = subprocess.run([sys.executable, "-c", "import glass_pyg; print(glass_pyg.align_sphere.__name__, "
+                          "glass_pyg.nn.GLASS.__name__, glass_pyg.consensus.gw_consensus.__name__)"],
+                         capture_output=True, text=True)
+    assert out.stdout.split() == ["align_sphere", "GLASS", "gw_consensus"], out.stderr
