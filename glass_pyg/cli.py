@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._optional import MissingOptionalDependency
     from .experiments.config import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:  # the command line or the config: one clear line, status 2
         print(f"glass-pyg: error: {exc}", file=sys.stderr)
         return 2
+    except MissingOptionalDependency as exc:  # the message names the extra that installs it
+        print(f"glass-pyg: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a folder that is a file, read-only, missing, full: one clear line, status 1
         where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
         print(f"glass-pyg: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)

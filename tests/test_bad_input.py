@@ -69,3 +69,17 @@ def test_bad_input_is_named(name):
     fn, exc, match = CASES[name]
     with pytest.raises(exc, match=match):
         fn()
+
+
+@pytest.mark.parametrize("module, extra", [("matplotlib", "plot"), ("ot", "bench")])
+def test_missing_optional_dependency_names_the_extra(module, extra, monkeypatch):
+    import sys
+
+    from glass_pyg._optional import pyplot, require
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match=rf"pip install 'glass-pyg\[{extra}\]'"):
+        pyplot() if module == "matplotlib" else require(module, "the entropic GW baseline")
+    if module == "ot":
+        from glass_pyg.baselines import graph
+        with pytest.raises(ImportError, match="POT"):
+            graph.entropic_gw(__import__("numpy").eye(3), __import__("numpy").eye(3))

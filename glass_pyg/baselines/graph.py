@@ -28,6 +28,8 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .._optional import require
+
 
 @dataclass
 class Matching:
@@ -127,7 +129,7 @@ def entropic_gw(a: np.ndarray, b: np.ndarray, epsilon: float | None = None, max_
     ``epsilon`` defaults to ``0.25 * density(a) * density(b)``, the scale of
     the square loss between two adjacency matrices.
     """
-    import ot
+    ot = require("ot", "the entropic GW baseline")
     n, m = a.shape[0], b.shape[0]
     if epsilon is None:
         da = a.sum() / max(n * (n - 1), 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._optional import require
 from ..geometry.sphere import pairwise_geodesic_distance
 from .graph import Matching, assign
 
@@ -30,7 +31,7 @@ def sphere_gw(x, y, epsilon: float = 5e-3, max_iter: int = 1000, tol: float = 1e
     Rotation-invariant (it sees only distances within each set), so it also
     matches rotated sets, up to the symmetries of the point cloud.
     """
-    import ot
+    ot = require("ot", "the entropic GW baseline")
     cx, cy = _geodesic(x, x), _geodesic(y, y)
     n, m = cx.shape[0], cy.shape[0]
     plan = np.asarray(ot.gromov.entropic_gromov_wasserstein(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, Callable, Iterable, Sequence
 
+from .._optional import pyplot
 from .run_dir import atomic_write_text
 
 
@@ -280,9 +281,7 @@ def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], st
 
     Written atomically as PNG. Cells where no run finished are left out of the line.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     panels = list(dict.fromkeys(panel(r) for r in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, name in zip(axes[0], panels):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import losses
+from .._optional import pyplot
 from ..datasets import SBMPairDataset, SpherePairDataset
 from ..nn import GLASS, DiffusionFeatures, GraphProjection, SphereProjection
 from .bench_common import Table, save_figure
@@ -189,9 +190,7 @@ def slopes(table: Table, key: str = "step_s") -> list[dict[str, Any]]:
 
 def plot(table: Table, path: str) -> None:
     """Log-log plot of the step time and its OT part per series, written atomically as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in table.rows:

@@ -5,15 +5,13 @@ import os
 
 import torch
 
+from .._optional import pyplot
 from . import run_dir as R
 from .tasks import Task
 
 
 def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot()
 
 
 def plot_curves(run_dir: str) -> str:
