@@ -57,6 +57,11 @@ def _train(kind: str):
                 raise UsageError("--resume continues a run with its own config; "
                                  "do not pass --config or --set with it")
             cfg = resume_config(args.resume)
+            from .experiments.run_dir import read_summary
+            done = read_summary(args.resume)
+            if done is not None:
+                raise UsageError(f"{args.resume} is a finished run (step {done.get('steps')}, accuracy "
+                                 f"{done.get('accuracy')}): nothing to resume; start a new run with --config")
         elif not args.config:
             raise UsageError("--config is required (a path or a shipped name; see `glass-pyg configs`)")
         else:

@@ -288,3 +288,24 @@ def test_help_and_configs_do_not_import_torch():
                           "glass_pyg.nn.GLASS.__name__, glass_pyg.consensus.gw_consensus.__name__)"],
                          capture_output=True, text=True)
     assert out.stdout.split() == ["align_sphere", "GLASS", "gw_consensus"], out.stderr
+
+
+def test_resume_says_where_and_refuses_a_finished_run(tmp_path, capsys):
+    from glass_pyg.cli import main
+    cfg = small("graph_sbm_small", tmp_path, steps=4, extra=("train.stop_when_stable=0",))
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(row):
+        if row["step"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cfg, quiet=True, progress=crash)
+    (folder,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    assert main(["graph", "--resume", folder]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming {folder} from step 3 of 4" in err
+    assert main(["graph", "--resume", folder]) == 2
+    assert "is a finished run" in capsys.readouterr().err

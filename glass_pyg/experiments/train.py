@@ -63,6 +63,8 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
         start = R.restore_latest(folder, restore)
         if start == 0:  # a checkpoint that failed half-way must not leave its weights behind
             restore({"model": fresh[0], "optimizer": fresh[1], "warm": {}})
+        if not quiet:
+            print(f"resuming {folder} from step {start} of {cfg.train.steps}", file=sys.stderr, flush=True)
     else:
         folder = R.new_run_dir(out_dir or cfg.log.out_dir, cfg.exp_name)
         R.write_config(folder, cfg.to_dict())
