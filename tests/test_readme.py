@@ -24,3 +24,14 @@ def test_sphere_alignment_example_runs(capsys):
     line = capsys.readouterr().out.strip()
     m = re.match(r"rotation error ([\d.]+) deg, accuracy ([\d.]+), ([\d.]+) s", line)
     assert m and float(m.group(1)) < 0.5 and float(m.group(2)) > 0.7
+
+
+def test_solver_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in an empty folder, as a user would paste it
+    text = open(README).read()
+    section = text.split("## The solver", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["P"].shape == (4, 10_000, 12_000) and scope["loss"].shape == (4,)
+    assert bool((scope["loss"] > 0).all()) and os.listdir(tmp_path) == []
