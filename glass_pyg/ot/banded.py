@@ -14,6 +14,7 @@ from . import validation as V
 from .validation import ConvergenceWarning
 from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase
 from .blocks import blockwise, window_gather
+from .expectation import BandCost
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
 from .plan import TransportPlan, inverse_permutation
@@ -305,11 +306,7 @@ def _check_init(x: Tensor, L: int, n: int, name: str) -> Tensor:
 def _finish(values, ss, ts, gam, band, stair, st, ref, perm_s, perm_t, err, omitted, tol,
             total_iter, newton_steps, in_dtype, batched, warn) -> TransportPlan:
     L, n = ss.shape
-    if native.usable(values, ss, ts):
-        cost = native.row_cost(values, band.row_start, band.width, ss, ts, band.row_lo, band.row_hi).sum(-1)
-    else:
-        cost = blockwise(lambda sl: (values[:, sl] * (ss[:, sl].unsqueeze(-1) - window_gather(
-            ts, band.row_start[:, sl], band.width)) ** 2).sum(-1), L, n, band.width, ss.device).sum(-1)
+    cost = BandCost.apply(values, ss, ts, band)
     inv_s, inv_t = inverse_permutation(perm_s), inverse_permutation(perm_t)
     g = ref.gamma.unsqueeze(-1)
     f = torch.gather(st.phi.detach().double() * g + ref.f0, 1, inv_s)
