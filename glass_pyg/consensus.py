@@ -52,10 +52,10 @@ class ConsensusMatching:
     """The result of :func:`gw_consensus`."""
 
     perm: Tensor  #: ``(n,)`` target of every source node (``-1``: unmatched)
-    plan: Tensor  #: ``(n, m)`` the last entropic GW plan (dense)
-    iterations: int  #: outer GW steps run
+    plan: Tensor  #: ``(n, m)`` the entropic GW plan of the best descent (dense)
+    iterations: int  #: outer GW steps run, all descents together
     preserved: float  #: fraction of the source's edges that ``perm`` maps onto target edges
-    history: tuple[float, ...]  #: ``preserved`` at every check
+    history: tuple[float, ...]  #: ``preserved`` of every descent's refined matching
     seconds: float
 
 
