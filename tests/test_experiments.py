@@ -71,23 +71,29 @@ def _strip_time(rows):
     return [{k: v for k, v in r.items() if k != "runtime_sec"} for r in rows]
 
 
+class Interrupt(Exception):
+    pass
+
+
+def crashed_run(cfg, out_dir, at_step):
+    """Run ``cfg`` into a fresh ``out_dir`` until the row of ``at_step`` is written, then crash; the run folder."""
+    def crash(row):
+        if row["step"] == at_step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cfg, quiet=True, out_dir=str(out_dir), progress=crash)
+    (folder,) = [os.path.join(out_dir, d) for d in os.listdir(out_dir)]
+    return folder
+
+
 @pytest.mark.parametrize("name", ["graph_sbm_small", "manifold_s2_small"])
 def test_deterministic_and_resumable(name, tmp_path):
     cfg = small(name, tmp_path / "a", steps=6, extra=("log.save_every=3",))
     full = R.read_metrics(run(cfg, quiet=True).run_dir)
     again = R.read_metrics(run(cfg, quiet=True, out_dir=str(tmp_path / "b")).run_dir)
     assert _strip_time(full) == _strip_time(again)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash(row):
-        if row["step"] == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(cfg, quiet=True, out_dir=str(tmp_path / "c"), progress=crash)
-    (folder,) = [os.path.join(tmp_path / "c", d) for d in os.listdir(tmp_path / "c")]
+    folder = crashed_run(cfg, tmp_path / "c", 4)
     assert [int(r["step"]) for r in R.read_metrics(folder)] == [0, 1, 2, 3, 4]  # every finished row kept
     state = torch.load(os.path.join(folder, "state_step000003.pt"), weights_only=True)
     assert state["step"] == 3
@@ -192,17 +198,7 @@ def test_reference_sphere_configs_succeed_as_shipped(name, tmp_path):
 def test_resume_skips_a_corrupt_checkpoint_and_a_torn_row(tmp_path):
     cfg = small("graph_sbm_small", tmp_path / "a", steps=6, extra=("log.save_every=2", "train.stop_when_stable=0"))
     full = R.read_metrics(run(cfg, quiet=True).run_dir)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash(row):
-        if row["step"] == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(cfg, quiet=True, out_dir=str(tmp_path / "c"), progress=crash)
-    (folder,) = [os.path.join(tmp_path / "c", d) for d in os.listdir(tmp_path / "c")]
+    folder = crashed_run(cfg, tmp_path / "c", 5)
     newest = os.path.join(folder, "state_step000004.pt")
     with open(newest, "r+b") as fh:  # a crash while the newest checkpoint was copied
         fh.truncate(os.path.getsize(newest) // 2)
@@ -293,17 +289,7 @@ def test_help_and_configs_do_not_import_torch():
 def test_resume_says_where_and_refuses_a_finished_run(tmp_path, capsys):
     from glass_pyg.cli import main
     cfg = small("graph_sbm_small", tmp_path, steps=4, extra=("train.stop_when_stable=0",))
-
-    class Interrupt(Exception):
-        pass
-
-    def crash(row):
-        if row["step"] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(cfg, quiet=True, progress=crash)
-    (folder,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    folder = crashed_run(cfg, tmp_path, 3)
     assert main(["graph", "--resume", folder]) == 0
     err = capsys.readouterr().err
     assert f"resuming {folder} from step 3 of 4" in err

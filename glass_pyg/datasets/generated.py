@@ -60,12 +60,8 @@ class GeneratedPairDataset(InMemoryDataset):
     def raw_file_names(self) -> list[str]:
         return []
 
-    def download(self) -> None:  # generated, nothing to download
-        pass
-
-    def _download(self) -> None:
-        # PyG's version creates ``root/raw`` (``???/raw`` in the working folder when root is None)
-        pass
+    # no ``download``: PyG then skips its download step, which would create ``root/raw``
+    # (``???/raw`` in the working folder when root is None)
 
     def _process(self) -> None:
         # PyG's version unpickles processed/pre_transform.pt (weights_only=False); this one reads it as a string

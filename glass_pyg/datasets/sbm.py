@@ -43,11 +43,11 @@ def rewire(edges: Tensor, n: int, count: int, gen: torch.Generator) -> Tensor:
     keys = torch.sort(edges[:, 0] * n + edges[:, 1]).values
     keep = torch.ones(edges.size(0), dtype=torch.bool)
     keep[torch.randperm(edges.size(0), generator=gen)[:count]] = False
-    free = n * (n - 1) // 2 - keys.numel()
-    if count > free:
-        raise ValueError(f"rewiring moves {count} edges but the graph has only {free} non-edges to move them "
-                         f"to (n={n}, {keys.numel()} edges): lower rewire_prob or the block densities")
-    added = distinct_pairs(count, n, None, gen, forbidden=keys)
+    try:
+        added = distinct_pairs(count, n, None, gen, forbidden=keys)
+    except ValueError as exc:  # fewer non-edges than edges to move
+        raise ValueError(f"rewiring moves {count} of {keys.numel()} edges (n={n}): {exc}; lower rewire_prob "
+                         "or the block densities") from None
     return torch.cat([edges[keep], added])
 
 

@@ -8,7 +8,6 @@ import platform
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
+
+from ..._atomic import atomic_path
 
 _DIR = Path(__file__).parent
 _SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h")
@@ -89,24 +90,16 @@ def _intact(target: Path, record: Path) -> bool:
         return False
 
 
-def _build(compiler: str, flags: list[str], folder: Path, target: Path, record: Path) -> None:
-    """Compile into a private temporary file in ``folder``, then rename it and record its checksum."""
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)  # mode 0600
-    os.close(fd)
-    try:
+def _build(compiler: str, flags: list[str], target: Path, record: Path) -> None:
+    """Compile into a temporary file beside ``target`` (the private cache), rename it, record its checksum."""
+    with atomic_path(str(target)) as tmp:
         proc = subprocess.run([compiler, *flags, str(_SOURCES[0]), "-o", tmp, "-lm"],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:500]}")
         digest = _digest(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sha256", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(digest + "\n")
-    os.replace(tmp, record)
+    with atomic_path(str(record)) as tmp:
+        Path(tmp).write_text(digest + "\n")
 
 
 def _compile() -> ctypes.CDLL:
@@ -130,7 +123,7 @@ def _compile() -> ctypes.CDLL:
     target = folder / f"band_kernels-{key}.so"
     record = folder / f"band_kernels-{key}.sha256"
     if not _intact(target, record):
-        _build(compiler, flags, folder, target, record)
+        _build(compiler, flags, target, record)
         if not _intact(target, record):
             raise RuntimeError(f"the library built at {target} does not match its checksum")
     lib = ctypes.CDLL(str(target))
