@@ -34,16 +34,30 @@ def test_plan_accessors_agree_with_dense(plan_and_dense):
     assert plan.band_halfwidth.shape == (3,) and plan.band_radius.shape == (3,)
 
 
-def test_averaged_plan_keeps_every_window_pair(gen):
-    # the lifted decoding searches the averaged plan's stored pairs: the band windows, zeros included
-    s = torch.randn(2, 300, generator=gen, dtype=torch.float64)
-    t = torch.randn(2, 280, generator=gen, dtype=torch.float64) + 1.0
-    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+@pytest.mark.parametrize("merge", ["dense buffer", "sort"])
+def test_averaged_plan_keeps_every_window_pair(gen, merge, monkeypatch):
+    # the lifted decoding searches the averaged plan's stored pairs: the band windows, zeros included;
+    # both ways of merging the slices give the same pattern, values and gradient
+    import glass_pyg.ot.plan as plan_module
+    n, m = (300, 280) if merge == "dense buffer" else (3000, 2900)  # the second: windows narrow against m
+    if merge == "sort":
+        monkeypatch.setattr(plan_module, "_DENSE_MERGE", 0)
+    s = torch.randn(2, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, m, generator=gen, dtype=torch.float64) + 1.0
+    plan = sinkhorn_banded(s, t, gamma=1.0 if merge == "dense buffer" else 0.02, temperature="rank")
+    if merge == "sort":
+        assert n * m > 8 * plan.values.numel()
     rows, cols = plan.index_pairs()
-    pairs = torch.unique(rows.flatten() * 280 + cols.flatten())
+    pairs = torch.unique(rows.flatten() * m + cols.flatten())
     avg = plan.averaged()
-    assert avg._nnz() == pairs.numel() and bool((plan.values == 0).any())
-    torch.testing.assert_close(avg.to_dense(), plan.to_dense().mean(0))
+    assert avg.is_coalesced() and avg._nnz() == pairs.numel() and bool((plan.values == 0).any())
+    torch.testing.assert_close(avg.indices(), torch.stack([pairs // m, pairs % m]))
+    dense = plan.to_dense().mean(0)
+    torch.testing.assert_close(avg.to_dense(), dense)
+    w = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    got, = torch.autograd.grad((avg.to_dense() * w).sum(), s, retain_graph=True)
+    want, = torch.autograd.grad((dense * w).sum(), s)
+    torch.testing.assert_close(got, want)
 
 
 def test_unbatched_shapes_and_original_order(gen):

@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 
 from .. import losses, metrics
-from ..consensus import gw_consensus, preserved_edges
 from ..datasets import SBMPairDataset, SpherePairDataset
+from ..graph_matching import match_graphs
 from ..geometry.rotation import rotation_error_deg
 from ..nn import GLASS, DiffusionFeatures, GLASSOutput, GraphProjection, LearnedRotation, SphereProjection
-from ..refinement import refine_matching
 from ..sphere_alignment import align_sphere
 from .config import ExperimentConfig
 
@@ -66,23 +65,17 @@ class Task:
         return row
 
     def _graph_answer(self, out: GLASSOutput) -> dict[str, Any]:
-        """Graphs: the lifted decoding seeds the neighbourhood refinement; where that matching keeps under
-        half the source's edges (it has not bootstrapped) the GW consensus stage runs, and the matching
-        that preserves more edges (the quadratic objective, no labels) is the answer."""
-        lifted = metrics.to_permutation(out.plan, self.cost())
-        n = (self.src.size(0), self.dst.size(0))
-        lifted_acc = metrics.matching_accuracy(lifted, self.y)
-        perm = refine_matching(lifted, self.edges[0], self.edges[1], num_nodes=n).perm
-        kept = preserved_edges(perm, self.edges[0], self.edges[1], n[1])
-        if self.consensus == "always" or (self.consensus == "auto" and kept < 0.5):
-            if self._consensus is None:
-                self._consensus = gw_consensus(self.edges[0], self.edges[1], n, seed=self.seed)
-                self.stage_seconds += self._consensus.seconds
-            if self._consensus.preserved > kept:
-                perm, kept = self._consensus.perm, self._consensus.preserved
-        self.answer = perm
-        return {"accuracy": metrics.matching_accuracy(perm, self.y), "edges_preserved": kept,
-                "perm_acc_refined": lifted_acc}
+        """Graphs: the pipeline of :func:`~glass_pyg.graph_matching.match_graphs` (decoding, refinement,
+        the GW consensus stage where the refinement does not take hold); the consensus result does not
+        depend on trained parameters, so it is computed once and reused."""
+        res = match_graphs(out.plan, self.cost(), self.edges[0], self.edges[1], consensus=self.consensus,
+                           seed=self.seed, reuse=self._consensus)
+        if res.consensus is not None and self._consensus is None:
+            self._consensus = res.consensus
+            self.stage_seconds += res.consensus.seconds
+        self.answer = res.perm
+        return {"accuracy": metrics.matching_accuracy(res.perm, self.y), "edges_preserved": res.preserved,
+                "perm_acc_refined": metrics.matching_accuracy(res.lifted, self.y)}
 
 
 def _head(cfg: ExperimentConfig, projection: torch.nn.Module, cost: str) -> GLASS:
