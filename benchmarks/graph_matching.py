@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glass_pyg.experiments import bench_graph as G
-from glass_pyg.experiments.bench_common import machine, render, rerender, settings_line
+from harness import graph as G
+from harness.common import machine, render, rerender, settings_line
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from glass_pyg.experiments import bench_scaling as S
-from glass_pyg.experiments.bench_common import Table, machine
+from harness import scaling as S
+from harness.common import Table, machine
 from glass_pyg.experiments.run_dir import atomic_write_text
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glass_pyg.experiments import bench_sphere as S
-from glass_pyg.experiments.bench_common import machine, render, rerender, settings_line
+from harness import sphere as S
+from harness.common import machine, render, rerender, settings_line
 
 
 def main(argv=None) -> int:

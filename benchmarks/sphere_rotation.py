@@ -27,7 +27,7 @@ import time
 import torch
 
 from glass_pyg.datasets import SpherePairDataset
-from glass_pyg.experiments.bench_common import machine
+from harness.common import machine
 from glass_pyg.geometry.rotation import rotation_error_deg, so3_exp
 from glass_pyg.geometry.sliced import descend_rotation, fibonacci_directions
 from glass_pyg.nn import SphereProjection

@@ -11,11 +11,13 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["datasets", "losses", "metrics", "nn", "ot", "align_sphere", "SphereAlignment", "__version__"]
+__all__ = ["datasets", "losses", "metrics", "nn", "ot", "align_sphere", "SphereAlignment", "match_graphs",
+           "GraphMatching", "__version__"]
 
 _SUBMODULES = ("datasets", "losses", "metrics", "nn", "ot", "geometry", "consensus", "refinement", "assignment",
-               "baselines", "sphere_alignment", "experiments")
-_FROM = {"align_sphere": "sphere_alignment", "SphereAlignment": "sphere_alignment"}
+               "baselines", "sphere_alignment", "graph_matching", "experiments")
+_FROM = {"align_sphere": "sphere_alignment", "SphereAlignment": "sphere_alignment", "match_graphs": "graph_matching",
+         "GraphMatching": "graph_matching"}
 
 
 def __getattr__(name: str) -> Any:

@@ -86,9 +86,15 @@ def _print_final(result) -> None:
 
 
 def _configs(args: argparse.Namespace) -> int:
-    from .experiments.config import shipped_configs
-    for name in shipped_configs():
-        print(name)
+    from .experiments.config import describe_configs
+    rows, grids = describe_configs()
+    rows = [("name", "kind", "grid", "varies")] + rows
+    width = [max(len(r[k]) for r in rows) for k in range(3)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:3], width)) + "  " + r[3])
+    print("\ngrids (the experiments of the original GLASS README):")
+    for gid, about in grids.items():
+        print(f"  {gid}: {about}")
     return 0
 
 
@@ -100,23 +106,33 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def sweep_names(patterns: list[str]) -> list[str]:
+    """Config names of a sweep: files as given, a grid id (``G1``) for all its points, or shell globs of names."""
     import os
 
-    from .experiments.aggregate import compile_runs
-    from .experiments.config import load_config, shipped_configs
-    from .experiments.train import run
+    from .experiments.config import shipped_configs
+    from .experiments.grids import grid_points
 
     names: list[str] = []
-    for pattern in args.configs:
+    for pattern in patterns:
         if os.path.isfile(pattern):
             names.append(pattern)
             continue
         pat = pattern[:-5] if pattern.endswith(".yaml") else pattern
-        hits = [n for n in shipped_configs() if fnmatch.fnmatchcase(n, pat)]
+        hits = [p.name for p in grid_points().values() if p.grid == pat]
+        hits = hits or [n for n in shipped_configs() if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise UsageError(f"no config file or shipped config matches {pattern!r}")
+            raise UsageError(f"no config file, grid or shipped config matches {pattern!r}")
         names.extend(hits)
+    return names
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments.aggregate import compile_runs
+    from .experiments.config import load_config
+    from .experiments.train import run
+
+    names = sweep_names(args.configs)
     out_dir = args.out_dir or "runs"
     configs = [load_config(n, args.set) for n in names]  # validate all before running any
     for k, (name, cfg) in enumerate(zip(names, configs), 1):
@@ -148,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--logdir", default="runs")
     cr.add_argument("--out", help="output prefix (default LOGDIR/summary): writes .csv and .md")
     cr.set_defaults(func=_compile)
-    sw = sub.add_parser("sweep", help="run several configs (names, paths or globs) and compile them")
+    sw = sub.add_parser("sweep", help="run several configs (names, paths, grid ids such as G1, or globs) "
+                                         "and compile them")
     sw.add_argument("configs", nargs="+")
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     sw.add_argument("--out_dir", "--out-dir")

@@ -1,6 +1,12 @@
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
+
+# the benchmark harness (benchmarks/harness) is not part of the installed package: its tests import it from there
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from glass_pyg.experiments import bench_common as C
-from glass_pyg.experiments import bench_graph as G
+from harness import common as C
+from harness import graph as G
 
 
 def sleepy(seconds):
@@ -67,6 +67,8 @@ def test_graph_bench_rows_on_a_small_instance():
     inst = G.instance(90, 0.0, seed=0)
     settings = G.GlassSettings(steps=2)
     row = G.bench_one("glass", inst, settings)
+    trained = G.bench_one("glass_trained", inst, settings)
+    assert row["train_s"] < trained["train_s"] and trained["acc_refined"] == 1.0
     assert row["acc_refined"] == 1.0 and row["edges_preserved"] == pytest.approx(1.0)
     assert 0 <= row["acc_argmax"] <= 1 and 0 <= row["hits_at_5"] <= 1
     assert {"features_s", "train_s", "match_s", "pipeline_s", "diagnostics_s"} <= set(row)
@@ -83,7 +85,7 @@ def test_graph_bench_rows_on_a_small_instance():
 
 
 def test_sphere_bench_rows_on_a_small_instance():
-    from glass_pyg.experiments import bench_sphere as S
+    from harness import sphere as S
     inst = S.instance(60, 1.0, "10", seed=0)
     assert 0 < inst["true_angle_deg"] <= 10
     row = S.bench_one("glass", inst, S.SphereGlassSettings(steps=3, slices=2))
@@ -95,7 +97,7 @@ def test_sphere_bench_rows_on_a_small_instance():
 
 
 def test_scaling_rows_and_slopes(tmp_path):
-    from glass_pyg.experiments import bench_scaling as S
+    from harness import scaling as S
     cfg = S.ScalingConfig(sphere_sizes=[32, 64, 128], temperatures=[("rank", 1.0)], repeats=1)
     table = S.run(cfg, ["sphere"])
     assert [r["n"] for r in table.rows] == [32, 64, 128]
@@ -109,7 +111,7 @@ def test_scaling_rows_and_slopes(tmp_path):
 
 
 def test_scaling_series_stop_before_a_size_that_cannot_fit(monkeypatch):
-    from glass_pyg.experiments import bench_scaling as S
+    from harness import scaling as S
 
     monkeypatch.setattr(S, "_physical_memory", lambda: 24 * 2**30)
     # quadratic growth (absolute temperature): 0.7 s -> 10.8 s from n = 1024 to 4096

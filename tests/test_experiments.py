@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -28,6 +29,30 @@ def test_every_reference_config_ships_and_validates():
     assert load_config("_auto_s2_M1_tie_K16_g0.10").model.K == 16
     assert load_config("_auto_s2_M1_K8_g0.10.yaml").model.gate_mode == "fixed"
     assert load_config("_auto_s2_M2_r30").model.chart_radius_deg == 30
+    g2 = load_config("_auto_sbm_G2_q16_tau1.0", ["train.steps=7"])  # a point, then the user's overrides
+    assert (g2.model.cheby_degree, g2.model.tau, g2.exp_name, g2.train.steps) == (16, 1.0, "sbm_G2_q16_tau1.0", 7)
+    assert load_config("_auto_sbm_G1_noise_rw0.05").data.rewire_prob == 0.05
+    assert load_config("_auto_s2_M4_n64").data.n == 64 and load_config("_auto_s2_M4_n64").kind == "manifold"
+
+
+def test_grid_points_are_their_base_with_the_varied_values():
+    from glass_pyg.cli import UsageError, sweep_names
+    from glass_pyg.experiments.config import describe_configs
+    from glass_pyg.experiments.grids import grid_points
+    base = load_config("graph_sbm_small")
+    point = grid_points()["_auto_sbm_G2_q8_tau0.2"]
+    assert dict(point.values) == {"model.graph.cheby_degree": 8, "model.graph.tau": 0.2}
+    got = load_config(point.name)
+    assert got == dataclasses.replace(base, exp_name="sbm_G2_q8_tau0.2",
+                                      model=dataclasses.replace(base.model, cheby_degree=8, tau=0.2))
+    assert sweep_names(["G3"]) == [f"_auto_sbm_G3_n{n}" for n in (500, 1000, 2000, 4000)]
+    assert sweep_names(["_auto_s2_M2_r*"]) == [f"_auto_s2_M2_r{r}" for r in (10, 20, 30, 40)]
+    with pytest.raises(UsageError, match="G9"):
+        sweep_names(["G9"])
+    rows, grids = describe_configs()
+    by_name = {r[0]: r for r in rows}
+    assert by_name["_auto_s2_M1_K16_g0.10"][1:] == ("manifold", "M1", "gate_mode=fixed K=16 gamma=0.1")
+    assert by_name["graph_sbm_small"][1:3] == ("graph", "-") and set(grids) == {"M1", "M2", "M4", "G1", "G2", "G3"}
     assert load_config("_auto_sbm_G2_q24_tau1.0").model.cheby_degree == 24
     assert load_config("_auto_sbm_G1_noise_rw0.05").data.rewire_prob == 0.05
     assert load_config("_auto_sbm_G3_n4000").data.n == 4000
@@ -117,6 +142,8 @@ def cli(*args, cwd):
 def test_cli_end_to_end(tmp_path):
     out = cli("configs", cwd=tmp_path)
     assert out.returncode == 0 and "_auto_sbm_G3_n4000" in out.stdout.split()
+    line = next(row for row in out.stdout.splitlines() if row.startswith("_auto_sbm_G1_n500 "))
+    assert line.split() == ["_auto_sbm_G1_n500", "graph", "G1", "n=500"]
     out = cli("graph", "--config", "graph_sbm_small", "--set", "train.steps=3", "data.n=45",
               "--out_dir", "runs", "--plot", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

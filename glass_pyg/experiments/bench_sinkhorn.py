@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 import threading
 import time
@@ -24,7 +25,16 @@ from pathlib import Path
 import torch
 
 from ..ot import sinkhorn_banded, sinkhorn_dense
-from .bench_common import rss_mib
+
+
+def rss_mib() -> float:
+    """Resident memory of this process in MiB (0 where ``/proc`` is not available)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # not Linux
+        return 0.0
+
 
 
 @dataclass

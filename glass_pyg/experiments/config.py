@@ -234,44 +234,68 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> di
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         path, text = item.split("=", 1)
-        value = _yaml(text, f"override {item!r}") if text.strip() else None
-        keys = path.strip().split(".")
-        node = out
-        for k in keys[:-1]:
-            if k not in node or not isinstance(node[k], dict):
-                node[k] = {} if k not in node else node[k]
-            if not isinstance(node[k], dict):
-                raise ConfigError(f"{where}: override {path} goes through {k}, which is not a section")
-            node = node[k]
-        node[keys[-1]] = value
+        _set(out, path.strip(), _yaml(text, f"override {item!r}") if text.strip() else None, where)
     return out
+
+
+def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
+    keys = path.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if k not in node:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"{where}: override {path} goes through {k}, which is not a section")
+        node = node[k]
+    node[keys[-1]] = value
 
 
 def _copy(x: Any) -> Any:
     return {k: _copy(v) for k, v in x.items()} if isinstance(x, dict) else x
 
 
-def shipped_configs() -> list[str]:
-    """Names of the configs shipped in ``glass_pyg/configs`` (without ``.yaml``)."""
+def _templates() -> list[str]:
     root = resources.files("glass_pyg") / "configs"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "grids.yaml")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs: the base templates, then every grid point (``_auto_*``)."""
+    from .grids import grid_points
+    return _templates() + list(grid_points())
+
+
+def describe_configs() -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+    """``(rows, grids)``: a ``(name, kind, grid, what it varies)`` row per shipped config, and what each grid studies."""
+    from .grids import grid_points
+    kinds, rows = {}, []
+    for name in _templates():
+        path = resolve_path(name)
+        raw = _read(path)
+        model = raw.get("model") if isinstance(raw, dict) else None
+        kinds[name] = next(iter(model)) if isinstance(model, dict) and model else "?"
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline().strip()
+        rows.append((name, kinds[name], "-", first.lstrip("# ") if first.startswith("#") else "base template"))
+    grids = {}
+    for point in grid_points().values():
+        rows.append((point.name, kinds.get(point.base, "?"), point.grid, point.varies()))
+        grids[point.grid] = f"{point.about} (on {point.base})"
+    return rows, grids
 
 
 def resolve_path(name_or_path: str) -> str:
-    """A config file path from a path or a shipped config name (with or without ``.yaml``)."""
+    """A config file path from a path or a base template's name (with or without ``.yaml``)."""
     if os.path.isfile(name_or_path):
         return name_or_path
     name = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
-    candidate = resources.files("glass_pyg") / "configs" / f"{name}.yaml"
-    if candidate.is_file():
-        return str(candidate)
+    if name in _templates():
+        return str(resources.files("glass_pyg") / "configs" / f"{name}.yaml")
     raise ConfigError(f"no config file or shipped config named {name_or_path!r} "
                       f"(see `glass-pyg configs` for the shipped ones)")
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load, override and validate a config."""
-    path = resolve_path(name_or_path)
+def _read(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -279,5 +303,20 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Experi
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    raw = _yaml(text, path)
-    return from_dict(apply_overrides(raw or {}, overrides or [], path), path)
+    return _yaml(text, path) or {}
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, override and validate a config: a file, a base template or a grid point by name."""
+    from .grids import grid_points
+    point = None if os.path.isfile(name_or_path) else grid_points().get(name_or_path.removesuffix(".yaml"))
+    if point is not None:
+        path = resolve_path(point.base)
+        raw = _read(path)
+        for key, value in point.overrides().items():
+            _set(raw, key, value, path)
+        where = f"{point.name} (grid {point.grid} of grids.yaml on {point.base}.yaml)"
+    else:
+        where = path = resolve_path(name_or_path)
+        raw = _read(path)
+    return from_dict(apply_overrides(raw, overrides or [], where), where)

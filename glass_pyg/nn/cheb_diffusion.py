@@ -71,8 +71,12 @@ class ChebDiffusion(MessagePassing):
         if x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"x must be a floating tensor of shape (num_nodes, F), got "
                              f"{tuple(x.shape)} of {x.dtype}")
+        return self._diffuse(x, *self._normalise(edge_index, edge_weight, x.size(0), x.dtype))
+
+    def _diffuse(self, x: Tensor, adj: Adj, norm: OptTensor, isolated: Tensor) -> Tensor:
+        """The expansion on a prepared operator (:meth:`_normalise`), which callers diffusing several
+        signals over one graph prepare once."""
         num_nodes = x.size(0)
-        adj, norm, isolated = self._normalise(edge_index, edge_weight, num_nodes, x.dtype)
         coeffs = self.coeffs.to(x.dtype)
 
         def apply(h: Tensor) -> Tensor:  # \tilde L h

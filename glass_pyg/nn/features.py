@@ -92,10 +92,11 @@ class DiffusionFeatures(torch.nn.Module):
         root = deg.sqrt()
         root = root / _graph_sum(root * root, batch, num_graphs).sqrt().clamp_min(1e-300)[batch]
         adj_t = _csr_adjacency(edge_index, edge_weight, num_nodes, dtype)
+        operator = self.diffusions[0]._normalise(adj_t, None, num_nodes, dtype)  # one graph: prepared once
         blocks, chains = [z0], [z0] * len(self.diffusions)
         while sum(b.size(1) for b in blocks) < self.feat_dim:
             for i, diff in enumerate(self.diffusions):
-                h = diff(chains[i], adj_t)
+                h = diff._diffuse(chains[i], *operator)
                 h = h - root.unsqueeze(1) * _graph_sum(root.unsqueeze(1) * h, batch, num_graphs)[batch]
                 chains[i] = _standardise(h, batch, num_graphs)
                 blocks.append(chains[i])

@@ -19,13 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import baselines as B
-from .. import losses, metrics
-from ..datasets import SpherePairDataset
-from ..geometry.rotation import rotation_angle, rotation_error_deg
-from ..nn import GLASS, LearnedRotation, SphereProjection
-from ..sphere_alignment import align_sphere, match_points
-from .bench_common import Table, final_accuracy, pivot, plot_panels, run_grid
+from glass_pyg import baselines as B
+from glass_pyg import losses, metrics
+from glass_pyg.datasets import SpherePairDataset
+from glass_pyg.geometry.rotation import rotation_angle, rotation_error_deg
+from glass_pyg.nn import GLASS, LearnedRotation, SphereProjection
+from glass_pyg.sphere_alignment import align_sphere, match_points
+from .common import Table, final_accuracy, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "glass_align", "oracle_lap", "geodesic_lap", "sphere_gw"]
 KEYS = ["n", "noise_deg", "rotation", "method"]

@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import losses
-from .._optional import pyplot
-from ..datasets import SBMPairDataset, SpherePairDataset
-from ..nn import GLASS, DiffusionFeatures, GraphProjection, SphereProjection
-from .bench_common import Table, save_figure
+from glass_pyg import losses
+from glass_pyg._optional import pyplot
+from glass_pyg.datasets import SBMPairDataset, SpherePairDataset
+from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection, SphereProjection
+from .common import Table, save_figure
 
 PHASES = ["features_s", "projection_s", "ot_s", "loss_s", "backward_s", "step_s"]
 
@@ -208,6 +208,7 @@ def plot(table: Table, path: str) -> None:
     ax.set_ylabel("seconds per training step (dashed: OT solve)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

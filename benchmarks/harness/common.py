@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, Callable, Iterable, Sequence
 
-from .._optional import pyplot
-from .run_dir import atomic_write_text
+from glass_pyg._optional import pyplot
+from glass_pyg.experiments.bench_sinkhorn import rss_mib
+from glass_pyg.experiments.plots import save_figure
+from glass_pyg.experiments.run_dir import atomic_write_text
 
 
 @dataclass
@@ -37,15 +39,6 @@ class Outcome:
     cpu_s: float = math.nan
     peak_mib: float = math.nan  #: peak RSS above the worker's baseline
     message: str = ""
-
-
-def rss_mib() -> float:
-    """Resident memory of this process in MiB (0 where ``/proc`` is not available)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):  # not Linux
-        return 0.0
 
 
 def _worker(conn, fn: Callable, kwargs: dict, threads: int | None) -> None:
@@ -303,20 +296,8 @@ def plot_panels(rows: list[dict[str, Any]], panel: Callable[[dict[str, Any]], st
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7, loc="best")
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: str) -> None:
-    """Write a matplotlib figure as PNG through a temporary file and a rename, then close it."""
-    import matplotlib.pyplot as plt
-
-    from .._atomic import atomic_path
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _parse(text: str) -> Any:
