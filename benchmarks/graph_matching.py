@@ -41,10 +41,13 @@ def main(argv=None) -> int:
             setattr(cfg, key, getattr(a, key))
     if a.steps is not None:
         cfg.glass.steps = a.steps
-    header = (f"# Graph matching on SBM pairs\n\n`python benchmarks/graph_matching.py {' '.join(argv or sys.argv[1:])}`"
-              f"\n\nMachine: {machine()}. {settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. Cells: median [min, max] over seeds; "
-              "acc_lifted = the lifted decoding (a matching on the lifted cost inside the plan's support: greedy with decode_assignment=greedy, else exact); acc_refined = after "
-              "neighbourhood refinement from it (glass_pyg.refinement), glass-pyg's full decoder.")
+    cmd = f"python benchmarks/graph_matching.py {' '.join(argv or sys.argv[1:])}"
+    header = (f"# Graph matching on SBM pairs\n\n`{cmd}`\n\nMachine: {machine()}. "
+              f"{settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. Cells: median [min, max] over seeds; "
+              "acc_lifted = the lifted decoding (a matching on the lifted cost inside the plan's support: greedy "
+              "with decode_assignment=greedy, else exact); acc_refined = the answer of glass-pyg's pipeline "
+              "(glass_pyg.match_graphs: refinement from it, and the consensus stage where that does not take hold). "
+              "glass: the head as initialised; glass_trained: after `steps` training steps (the ablation).")
     table = G.run(cfg, progress=lambda s: print(s, flush=True),
                   on_row=lambda t: render(t, a.out, a.name, header, G.headline))
     print(render(table, a.out, a.name, header, G.headline, G.plot))

@@ -14,9 +14,9 @@ import sys
 
 import torch
 
+from glass_pyg.experiments.run_dir import atomic_write_text
 from harness import scaling as S
 from harness.common import Table, machine
-from glass_pyg.experiments.run_dir import atomic_write_text
 
 
 def _temperature(text: str) -> tuple[str, float]:
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     if a.temperatures:
         cfg.temperatures = a.temperatures
     header = (f"# Time per training step\n\n`python benchmarks/scaling.py {' '.join(argv or sys.argv[1:])}`\n\n"
-              f"Machine: {machine()}, {torch.get_num_threads()} torch threads. {cfg.slices} slices, float64, median of {cfg.repeats} steps after a "
-              "warm-up (1 when a step exceeds the limit).")
+              f"Machine: {machine()}, {torch.get_num_threads()} torch threads. {cfg.slices} slices, float64, "
+              f"median of {cfg.repeats} steps after a warm-up (1 when a step exceeds the limit).")
     os.makedirs(a.out, exist_ok=True)
     if a.from_csv:
         table = Table.from_csv(a.from_csv, ["kind", "temperature", "gamma", "n"],

@@ -44,8 +44,9 @@ def main(argv=None) -> int:
     for key in ("steps", "gamma", "temperature"):
         if getattr(a, key) is not None:
             setattr(cfg.glass, key, getattr(a, key))
-    header = (f"# Sphere matching on S^2 pairs\n\n`python benchmarks/sphere_matching.py {' '.join(argv or sys.argv[1:])}`"
-              f"\n\nMachine: {machine()}. {settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. acc_refined = assignment with the lifted "
+    cmd = f"python benchmarks/sphere_matching.py {' '.join(argv or sys.argv[1:])}"
+    header = (f"# Sphere matching on S^2 pairs\n\n`{cmd}`\n\nMachine: {machine()}. "
+              f"{settings_line(cfg.glass, cfg.budget_s, cfg.threads)}. acc_refined = assignment with the lifted "
               "geodesic cost inside the plan's support. rotation: maximum angle of the random rotation.")
     table = S.run(cfg, progress=lambda s: print(s, flush=True),
                   on_row=lambda t: render(t, a.out, a.name, header, S.headline))

@@ -27,11 +27,11 @@ import time
 import torch
 
 from glass_pyg.datasets import SpherePairDataset
-from harness.common import machine
 from glass_pyg.geometry.rotation import rotation_error_deg, so3_exp
 from glass_pyg.geometry.sliced import descend_rotation, fibonacci_directions
 from glass_pyg.nn import SphereProjection
 from glass_pyg.sphere_alignment import align_sphere, match_points, polish_rotation, start_rotations
+from harness.common import machine
 
 
 def _pair(n, seed, dist):
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cmd = f"`python benchmarks/sphere_rotation.py {' '.join(argv or sys.argv[1:])}`"
-    header = f"# S^2 rotation stage ({a.mode})\n\n{cmd}\n\nMachine: {machine()}, one torch thread, {time.strftime('%Y-%m-%d')}."
+    header = (f"# S^2 rotation stage ({a.mode})\n\n{cmd}\n\n"
+              f"Machine: {machine()}, one torch thread, {time.strftime('%Y-%m-%d')}.")
     if a.mode == "scale":
         rows = []
         for n in a.sizes:

@@ -17,8 +17,8 @@ def require(module: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         package, extra = _PACKAGES[module.split(".")[0]]
-        raise MissingOptionalDependency(f"{purpose} needs the optional package {package}: pip install 'glass-pyg[{extra}]' "
-                          f"(or pip install {package})") from exc
+        raise MissingOptionalDependency(f"{purpose} needs the optional package {package}: "
+                                        f"pip install 'glass-pyg[{extra}]' (or pip install {package})") from exc
 
 
 def pyplot():

@@ -16,7 +16,7 @@ def _positive(kind: type, strict: bool = True):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not (v > 0 if strict else v >= 0) or v != v or v == float("inf"):
             what = "an integer" if kind is int else "a finite number"
             raise argparse.ArgumentTypeError(f"must be {what} {'>' if strict else '>='} 0, got {text}")
@@ -81,7 +81,8 @@ def _print_final(result) -> None:
             "perm_acc_refined", "hits_at_5")
     shown = " ".join(f"{k}={f[k]:.4g}" for k in keys if isinstance(f.get(k), float))
     from .experiments.run_dir import read_summary
-    stopped = " (stopped early: the answer was stable)" if (read_summary(result.run_dir) or {}).get("stopped_early") else ""
+    early = (read_summary(result.run_dir) or {}).get("stopped_early")
+    stopped = " (stopped early: the answer was stable)" if early else ""
     print(f"{result.run_dir}: step {f.get('step')}{stopped} {shown}")
 
 
@@ -145,6 +146,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``glass-pyg`` argument parser, one subcommand per task."""
     p = argparse.ArgumentParser(prog="glass-pyg", description="GLASS alignment layer for PyTorch Geometric")
     sub = p.add_subparsers(dest="command", required=True)
     for kind, help_text in (("manifold", "train and evaluate an S^2 experiment"),
@@ -195,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``glass-pyg``; returns the exit status (0, 1 for file errors, 2 for usage and config errors)."""
     from ._optional import MissingOptionalDependency
     from .experiments.config import ConfigError
 

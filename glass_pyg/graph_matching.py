@@ -20,8 +20,8 @@ pipeline from paying the full refinement before a consensus that is needed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 

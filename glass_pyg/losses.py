@@ -8,7 +8,7 @@ equals :math:`\langle \bar P, D\rangle` for the averaged plan :math:`\bar P`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -86,7 +86,8 @@ def lifted_loss(plan: TransportPlan, cost: PairCost, reduction: str = "mean") ->
 
 def lifted_loss_graph(plan: TransportPlan, psi_s: Tensor, psi_t: Tensor,
                       reduction: str = "mean") -> Tensor:
-    r""":math:`L_{spec} = \langle P, \lVert \psi^X_i - \psi^Y_j\rVert^2\rangle` for node features ``(n, d)``, ``(m, d)``."""
+    r""":math:`L_{spec} = \langle P, \lVert \psi^X_i - \psi^Y_j\rVert^2\rangle` for node features
+    ``(n, d)``, ``(m, d)``."""
     return lifted_loss(plan, squared_euclidean(psi_s, psi_t), reduction)
 
 

@@ -8,7 +8,7 @@ tensor holding the target of every source.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

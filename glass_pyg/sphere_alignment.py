@@ -34,10 +34,10 @@ from torch import Tensor
 
 from . import losses, metrics
 from .assignment import sparse_assignment
-from .geometry.sphere import geodesic_distance
 from .geometry.frames import icosahedral_rotations, kabsch, moment_candidates
 from .geometry.rotation import rotation_angle
 from .geometry.sliced import SlicedCost, descend_rotation, fibonacci_directions
+from .geometry.sphere import geodesic_distance
 
 _DENSE_LIMIT = metrics._DENSE_LIMIT
 

@@ -47,7 +47,9 @@ def test_consensus_matches_heavily_rewired_pairs(seed):
     assert metrics.matching_accuracy(res.perm, pair.y) >= 0.99
     assert res.preserved > 0.7 and max(res.history) == res.preserved
     assert res.plan.dtype == torch.float32
-    torch.testing.assert_close(res.plan.sum(1).double(), torch.full((n,), 1 / n, dtype=torch.float64), rtol=1e-3, atol=0)
+    rows = torch.full((n,), 1 / n, dtype=torch.float64)
+    torch.testing.assert_close(res.plan.sum(1).double(), rows, rtol=1e-3, atol=0)
+    assert res.marginal_error == pytest.approx(float((res.plan.sum(1).double() * n - 1).abs().max()))
 
 
 def test_restarts_escape_the_uniform_start_that_stalls():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
-from glass_pyg.datasets import PairData, SBMPairDataset
+from glass_pyg.datasets import SBMPairDataset
 from glass_pyg.datasets.sampling import distinct_pairs
 
 

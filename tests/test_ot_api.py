@@ -1,9 +1,9 @@
 """The plan object, the exact limit, the dense reference and argument errors."""
 import pytest
 import torch
+from conftest import dense_cost
 
 from glass_pyg.ot import TransportPlan, sinkhorn_banded, sinkhorn_dense, staircase_plan
-from conftest import dense_cost
 
 
 @pytest.fixture

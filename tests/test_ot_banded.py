@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import dense_cost, pot_plan
 
 from glass_pyg.ot import emd_1d_cost, sinkhorn_banded, sinkhorn_dense
-from conftest import dense_cost, pot_plan
 
 
 def _scores(kind, n, gen, dtype=torch.float64):

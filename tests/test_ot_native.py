@@ -151,7 +151,8 @@ def test_autograd_takes_the_torch_path():
 def test_build_into_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
     lib = native.build._compile()
-    assert list(tmp_path.glob("band_kernels-*.so")) and all(hasattr(lib, f"{k}_f64") and hasattr(lib, f"{k}_f32") for k in native.build._SIGNATURES)
+    assert list(tmp_path.glob("band_kernels-*.so"))
+    assert all(hasattr(lib, f"{k}_f64") and hasattr(lib, f"{k}_f32") for k in native.build._SIGNATURES)
 
 
 def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
@@ -210,7 +211,8 @@ def test_operator_as_torch(monkeypatch):
     p_row = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) ** 8
     p_row[p_row < 1e-3] = 1e-200  # the subnormal range is dropped
     cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
-    p_row = p_row * ((cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1)))  # plans: 0 off the extents
+    # plans: 0 off the extents
+    p_row = p_row * ((cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1)))
     dense = torch.zeros(L, n, m, dtype=torch.float64)
     dense.scatter_(2, cols, p_row)
     rows = band.col_start.unsqueeze(-1) + torch.arange(band.col_width)

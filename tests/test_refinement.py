@@ -66,7 +66,8 @@ def test_votes_count_matched_edges_brute_force():
             W[i, j] = sum(float(Bt[j, init[k]]) for k in range(40) if A[i, k] > 0)
     _, col = linear_sum_assignment(W.numpy(), maximize=True)
     res = refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(40, 40), max_rounds=1)
-    assert float(W[torch.arange(40), res.perm].sum()) == pytest.approx(float(W[torch.arange(40), torch.as_tensor(col)].sum()))
+    best = float(W[torch.arange(40), torch.as_tensor(col)].sum())
+    assert float(W[torch.arange(40), res.perm].sum()) == pytest.approx(best)
 
 
 def test_matching_votes_with_unmatched_nodes_brute_force():
@@ -105,8 +106,9 @@ def test_bad_input_names_the_problem():
 
 def test_candidate_votes_are_the_votes_restricted():
     # brute force: one round's votes on the candidate pairs (and the matching's) equal A_s P A_t^T there
-    from glass_pyg.refinement import _adjacency, _candidate_votes, _perm_matrix
     import numpy as np
+
+    from glass_pyg.refinement import _adjacency, _candidate_votes, _perm_matrix
     d, truth = _pair(n=60, r=0.1, seed=4)
     init = _partly_right(truth, 0.4, seed=5)
     a_s, a_t = _adjacency(d.edge_index_s, 60, "s"), _adjacency(d.edge_index_t, 60, "t")

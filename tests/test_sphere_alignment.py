@@ -9,8 +9,7 @@ from glass_pyg.assignment import sparse_assignment
 from glass_pyg.datasets import SpherePairDataset
 from glass_pyg.geometry.frames import icosahedral_rotations, kabsch, moment_candidates, proper_signed_permutations
 from glass_pyg.geometry.rotation import random_rotation, rotation_error_deg, so3_exp, so3_log
-from glass_pyg.geometry.sliced import (SlicedCost, descend_rotation, fibonacci_directions,
-                                       sliced_transport_cost)
+from glass_pyg.geometry.sliced import SlicedCost, descend_rotation, fibonacci_directions, sliced_transport_cost
 from glass_pyg.geometry.sphere import pairwise_geodesic_distance
 from glass_pyg.nn import LearnedRotation
 from glass_pyg.sphere_alignment import align_sphere, check_sphere_points, match_points, start_rotations
@@ -63,7 +62,7 @@ def test_kabsch_recovers_a_rotation_and_is_weighted_least_squares():
     def loss(Q):
         return float((w * ((y - x @ Q.t()) ** 2).sum(1)).sum())
     # no nearby rotation does better (a first-order optimality check)
-    for k in range(20):
+    for _ in range(20):
         Q = so3_exp(1e-3 * torch.randn(3, generator=g, dtype=torch.float64)) @ best
         assert loss(Q) >= loss(best) - 1e-12
 

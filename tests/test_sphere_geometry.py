@@ -4,8 +4,18 @@ import mpmath
 import pytest
 import torch
 
-from glass_pyg.geometry import (exp_map, geodesic_distance, log_map, normalize, pairwise_geodesic_distance,
-                                project_tangent, random_rotation, rotation_angle, rotation_error_deg, so3_exp)
+from glass_pyg.geometry import (
+    exp_map,
+    geodesic_distance,
+    log_map,
+    normalize,
+    pairwise_geodesic_distance,
+    project_tangent,
+    random_rotation,
+    rotation_angle,
+    rotation_error_deg,
+    so3_exp,
+)
 from glass_pyg.geometry.geomstats_backend import float64_default, gs_dist, gs_exp, gs_log, hypersphere
 
 ANGLES = [1e-3, 1e-2, 0.3, 1.0, math.pi / 2, 2.5, 3.0, math.pi - 1e-2, math.pi - 1e-3]

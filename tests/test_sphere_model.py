@@ -1,4 +1,5 @@
 import math
+
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment

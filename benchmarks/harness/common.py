@@ -19,9 +19,10 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import median
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from glass_pyg._optional import pyplot
 from glass_pyg.experiments.bench_sinkhorn import rss_mib
@@ -103,10 +104,10 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def run_grid(table: "Table", cases: Iterable[tuple[dict[str, Any], dict[str, Any]]], methods: Sequence[str],
+def run_grid(table: Table, cases: Iterable[tuple[dict[str, Any], dict[str, Any]]], methods: Sequence[str],
              worker: Callable, settings: Any, budget_s: float, threads: int | None = None,
              progress: Callable[[str], None] | None = None,
-             on_row: Callable[["Table"], None] | None = None) -> "Table":
+             on_row: Callable[[Table], None] | None = None) -> Table:
     """Run ``worker(method=, inst=, settings=)`` budgeted for every case and method; one row each.
 
     ``cases`` yields ``(keys, instance)``: the keys (size, noise, seed, ...)
@@ -145,8 +146,8 @@ def settings_line(glass: Any, budget_s: float, threads: int | None) -> str:
             + (str(threads) if threads else "default"))
 
 
-def render(table: "Table", out: str, name: str, header: str, headline: Callable[["Table"], str],
-           plot: Callable[["Table", str], None] | None = None) -> str:
+def render(table: Table, out: str, name: str, header: str, headline: Callable[[Table], str],
+           plot: Callable[[Table, str], None] | None = None) -> str:
     """Write ``name.csv``, ``name.md`` (header, headline tables, every metric) and, with ``plot``, ``name.png``."""
     text = headline(table)
     table.write(out, name, header + "\n\n" + text + "\n## Every metric\n")
@@ -156,7 +157,7 @@ def render(table: "Table", out: str, name: str, header: str, headline: Callable[
 
 
 def rerender(csv_path: str, out: str, name: str, keys: list[str], metrics: list[str],
-             headline: Callable[["Table"], str], plot: Callable[["Table", str], None]) -> str:
+             headline: Callable[[Table], str], plot: Callable[[Table, str], None]) -> str:
     """Re-render a benchmark's Markdown and plot from its CSV, keeping the header of ``out/name.md``."""
     table = Table.from_csv(csv_path, keys, metrics)
     md_path = os.path.join(out, f"{name}.md")
@@ -206,7 +207,7 @@ class Table:
         return out
 
     @classmethod
-    def from_csv(cls, path: str, keys: list[str], metrics: list[str]) -> "Table":
+    def from_csv(cls, path: str, keys: list[str], metrics: list[str]) -> Table:
         """Read a table written by :meth:`write` (numbers parsed back, empty cells dropped)."""
         table = cls(keys, metrics)
         with open(path, newline="") as fh:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from glass_pyg import baselines as B
 from glass_pyg import losses, metrics
-from glass_pyg.datasets.sbm import SBMPairDataset
 from glass_pyg.consensus import gw_consensus, preserved_edges
+from glass_pyg.datasets.sbm import SBMPairDataset
 from glass_pyg.graph_matching import match_graphs
 from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection
 from glass_pyg.refinement import refine_matching
+
 from .common import Table, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "glass_trained", "gw_consensus", "features_lap", "features_lap+refine", "grampa",
@@ -51,6 +53,7 @@ class GlassSettings:
 
 @dataclass
 class GraphBenchConfig:
+    """The graph benchmark grid: sizes, rewiring levels, seeds, families, methods, budget."""
     sizes: list[int] = field(default_factory=lambda: [200, 500, 1000, 2000])
     rewire: list[float] = field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2, 0.3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import median
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from glass_pyg import losses
 from glass_pyg._optional import pyplot
 from glass_pyg.datasets import SBMPairDataset, SpherePairDataset
 from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection, SphereProjection
+
 from .common import Table, save_figure
 
 PHASES = ["features_s", "projection_s", "ot_s", "loss_s", "backward_s", "step_s"]
@@ -32,6 +34,7 @@ PHASES = ["features_s", "projection_s", "ot_s", "loss_s", "backward_s", "step_s"
 
 @dataclass
 class ScalingConfig:
+    """The scaling benchmark: sizes per kind, slices, the step-time limit."""
     sphere_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 4096, 16384, 65536,
                                                              262144, 1048576])
     graph_sizes: list[int] = field(default_factory=lambda: [500, 1000, 2000, 4000, 10000, 30000, 100000])

@@ -13,8 +13,9 @@ matcher); ``geodesic_lap`` assigns without undoing any rotation.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from glass_pyg.datasets import SpherePairDataset
 from glass_pyg.geometry.rotation import rotation_angle, rotation_error_deg
 from glass_pyg.nn import GLASS, LearnedRotation, SphereProjection
 from glass_pyg.sphere_alignment import align_sphere, match_points
+
 from .common import Table, final_accuracy, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "glass_align", "oracle_lap", "geodesic_lap", "sphere_gw"]
@@ -35,6 +37,7 @@ METRICS = ["acc_hungarian", "acc_argmax", "acc_refined", "rotation_err_deg", "tr
 
 @dataclass
 class SphereGlassSettings:
+    """How the sphere benchmark trains glass-pyg."""
     K: int = 8
     slices: int = 8
     gamma: float = 0.05
@@ -45,6 +48,7 @@ class SphereGlassSettings:
 
 @dataclass
 class SphereBenchConfig:
+    """The sphere benchmark grid: sizes, noise levels, rotations, seeds, methods, budget."""
     sizes: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384])
     noise: list[float] = field(default_factory=lambda: [2.0, 5.0])
     rotations: list[str] = field(default_factory=lambda: ["none", "10", "30", "90", "haar"])

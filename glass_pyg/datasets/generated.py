@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch_geometric.data import InMemoryDataset

@@ -1,7 +1,7 @@
 r"""Stochastic-block-model graph pairs with a planted correspondence."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

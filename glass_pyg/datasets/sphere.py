@@ -2,7 +2,7 @@ r"""Pairs of point sets on :math:`S^2` with a planted correspondence and rotatio
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

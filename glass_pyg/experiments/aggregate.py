@@ -9,8 +9,8 @@ from typing import Any
 from . import run_dir as R
 
 SUMMARY = ["accuracy", "accuracy_at_step0", "seconds"]
-FINAL = SUMMARY + ["finished", "steps_done", "loss", "edges_preserved", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
-                   "hits_at_5", "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter",
+FINAL = SUMMARY + ["finished", "steps_done", "loss", "edges_preserved", "perm_acc", "perm_acc_hungarian",
+                   "perm_acc_refined", "hits_at_5", "rotation_err_deg", "plan_entropy", "gamma", "nnz", "sinkhorn_iter",
                    "band_halfwidth", "runtime_sec_median", "runtime_sec_total"]
 
 
@@ -74,6 +74,7 @@ def collect(logdir: str) -> tuple[list[str], list[dict[str, Any]], list[tuple[st
 
 
 def to_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows`` in the given column order."""
     def fmt(v: Any) -> str:
         if isinstance(v, bool) or v is None:
             return "" if v is None else str(v).lower()

@@ -3,9 +3,10 @@ r"""Micro-benchmark of the 1-D entropic OT solvers.
 Compares, on standard normal source scores and target scores shifted by one
 standard deviation (dense and POT run in full at absolute gamma only; at rank
 temperature gamma is tiny against the score spread, where they need many
-thousands of iterations, so dense is timed per iteration and scaled): the banded solver at absolute and at rank temperature,
-the dense log-domain solver, POT ``sinkhorn_log``, ``torchsort.soft_sort``
-(if installed) and ``torch.sort`` (the floor). Reports median wall time,
+thousands of iterations, so dense is timed per iteration and scaled): the
+banded solver at absolute and at rank temperature, the dense log-domain
+solver, POT ``sinkhorn_log``, ``torchsort.soft_sort`` (if installed) and
+``torch.sort`` (the floor). Reports median wall time,
 iterations, stored entries, band width, the size of the stored plan, the
 banded solve's peak memory (resident set above its level before the solve,
 sampled every 2 ms) and the L1 plan error against the dense plan where the
@@ -39,6 +40,7 @@ def rss_mib() -> float:
 
 @dataclass
 class BenchRow:
+    """One timed size: banded and dense solver times, iterations and memory."""
     n: int
     method: str
     temperature: str
@@ -55,6 +57,7 @@ class BenchRow:
 
 @dataclass
 class BenchConfig:
+    """What ``glass-pyg bench-sinkhorn`` times: sizes, gamma, repeats, the dense limit."""
     sizes: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     gamma: float = 0.05
     rank_gamma: float = 1.0
@@ -110,6 +113,7 @@ def _scores(n: int, seed: int):
 
 
 def run(cfg: BenchConfig, progress=None) -> list[BenchRow]:
+    """Time the solvers at every size of ``cfg``; ``progress(row)`` after each."""
     rows: list[BenchRow] = []
     try:
         import ot as pot
@@ -221,6 +225,7 @@ def _fmt(v) -> str:
 
 
 def to_markdown(rows: list[BenchRow]) -> str:
+    """The timing rows as a Markdown table."""
     cols = list(asdict(rows[0]).keys())
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SphereData:
+    """``data`` of an S^2 experiment: the pair's size, noise and rotation."""
     n: int = 256
     noise_deg: float = 2.0
     rotation: bool = False
@@ -36,6 +37,7 @@ class SphereData:
 
 @dataclass(frozen=True)
 class GraphData:
+    """``data`` of a graph experiment: the SBM and its rewiring."""
     n: int = 400
     blocks: int = 3
     p_in: float = 0.15
@@ -46,6 +48,7 @@ class GraphData:
 
 @dataclass(frozen=True)
 class ManifoldModel:
+    """``model.manifold``: the sphere projection and the rotation stage."""
     K: int = 8
     chart_radius_deg: float = 20.0
     gate_mode: str = "tie"
@@ -58,6 +61,7 @@ class ManifoldModel:
 
 @dataclass(frozen=True)
 class GraphModel:
+    """``model.graph``: diffusion features and the consensus stage."""
     tau: float = 0.5
     cheby_degree: int = 12
     feat_dim: int = 32
@@ -67,6 +71,7 @@ class GraphModel:
 
 @dataclass(frozen=True)
 class OTConfig:
+    """``ot``: the 1-D solver's options."""
     use_banded: bool = True
     band_eps: float = 1e-6
     gamma: float = 0.05
@@ -78,6 +83,7 @@ class OTConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """``train``: optimiser, steps, annealing, evaluation and early stop."""
     lr: float = 1e-3
     steps: int = 400
     slices: int = 2
@@ -91,12 +97,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """``log``: where run folders go and how often checkpoints are written."""
     out_dir: str = "runs"
     save_every: int = 50
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A validated experiment config (the YAML layout, typed)."""
     kind: str  #: "manifold" or "graph"
     data: SphereData | GraphData
     model: ManifoldModel | GraphModel
@@ -266,7 +274,7 @@ def shipped_configs() -> list[str]:
 
 
 def describe_configs() -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
-    """``(rows, grids)``: a ``(name, kind, grid, what it varies)`` row per shipped config, and what each grid studies."""
+    """``(rows, grids)``: a ``(name, kind, grid, what it varies)`` row per shipped config; what each grid studies."""
     from .grids import grid_points
     kinds, rows = {}, []
     for name in _templates():

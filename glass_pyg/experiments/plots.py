@@ -125,8 +125,8 @@ def plot_sphere_matches(run_dir: str, src: torch.Tensor, dst: torch.Tensor, pred
                 segs.append(torch.stack([s[i], d[j]]).T.numpy())
         right_count += len(segs) if correct else 0
         for k, seg in enumerate(segs):
-            ax.plot(*seg, color="tab:green" if correct else "tab:red", linewidth=0.6,
-                    label=(f"right match ({len(segs)})" if correct else f"wrong match ({len(segs)})") if k == 0 else None)
+            label = f"{'right' if correct else 'wrong'} match ({len(segs)})" if k == 0 else None
+            ax.plot(*seg, color="tab:green" if correct else "tab:red", linewidth=0.6, label=label)
     ax.set_box_aspect((1, 1, 1))
     ax.set_title(f"matches on S²: accuracy {right_count / max(s.size(0), 1):.3f} ({right_count}/{s.size(0)})")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0), fontsize="small")

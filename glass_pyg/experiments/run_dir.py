@@ -8,7 +8,8 @@ import os
 import re
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -42,6 +43,7 @@ def new_run_dir(out_dir: str, exp_name: str) -> str:
 
 
 def write_config(run_dir: str, config: dict[str, Any]) -> None:
+    """Write ``config.json`` of a run folder (atomically)."""
     atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -51,6 +53,7 @@ def write_summary(run_dir: str, summary: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: str) -> dict[str, Any] | None:
+    """``summary.json`` of a run folder, or ``None`` while the run has not ended."""
     path = os.path.join(run_dir, "summary.json")
     if not os.path.isfile(path):
         return None
@@ -59,6 +62,7 @@ def read_summary(run_dir: str) -> dict[str, Any] | None:
 
 
 def read_config(run_dir: str) -> dict[str, Any]:
+    """The ``config.json`` mapping of a run folder."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json")
@@ -121,6 +125,7 @@ def read_metrics(run_dir: str) -> list[dict[str, str]]:
 
 
 def save_checkpoint(run_dir: str, step: int, state: dict[str, Any]) -> str:
+    """Write ``state_stepXXXXXX.pt`` (atomically) and return its path."""
     path = os.path.join(run_dir, f"state_step{step:06d}.pt")
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -128,6 +133,7 @@ def save_checkpoint(run_dir: str, step: int, state: dict[str, Any]) -> str:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's state, read with ``weights_only=True``."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from .. import losses, metrics
 from ..datasets import SBMPairDataset, SpherePairDataset
-from ..graph_matching import match_graphs
 from ..geometry.rotation import rotation_error_deg
+from ..graph_matching import match_graphs
 from ..nn import GLASS, DiffusionFeatures, GLASSOutput, GraphProjection, LearnedRotation, SphereProjection
 from ..sphere_alignment import align_sphere
 from .config import ExperimentConfig
@@ -86,6 +86,7 @@ def _head(cfg: ExperimentConfig, projection: torch.nn.Module, cost: str) -> GLAS
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
+    """The pair, features and model of a config, with the rotation stage run on rotated S^2 pairs."""
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.kind == "manifold":
         d, m = cfg.data, cfg.model

@@ -16,7 +16,7 @@ with :math:`I_k` the modified Bessel function (scipy's ``ive`` is
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -61,7 +61,8 @@ def _bounded_angle(u: Tensor, bound: float) -> Tensor:
 
 
 def rotation_angle(R: Tensor) -> Tensor:
-    r"""Rotation angle in radians, :math:`\theta = \operatorname{atan2}(\lVert\mathrm{axial}(R - R^\top)\rVert/2, (\operatorname{tr}R - 1)/2)`."""
+    r"""Rotation angle in radians,
+    :math:`\theta = \operatorname{atan2}(\lVert\mathrm{axial}(R - R^\top)\rVert/2, (\operatorname{tr}R - 1)/2)`."""
     axial = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
                          R[..., 1, 0] - R[..., 0, 1]], -1)
     cos = (torch.diagonal(R, dim1=-2, dim2=-1).sum(-1) - 1) / 2

@@ -70,7 +70,8 @@ def log_map(x: Tensor, base: Tensor) -> Tensor:
 
 
 def exp_map(v: Tensor, base: Tensor) -> Tensor:
-    r"""Riemannian exponential :math:`\mathrm{Exp}_b(v) = \cos\lVert v\rVert\, b + \frac{\sin\lVert v\rVert}{\lVert v\rVert} v`.
+    r"""Riemannian exponential
+    :math:`\mathrm{Exp}_b(v) = \cos\lVert v\rVert\, b + \frac{\sin\lVert v\rVert}{\lVert v\rVert} v`.
 
     ``v`` tangent at ``base`` (its normal component is removed first).
     Shapes ``(..., 3)`` that broadcast.

@@ -1,7 +1,7 @@
 r"""Heat diffusion on a graph as a PyG message-passing layer (no eigendecomposition)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

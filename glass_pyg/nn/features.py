@@ -2,7 +2,7 @@ r"""Eigen-free node features for graph matching: heat diffusion of a signal bank
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -1,9 +1,9 @@
 r"""The GLASS alignment head: project, soft-sort per slice, lift the plan back."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from . import native
 from . import validation as V
-from .validation import ConvergenceWarning
 from .band import Band, Staircase, band_logits, make_band, reference_dual, search_extent, staircase
-from .blocks import blockwise, window_gather
+from .blocks import blockwise
 from .expectation import BandCost
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
 from .plan import TransportPlan, inverse_permutation
+from .validation import ConvergenceWarning
 
 _TEMPERATURES = ("absolute", "rank")
 _GRADS = ("implicit", "unrolled")
@@ -95,7 +95,8 @@ def _certify(st: SolverState, ref: _Reference, b: Tensor) -> tuple[Tensor, Tenso
     group_first = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), -1).values
     last = torch.ones_like(new_group)
     last[:, :-1] = new_group[:, 1:]
-    group_last = torch.flip(torch.cummin(torch.flip(torch.where(last, idx, torch.full_like(idx, m - 1)), [-1]), -1).values, [-1])
+    ends = torch.where(last, idx, torch.full_like(idx, m - 1))
+    group_last = torch.flip(torch.cummin(torch.flip(ends, [-1]), -1).values, [-1])
     cum_b = torch.cumsum(b, -1)
     tail_right = cum_b[:, -1:] - torch.gather(cum_b, 1, end)
     tail_left = torch.gather(cum_b, 1, start) - torch.gather(b, 1, start)

@@ -15,7 +15,7 @@ package multiplies by the entry itself (:math:`\partial P_{ij} = P_{ij}\,
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

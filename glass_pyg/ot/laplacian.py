@@ -19,8 +19,8 @@ diagonal, which carries wide, well-mixed bands.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -174,6 +174,7 @@ def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None,
 
 @dataclass(frozen=True)
 class CGInfo:
+    """Diagnostics of a conjugate-gradient solve: iterations and the final residual per slice."""
     iterations: int
     residual: Tensor  # (L,) relative residual
 

@@ -7,8 +7,8 @@ original indices. ``values`` carries the gradient (implicit or unrolled).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

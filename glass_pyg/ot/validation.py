@@ -57,12 +57,13 @@ def weights(w: Tensor | None, like: Tensor, name: str) -> Tensor:
 
 
 def same_mass(a: Tensor, b: Tensor, rtol: float) -> None:
+    """Raise unless the weights ``a`` and ``b`` of every slice have the same mass within ``rtol``."""
     ma, mb = a.sum(-1), b.sum(-1)
     bad = (ma - mb).abs() > rtol * torch.maximum(ma, mb)
     if bool(bad.any()):
-        l = int(bad.nonzero()[0, 0])
-        raise ValueError(f"a and b must have the same total mass per slice; slice {l}: "
-                         f"sum(a) = {float(ma[l]):.8g}, sum(b) = {float(mb[l]):.8g}")
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(f"a and b must have the same total mass per slice; slice {k}: "
+                         f"sum(a) = {float(ma[k]):.8g}, sum(b) = {float(mb[k]):.8g}")
 
 
 def matched_weights(a: Tensor | None, b: Tensor | None, s: Tensor, t: Tensor,
@@ -84,6 +85,7 @@ def matched_weights(a: Tensor | None, b: Tensor | None, s: Tensor, t: Tensor,
 
 
 def positive_scalar(x, name: str) -> None:
+    """Raise unless ``x`` is a finite number > 0 (naming it ``name``)."""
     if isinstance(x, Tensor):
         ok = bool(torch.isfinite(x).all()) and bool((x > 0).all())
     else:
@@ -105,6 +107,7 @@ def gamma_per_slice(gamma, L: int, dtype: torch.dtype, device: torch.device) -> 
 
 
 def check_options(max_iter, tol, band_eps=None) -> None:
+    """Raise on a solver option out of range: ``max_iter``, ``tol``, ``band_eps``."""
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     positive_scalar(tol, "tol")
