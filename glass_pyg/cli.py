@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 
 
@@ -69,8 +70,14 @@ def _train(kind: str):
         if cfg.kind != kind:
             raise UsageError(f"this is a {cfg.kind} config; run it with `glass-pyg "
                              f"{'manifold' if cfg.kind == 'manifold' else 'graph'}`")
-        result = run(cfg, resume=args.resume, quiet=args.quiet, plot=args.plot, out_dir=args.out_dir)
-        _print_final(result)
+        try:
+            result = run(cfg, resume=args.resume, quiet=args.quiet, plot=args.plot, out_dir=args.out_dir)
+        finally:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():  # started by torchrun: leave its group
+                dist.destroy_process_group()
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+            _print_final(result)
         return 0
     return command
 

@@ -33,6 +33,7 @@ class SphereData:
     distribution: str = "uniform"
     num_clusters: int = 4
     kappa: float = 20.0
+    num_pairs: int = 1  #: pairs of the run (one projection trained over all; split across torchrun processes)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class GraphData:
     p_out: float = 0.02
     rewire_prob: float = 0.0
     planted_perm: bool = True
+    num_pairs: int = 1  #: pairs of the run (one projection trained over all; split across torchrun processes)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class TrainConfig:
     gamma_min: float = 0.01
     eval_every: int = 10
     warm_start: bool = True
-    stop_when_stable: int = 3  #: stop once this many eval rows in a row give the same matching (0: never)
+    stop_when_stable: int = 2  #: stop once this many eval rows in a row give the same matching (0: never)
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,9 @@ class ExperimentConfig:
 
 
 _RANGES: dict[str, tuple[float, float, bool]] = {  # key: (low, high, low inclusive)
-    "n": (2, math.inf, True), "noise_deg": (0, 90, True), "max_rotation_deg": (0, 180, False),
-    "num_clusters": (1, math.inf, True), "kappa": (0, math.inf, False), "blocks": (1, math.inf, True),
+    "n": (2, math.inf, True), "num_pairs": (1, math.inf, True), "noise_deg": (0, 90, True),
+    "max_rotation_deg": (0, 180, False), "num_clusters": (1, math.inf, True), "kappa": (0, math.inf, False),
+    "blocks": (1, math.inf, True),
     "p_in": (0, 1, True), "p_out": (0, 1, True), "rewire_prob": (0, 1, True), "K": (1, math.inf, True),
     "chart_radius_deg": (0, 180, False), "gate_c_per_sqrtk_deg": (0, math.inf, False),
     "init_u_scale": (0, math.inf, False), "tau": (0, math.inf, False), "cheby_degree": (0, math.inf, True),

@@ -20,9 +20,8 @@ DTYPE = torch.float64
 
 @dataclass
 class Task:
-    """A matching problem and its model: ``forward(gamma)`` runs the head once."""
+    """One pair of a run and its head (the projection is shared by the run's pairs): ``forward(gamma)``."""
 
-    model: torch.nn.Module  #: every trainable module, for the optimiser and checkpoints
     head: GLASS
     src: Tensor
     dst: Tensor
@@ -85,14 +84,19 @@ def _head(cfg: ExperimentConfig, projection: torch.nn.Module, cost: str) -> GLAS
                  warm_start=cfg.train.warm_start)
 
 
-def build_task(cfg: ExperimentConfig) -> Task:
-    """The pair, features and model of a config, with the rotation stage run on rotated S^2 pairs."""
+def build_tasks(cfg: ExperimentConfig) -> tuple[torch.nn.ModuleDict, list[Task]]:
+    """The ``data.num_pairs`` pairs of a config, each a :class:`Task`, and the model they train.
+
+    The projection is shared by every pair; on rotated S^2 pairs each pair's rotation stage runs
+    here. The model holds every trainable module (``projection``; ``rotation`` for one pair,
+    ``rotations`` for several), for the optimiser and the checkpoints.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
+    d, m = cfg.data, cfg.model
     if cfg.kind == "manifold":
-        d, m = cfg.data, cfg.model
-        pair = SpherePairDataset(n=d.n, noise_deg=d.noise_deg, rotation=d.rotation,
-                                 max_rotation_deg=d.max_rotation_deg, distribution=d.distribution,
-                                 num_clusters=d.num_clusters, kappa=d.kappa, seed=cfg.seed)[0]
+        pairs = SpherePairDataset(n=d.n, noise_deg=d.noise_deg, rotation=d.rotation,
+                                  max_rotation_deg=d.max_rotation_deg, distribution=d.distribution,
+                                  num_clusters=d.num_clusters, kappa=d.kappa, num_pairs=d.num_pairs, seed=cfg.seed)
         space = None
         if m.geometry == "geomstats":
             from ..geometry.geomstats_backend import hypersphere
@@ -100,26 +104,34 @@ def build_task(cfg: ExperimentConfig) -> Task:
         proj = SphereProjection(m.K, cfg.train.slices, m.chart_radius_deg, m.gate_mode, m.gate_c_per_sqrtk_deg,
                                 m.init_u_scale, space=space, geometry=m.geometry, generator=gen).to(DTYPE)
         learn = d.rotation if m.learn_rotation is None else m.learn_rotation
-        src, dst = pair.pos_s.to(DTYPE), pair.pos_t.to(DTYPE)
-        rot, seconds = None, 0.0
-        if learn:
-            # the rotation stage: the lifted loss alone pulls a rotation in from about one point spacing
-            rot = LearnedRotation().to(DTYPE)
-            found = align_sphere(src, dst, match=False, seed=cfg.seed)
-            rot.set_matrix(found.rotation.t())  # the model rotates the target back
-            rot.omega.requires_grad_(m.train_rotation)
-            seconds = found.seconds
-        model = torch.nn.ModuleDict({"projection": proj} | ({"rotation": rot} if rot is not None else {}))
-        return Task(model, _head(cfg, proj, "sq_geodesic"), src, dst, pair.y, rot, pair.rotation[0].to(DTYPE),
-                    stage_seconds=seconds)
-    d, m = cfg.data, cfg.model
-    pair = SBMPairDataset(n=d.n, blocks=d.blocks, p_in=d.p_in, p_out=d.p_out, rewire_prob=d.rewire_prob,
-                          planted_perm=d.planted_perm, seed=cfg.seed)[0]
+        tasks = []
+        for k in range(d.num_pairs):
+            pair = pairs[k]
+            src, dst = pair.pos_s.to(DTYPE), pair.pos_t.to(DTYPE)
+            rot, seconds = None, 0.0
+            if learn:
+                # the rotation stage: the lifted loss alone pulls a rotation in from about one point spacing
+                rot = LearnedRotation().to(DTYPE)
+                found = align_sphere(src, dst, match=False, seed=cfg.seed)
+                rot.set_matrix(found.rotation.t())  # the model rotates the target back
+                rot.omega.requires_grad_(m.train_rotation)
+                seconds = found.seconds
+            tasks.append(Task(_head(cfg, proj, "sq_geodesic"), src, dst, pair.y, rot, pair.rotation[0].to(DTYPE),
+                              stage_seconds=seconds))
+        rotations = [t.rotation for t in tasks if t.rotation is not None]
+        extra = {} if not rotations else (
+            {"rotation": rotations[0]} if d.num_pairs == 1 else {"rotations": torch.nn.ModuleList(rotations)})
+        return torch.nn.ModuleDict({"projection": proj} | extra), tasks
+    pairs = SBMPairDataset(n=d.n, blocks=d.blocks, p_in=d.p_in, p_out=d.p_out, rewire_prob=d.rewire_prob,
+                           planted_perm=d.planted_perm, num_pairs=d.num_pairs, seed=cfg.seed)
     feat = DiffusionFeatures(m.feat_dim, m.tau, m.cheby_degree)
-    psi_s = feat(None, pair.edge_index_s, num_nodes=d.n, dtype=DTYPE)
-    psi_t = feat(None, pair.edge_index_t, num_nodes=d.n, dtype=DTYPE)
     proj = GraphProjection(m.feat_dim, cfg.train.slices).to(DTYPE)
     proj.reset_parameters(gen)
-    return Task(torch.nn.ModuleDict({"projection": proj}), _head(cfg, proj, "sq_euclidean"), psi_s, psi_t, pair.y,
-                edges=(pair.edge_index_s, pair.edge_index_t), consensus=m.consensus,
-                seed=cfg.seed)
+    tasks = []
+    for k in range(d.num_pairs):
+        pair = pairs[k]
+        psi_s = feat(None, pair.edge_index_s, num_nodes=d.n, dtype=DTYPE)  # fixed: computed once per graph
+        psi_t = feat(None, pair.edge_index_t, num_nodes=d.n, dtype=DTYPE)
+        tasks.append(Task(_head(cfg, proj, "sq_euclidean"), psi_s, psi_t, pair.y,
+                          edges=(pair.edge_index_s, pair.edge_index_t), consensus=m.consensus, seed=cfg.seed))
+    return torch.nn.ModuleDict({"projection": proj}), tasks

@@ -12,7 +12,8 @@ import torch
 
 from . import run_dir as R
 from .config import ExperimentConfig, from_dict
-from .tasks import Task, build_task
+from .distributed import World, current_world
+from .tasks import Task, build_tasks
 
 COLUMNS = ["step", "loss", "plan_entropy", "gamma", "runtime_sec", "nnz", "sinkhorn_iter", "band_radius",
            "band_halfwidth", "marginal_error", "perm_acc", "perm_acc_hungarian", "perm_acc_refined",
@@ -36,8 +37,35 @@ def gamma_at(cfg: ExperimentConfig, step: int) -> float:
     return max(g * t.gamma_decay ** step, min(t.gamma_min, g))
 
 
-def _optimizer(task: Task, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(task.model.parameters(), lr=cfg.train.lr)
+class _PairsLoss(torch.nn.Module):
+    """The loss of this process's pairs, scaled by ``world / num_pairs``: averaged over processes (as
+    :class:`~torch.nn.parallel.DistributedDataParallel` averages gradients) it is the mean over all pairs."""
+
+    def __init__(self, model: torch.nn.Module, tasks: list[Task], owned: list[int], world: int) -> None:
+        super().__init__()
+        self.model = model  # registered: its parameters are the ones synchronised
+        self.tasks, self.owned = tasks, owned
+        self.scale = world / len(tasks)
+        self.outputs: list = []
+
+    def forward(self, gamma: float) -> torch.Tensor:
+        self.outputs = [self.tasks[k].forward(gamma) for k in self.owned]
+        return sum(out.loss for out in self.outputs) * self.scale
+
+
+def _warm_state(tasks: list[Task], world: World) -> dict:
+    """The heads' warm starts of every pair, on the leader (one pair: the head's own format)."""
+    local = {k: tasks[k].head.warm_state() for k in world.owned(len(tasks))}
+    merged = {k: v for part in world.gather(local) for k, v in part.items()}
+    return merged[0] if len(tasks) == 1 else {"pairs": {str(k): v for k, v in merged.items()}}
+
+
+def _load_warm_state(tasks: list[Task], state: dict) -> None:
+    if len(tasks) == 1:
+        tasks[0].head.load_warm_state(state)
+        return
+    for k, v in state.get("pairs", {}).items():
+        tasks[int(k)].head.load_warm_state(v)
 
 
 def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False, plot: bool = False,
@@ -46,70 +74,92 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
 
     Row ``step = k`` of ``metrics.csv`` holds the forward pass after ``k``
     updates; the last row (``k = train.steps``) is the final evaluation.
-    ``progress(row)`` is called after every row is written.
+    With ``data.num_pairs > 1`` one projection is trained on the mean loss
+    over the pairs and each row averages the pairs' metrics. Under
+    ``torchrun`` the pairs are split across the processes
+    (:mod:`~glass_pyg.experiments.distributed`) and the first process alone
+    writes the run folder; the rows equal a one-process run's within float
+    tolerance. ``progress(row)`` is called after every row is written.
     """
     torch.manual_seed(cfg.seed)  # nothing below draws from it; pinned for user code in hooks
     t_start = time.perf_counter()
-    task = build_task(cfg)
-    opt = _optimizer(task, cfg)
+    world = current_world()
+    quiet = quiet or not world.leader
+    model, tasks = build_tasks(cfg)
+    owned = world.owned(len(tasks))
+    per_pair = "rotations" in model and any(p.requires_grad for p in model["rotations"].parameters())
+    loss_of = world.wrap(_PairsLoss(model, tasks, owned, world.size), per_pair)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     start = 0
     if resume is not None:
         folder = resume
         def restore(state: dict) -> None:
-            task.model.load_state_dict(state["model"])
+            model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            task.head.load_warm_state(state.get("warm", {}))
-        fresh = (copy.deepcopy(task.model.state_dict()), copy.deepcopy(opt.state_dict()))
+            _load_warm_state(tasks, state.get("warm", {}))
+        fresh = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         start = R.restore_latest(folder, restore)
         if start == 0:  # a checkpoint that failed half-way must not leave its weights behind
             restore({"model": fresh[0], "optimizer": fresh[1], "warm": {}})
         if not quiet:
             print(f"resuming {folder} from step {start} of {cfg.train.steps}", file=sys.stderr, flush=True)
     else:
-        folder = R.new_run_dir(out_dir or cfg.log.out_dir, cfg.exp_name)
-        R.write_config(folder, cfg.to_dict())
-    writer = R.MetricsWriter(folder, COLUMNS, resume_from=start if resume is not None else None)
+        folder = world.broadcast(R.new_run_dir(out_dir or cfg.log.out_dir, cfg.exp_name) if world.leader else None)
+        if world.leader:
+            R.write_config(folder, cfg.to_dict())
+    writer = R.MetricsWriter(folder, COLUMNS, resume_from=start if resume is not None else None) \
+        if world.leader else None
     total = cfg.train.steps
     bar = _progress(total, start, quiet)
     final: dict = {}
     patience, same, previous = cfg.train.stop_when_stable, 0, None
+
+    def emit(row: dict) -> None:
+        if writer is not None:
+            writer.write(row)
+        bar(row)
+        if progress is not None and world.leader:
+            progress(row)
+
     try:
         step = start
         while step <= total:
-            row = _step(task, opt, cfg, step, train=step < total)
-            writer.write(row)
+            row = _step(loss_of, tasks, owned, opt, cfg, step, world, train=step < total)
+            emit(row)
             final = row
-            bar(row)
-            if progress is not None:
-                progress(row)
             done = step + 1 if step < total else total
             stable = False
-            if step < total and row.get("accuracy") is not None and task.answer is not None:
-                # the answer (a matching, compared without labels) has not changed over `patience` eval rows:
+            if step < total and row.get("accuracy") is not None:
+                # the answers (matchings, compared without labels) have not changed over `patience` eval rows:
                 # further steps do not pay for themselves; the next row is the final evaluation
-                same = same + 1 if previous is not None and torch.equal(task.answer, previous) else 1
-                previous = task.answer.clone()
+                answers = [tasks[k].answer.clone() for k in owned]
+                unchanged = previous is not None and all(torch.equal(a, b) for a, b in zip(answers, previous))
+                same = same + 1 if all(world.gather(unchanged)) else 1
+                previous = answers
                 stable = patience > 0 and same >= patience
             if step < total and (done % cfg.log.save_every == 0 or done == total or stable):
-                R.save_checkpoint(folder, done, {"model": task.model.state_dict(), "optimizer": opt.state_dict(),
-                                                 "warm": task.head.warm_state(), "step": done})
+                warm = _warm_state(tasks, world)
+                if world.leader:
+                    R.save_checkpoint(folder, done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                     "warm": warm, "step": done})
             if stable:
-                final = _step(task, opt, cfg, done, train=False)
-                writer.write(final)
-                bar(final)
-                if progress is not None:
-                    progress(final)
+                final = _step(loss_of, tasks, owned, opt, cfg, done, world, train=False)
+                emit(final)
                 break
             step += 1
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         bar(None)
-    prior = R.read_summary(folder) if resume is not None else None
-    seconds = time.perf_counter() - t_start + (prior or {}).get("seconds", 0.0)
-    R.write_summary(folder, summary(folder, final, seconds, task.stage_seconds, total))
-    if plot:
-        from .plots import plot_run
-        plot_run(folder, task)
+    stage_seconds = sum(world.gather(sum(tasks[k].stage_seconds for k in owned)))
+    if world.leader:
+        prior = R.read_summary(folder) if resume is not None else None
+        seconds = time.perf_counter() - t_start + (prior or {}).get("seconds", 0.0)
+        R.write_summary(folder, summary(folder, final, seconds, stage_seconds, total))
+        if plot:
+            from .plots import plot_run
+            plot_run(folder, tasks[0])
+    world.broadcast(None)  # the others return once the run folder is complete
     return RunResult(folder, final, total)
 
 
@@ -126,23 +176,38 @@ def summary(folder: str, final: dict, seconds: float, stage_seconds: float, step
     return out
 
 
-def _step(task: Task, opt: torch.optim.Optimizer, cfg: ExperimentConfig, step: int, train: bool) -> dict:
-    """One training step (or, at ``step == steps``, the final evaluation without an update)."""
+_MAX = ("runtime_sec", "sinkhorn_iter", "band_radius", "band_halfwidth", "marginal_error")
+
+
+def _step(loss_of: torch.nn.Module, tasks: list[Task], owned: list[int], opt: torch.optim.Optimizer,
+          cfg: ExperimentConfig, step: int, world: World, train: bool) -> dict:
+    """One training step (or, at ``step == steps``, the final evaluation without an update): a row of
+    metrics, each the mean over the pairs (the solver's figures: the worst pair; ``nnz``: their sum)."""
     gamma = gamma_at(cfg, step)
     t0 = time.perf_counter()
-    out = task.forward(gamma)
+    loss = loss_of(gamma)
     if train:
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         opt.step()
     runtime = time.perf_counter() - t0
     full = (not train) or step % cfg.train.eval_every == 0
-    row = {"step": step, "loss": float(out.loss.detach()), "plan_entropy": out.plan_entropy, "gamma": gamma,
-           "runtime_sec": runtime, "nnz": out.nnz, "sinkhorn_iter": out.iterations,
-           "band_radius": out.band_radius, "band_halfwidth": out.band_halfwidth,
-           "marginal_error": out.marginal_error}
-    row.update(task.evaluate(out, full))
-    return row
+    local = []
+    for k, out in zip(owned, getattr(loss_of, "module", loss_of).outputs):
+        row = {"loss": float(out.loss.detach()), "plan_entropy": out.plan_entropy, "runtime_sec": runtime,
+               "nnz": out.nnz, "sinkhorn_iter": out.iterations, "band_radius": out.band_radius,
+               "band_halfwidth": out.band_halfwidth, "marginal_error": out.marginal_error}
+        row.update(tasks[k].evaluate(out, full))
+        local.append(row)
+    rows = [r for part in world.gather(local) for r in part]
+    merged: dict = {"step": step, "gamma": gamma}
+    for key in rows[0]:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if not vals:
+            continue
+        merged[key] = max(vals) if key in _MAX else sum(vals) if key == "nnz" else (
+            vals[0] if len(vals) == 1 else sum(vals) / len(vals))
+    return merged
 
 
 def _progress(total: int, start: int, quiet: bool) -> Callable[[dict | None], None]:

@@ -1,0 +1,18 @@
+"""Run under torchrun by test_distributed.py: the synchronised gradient of one step, saved by the first process."""
+import sys
+
+import torch
+
+from glass_pyg.experiments.config import load_config
+from glass_pyg.experiments.distributed import current_world
+from glass_pyg.experiments.tasks import build_tasks
+from glass_pyg.experiments.train import _PairsLoss
+
+cfg = load_config("graph_sbm_small", ["data.n=50", "data.num_pairs=3"])
+world = current_world()
+model, tasks = build_tasks(cfg)
+loss_of = world.wrap(_PairsLoss(model, tasks, world.owned(len(tasks)), world.size))
+loss_of(0.1).backward()
+if world.leader:
+    torch.save({k: p.grad for k, p in model.named_parameters()}, sys.argv[1])
+torch.distributed.destroy_process_group()
