@@ -42,10 +42,11 @@ import torch
 from torch import Tensor
 
 from . import metrics
+from ._limits import DENSE_PAIRS
 from .refinement import _adjacency as refinement_adjacency
 from .refinement import refine_matching
 
-_DENSE_PRODUCTS = 1 << 22  # n * m up to which the adjacencies are multiplied as dense matrices
+_DENSE_PRODUCTS = DENSE_PAIRS  # n * m up to which the adjacencies are multiplied as dense matrices
 _ROW_TOL = 1e-3  # relative row-marginal error a localised descent's plan is given ...
 _SETTLE_STEPS = 3  # ... in at most this many further steps
 

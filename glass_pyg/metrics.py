@@ -15,11 +15,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ._limits import DENSE_PAIRS
 from .assignment import sparse_assignment
 from .ot.plan import TransportPlan
 
 PlanLike = TransportPlan | Tensor
-_DENSE_LIMIT = 1 << 22  # n * m up to which the dense assignment solver is used (robust to ties)
+_DENSE_LIMIT = DENSE_PAIRS  # n * m up to which the dense assignment solver is used (robust to ties)
 _SPARSE_CANDIDATES = 32  # plan entries per row the sparse assignment considers by default
 
 

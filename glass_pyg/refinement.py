@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from ._limits import DENSE_PAIRS
 from .metrics import DecodingWarning, PlanLike, _coo, greedy_matching, to_permutation, top_per_row
 
 
@@ -182,10 +183,10 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
         p = sp.csr_matrix((vals.double().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, m))
     a_s = _adjacency(edge_index_s, n, "edge_index_s")
     a_t = _adjacency(edge_index_t, m, "edge_index_t")
-    if keep is None and n * m > (1 << 22):
+    if keep is None and n * m > DENSE_PAIRS:
         keep = 64
     if assignment is None:
-        assignment = "optimal" if n * m <= (1 << 22) else "greedy"
+        assignment = "optimal" if n * m <= DENSE_PAIRS else "greedy"
     if assignment not in ("optimal", "greedy"):
         raise ValueError(f"assignment must be 'optimal', 'greedy' or None, got {assignment!r}")
     decode = partial(to_permutation, assignment="optimal") if assignment == "optimal" else greedy_matching

@@ -122,3 +122,14 @@ def test_scaling_series_stop_before_a_size_that_cannot_fit(monkeypatch):
     done = [{"n": 1024, "step_s": 0.1, "nnz": 40 * 1024}, {"n": 4096, "step_s": 0.42, "nnz": 40 * 4096}]
     assert S._projected_limit(done, 16384, max_step_s=30) == ""
     assert S._projected_limit(done[:1], 16384, max_step_s=30) == ""
+
+
+def test_gpu_check_logic_runs_on_the_cpu(tmp_path, capsys):
+    import gpu_check
+    import torch
+    assert gpu_check.main(["--device", "cpu", "--sizes", "10", "--check-log2", "9", "--repeats", "1",
+                           "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert "| gradient, float32, rank |" in text and "| 2^10 |" in text and "NO" not in text
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--device", "cuda"]) == 2

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._limits import DENSE_PAIRS
 from .expectation import BlockedExpectation, band_costs_from_gram
 
-_DENSE_MERGE = 1 << 22  # n * m up to which (or up to 8 stored entries per cell) slices merge in a dense buffer
+_DENSE_MERGE = DENSE_PAIRS  # n * m up to which (or up to 8 stored entries per cell) slices merge densely
 
 
 def inverse_permutation(perm: Tensor) -> Tensor:
