@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from . import metrics
+from ._choices import CONSENSUS_MODES
 from .consensus import ConsensusMatching, gw_consensus, preserved_edges
 from .metrics import PlanLike, _shape
 from .refinement import refine_matching
-
-CONSENSUS_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ CASES = {
                                               batch_t=torch.tensor([0] * 5 + [2] * 5)),
                               ValueError, "pair 1 of the batch"),
     "temperature": (lambda: GLASS(GraphProjection(4, 2), "sq_euclidean", temperature="bogus"),
-                    ValueError, "temperature must be 'absolute' or 'rank'"),
+                    ValueError, r"temperature must be one of \('absolute', 'rank'\), got 'bogus'"),
     "perm_accuracy y range": (lambda: metrics.perm_accuracy(torch.rand(5, 5), torch.tensor([0, 1, 2, 3, 9])),
                               ValueError, r"target indices in \[0, 9\], outside \[0, 5\)"),
     "hits y range": (lambda: metrics.hits_at_k(torch.rand(5, 5), torch.tensor([[0, 7], [1, 2]])),

@@ -4,6 +4,7 @@ import torch
 from glass_pyg import losses, metrics
 from glass_pyg.datasets import SBMPairDataset
 from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection
+from glass_pyg.ot import SolverOptions
 
 
 def features(pair, dim=16):
@@ -98,6 +99,35 @@ def test_bad_options():
         GLASS(proj, solver="exact")
     with pytest.raises(ValueError, match="gamma"):
         GLASS(proj, gamma=0.0)
+    with pytest.raises(ValueError, match="not both"):
+        GLASS(proj, options=SolverOptions(), gamma=1.0)
+    with pytest.raises(TypeError, match="gama"):
+        GLASS(proj, gama=1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gamma=-1.0), "gamma"), (dict(gamma=True), "gamma"), (dict(temperature="hot"), "temperature"),
+    (dict(grad="finite"), "grad"), (dict(method="lbfgs"), "method"), (dict(max_iter=1.5), "max_iter"),
+    (dict(tol=0.0), "tol"), (dict(band_eps=1.0), "band_eps")])
+def test_solver_options_name_the_bad_option(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SolverOptions(**kwargs)
+
+
+def test_options_object_and_keywords_are_one_definition(gen):
+    # the head with an options object solves exactly as with the same keywords, and as the solver called directly
+    x = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    proj = GraphProjection(4, 2).double()
+    opts = SolverOptions(gamma=0.5, temperature="rank", tol=1e-9)
+    a = GLASS(proj, options=opts)(x, y)
+    b = GLASS(proj, gamma=0.5, temperature="rank", tol=1e-9)(x, y)
+    assert torch.equal(a.loss, b.loss)
+    with torch.no_grad():
+        direct = opts(proj(x).t(), proj(y).t())
+    torch.testing.assert_close(a.plans[0].values, direct.values)
+    assert opts.as_dict()["temperature"] == "rank" and repr(GLASS(proj, options=opts)) == repr(
+        GLASS(proj, gamma=0.5, temperature="rank"))
 
 
 def test_training_recovers_the_permutation():

@@ -22,6 +22,7 @@ from glass_pyg.consensus import gw_consensus, preserved_edges
 from glass_pyg.datasets.sbm import SBMPairDataset
 from glass_pyg.graph_matching import match_graphs
 from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection
+from glass_pyg.ot import SolverOptions
 from glass_pyg.refinement import refine_matching
 
 from .common import Table, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
@@ -98,7 +99,7 @@ def _glass(inst: dict[str, Any], s: GlassSettings, steps: int) -> dict[str, Any]
     t1 = time.perf_counter()
     proj = GraphProjection(s.feat_dim, s.slices).double()
     proj.reset_parameters(torch.Generator().manual_seed(0))
-    head = GLASS(proj, "sq_euclidean", gamma=s.gamma, temperature=s.temperature, warm_start=True)
+    head = GLASS(proj, "sq_euclidean", options=SolverOptions(gamma=s.gamma, temperature=s.temperature), warm_start=True)
     opt = torch.optim.Adam(proj.parameters(), lr=s.lr)
     for _ in range(steps):
         res = head(xs, xt)

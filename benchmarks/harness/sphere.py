@@ -25,6 +25,7 @@ from glass_pyg import losses, metrics
 from glass_pyg.datasets import SpherePairDataset
 from glass_pyg.geometry.rotation import rotation_angle, rotation_error_deg
 from glass_pyg.nn import GLASS, LearnedRotation, SphereProjection
+from glass_pyg.ot import SolverOptions
 from glass_pyg.sphere_alignment import align_sphere, match_points
 
 from .common import Table, final_accuracy, pivot, plot_panels, run_grid
@@ -81,7 +82,8 @@ def _glass(inst: dict[str, Any], s: SphereGlassSettings) -> dict[str, Any]:
         rot = LearnedRotation().double()
         rot.set_matrix(align_sphere(ps, pt, match=False).rotation.t())  # rotates the target back
         rot.omega.requires_grad_(False)
-    head = GLASS(proj, cost="sq_geodesic", gamma=s.gamma, temperature=s.temperature, warm_start=True)
+    head = GLASS(proj, cost="sq_geodesic", options=SolverOptions(gamma=s.gamma, temperature=s.temperature),
+                 warm_start=True)
     opt = torch.optim.Adam(proj.parameters(), lr=s.lr)
     for _ in range(s.steps):
         out = head(ps, rot(pt) if rot is not None else pt)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .._choices import CONSENSUS_MODES, GRADS, TEMPERATURES
+
 
 class ConfigError(ValueError):
     """A config file or override that does not validate."""
@@ -82,6 +84,12 @@ class OTConfig:
     temperature: str = "absolute"
     grad: str = "implicit"
 
+    def solver_options(self):
+        """The section as the solver's :class:`~glass_pyg.ot.SolverOptions` (``use_banded`` picks the solver)."""
+        from ..ot.options import SolverOptions
+        return SolverOptions(gamma=self.gamma, temperature=self.temperature, max_iter=self.max_iter, tol=self.tol,
+                             band_eps=self.band_eps, grad=self.grad)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -138,8 +146,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {  # key: (low, high, low inclus
     "stop_when_stable": (0, math.inf, True),
 }
 _CHOICES = {"distribution": ("uniform", "vmf"), "gate_mode": ("fixed", "tie", "learn"),
-            "geometry": ("torch", "geomstats"), "temperature": ("absolute", "rank"),
-            "grad": ("implicit", "unrolled"), "consensus": ("auto", "always", "never")}
+            "geometry": ("torch", "geomstats"), "temperature": TEMPERATURES, "grad": GRADS,
+            "consensus": CONSENSUS_MODES}
 
 
 def _coerce(value: Any, annotation: str, key: str, where: str) -> Any:

@@ -78,9 +78,7 @@ class Task:
 
 
 def _head(cfg: ExperimentConfig, projection: torch.nn.Module, cost: str) -> GLASS:
-    o = cfg.ot
-    return GLASS(projection, cost, gamma=o.gamma, temperature=o.temperature, band_eps=o.band_eps,
-                 max_iter=o.max_iter, tol=o.tol, grad=o.grad, solver="banded" if o.use_banded else "dense",
+    return GLASS(projection, cost, options=cfg.ot.solver_options(), solver="banded" if cfg.ot.use_banded else "dense",
                  warm_start=cfg.train.warm_start)
 
 

@@ -2,8 +2,9 @@ r"""The GLASS alignment head: project, soft-sort per slice, lift the plan back."
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,8 +12,9 @@ from torch_geometric.typing import OptTensor
 
 from .. import losses
 from ..metrics import plan_entropy as _entropy
-from ..ot import TransportPlan, sinkhorn_banded, sinkhorn_dense
+from ..ot import SolverOptions, TransportPlan, sinkhorn_banded, sinkhorn_dense
 from ..ot.banded import rank_gamma
+from ..ot.options import SOLVERS
 
 CostFactory = Callable[[Tensor, Tensor], Callable[[Tensor, Tensor], Tensor]]
 _COSTS: dict[str, CostFactory] = {"sq_euclidean": losses.squared_euclidean,
@@ -77,9 +79,10 @@ class GLASS(torch.nn.Module):
         cost (str or callable): ``"sq_euclidean"`` (graphs: diffusion
             features), ``"sq_geodesic"`` (points on :math:`S^2`), or a factory
             ``cost(g_s, g_t) -> callable(rows, cols)``.
-        gamma (float): entropic regularisation (see ``temperature``).
-        temperature (str): ``"absolute"`` or ``"rank"``, as in the solver.
-        band_eps, max_iter, tol, grad: solver options.
+        options (SolverOptions): the solver's options
+            (:class:`~glass_pyg.ot.SolverOptions`: ``gamma``, ``temperature``,
+            ``max_iter``, ``tol``, ``band_eps``, ``grad``, ``method``); or pass
+            those as keywords (not both). Default ``SolverOptions()``.
         solver (str): ``"banded"`` or ``"dense"`` (the reference dense Sinkhorn).
         warm_start (bool): start each pair's solve from the potentials of the
             previous call with the same shapes (banded solver; training steps
@@ -92,24 +95,23 @@ class GLASS(torch.nn.Module):
     """
 
     def __init__(self, projection: torch.nn.Module, cost: str | CostFactory = "sq_euclidean", *,
-                 gamma: float = 0.1, temperature: str = "absolute", band_eps: float = 1e-6,
-                 max_iter: int = 200, tol: float = 1e-6, grad: str = "implicit",
-                 solver: str = "banded", warm_start: bool = False) -> None:
+                 options: SolverOptions | None = None, solver: str = "banded", warm_start: bool = False,
+                 **solver_options: Any) -> None:
         super().__init__()
         if isinstance(cost, str) and cost not in _COSTS:
             raise ValueError(f"cost must be one of {sorted(_COSTS)} or a callable, got {cost!r}")
-        if solver not in ("banded", "dense"):
-            raise ValueError(f"solver must be 'banded' or 'dense', got {solver!r}")
-        if not gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {gamma!r}")
-        if temperature not in ("absolute", "rank"):
-            raise ValueError(f"temperature must be 'absolute' or 'rank', got {temperature!r}")
-        if grad not in ("implicit", "unrolled"):
-            raise ValueError(f"grad must be 'implicit' or 'unrolled', got {grad!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        unknown = sorted(set(solver_options) - {f.name for f in fields(SolverOptions)})
+        if unknown:
+            raise TypeError(f"GLASS got unexpected keyword arguments {unknown}")
+        if options is not None and solver_options:
+            raise ValueError(f"pass the solver's options either as options= or as keywords, not both "
+                             f"(got options and {sorted(solver_options)})")
+        self.options = options if options is not None else SolverOptions(**solver_options)
         self.projection = projection
         self.cost = cost
-        self.gamma, self.temperature, self.band_eps = float(gamma), temperature, band_eps
-        self.max_iter, self.tol, self.grad, self.solver = max_iter, tol, grad, solver
+        self.solver = solver
         self.warm_start = warm_start
         self._warm: dict[int, tuple[Tensor, Tensor]] = {}
 
@@ -120,7 +122,7 @@ class GLASS(torch.nn.Module):
     def forward(self, x_s: Tensor, x_t: Tensor, batch_s: OptTensor = None, batch_t: OptTensor = None,
                 *, geom_s: OptTensor = None, geom_t: OptTensor = None,
                 gamma: float | None = None) -> GLASSOutput:
-        gamma = self.gamma if gamma is None else float(gamma)
+        gamma = self.options.gamma if gamma is None else float(gamma)
         geom_s = x_s if geom_s is None else geom_s
         geom_t = x_t if geom_t is None else geom_t
         if geom_s.size(0) != x_s.size(0) or geom_t.size(0) != x_t.size(0):
@@ -158,22 +160,20 @@ class GLASS(torch.nn.Module):
         if self.solver == "dense":
             C = (s.unsqueeze(-1) - t.unsqueeze(-2)) ** 2
             g = torch.full((s.size(0),), gamma, dtype=s.dtype, device=s.device)
-            if self.temperature == "rank":
+            if self.options.temperature == "rank":
                 g = rank_gamma(g, s, t)
-            return sinkhorn_dense(C, gamma=g, max_iter=self.max_iter, tol=self.tol)
+            return sinkhorn_dense(C, gamma=g, max_iter=self.options.max_iter, tol=self.options.tol)
         init = self._warm.get(key) if self.warm_start else None
         if init is not None and (init[0].shape != s.shape or init[1].shape != t.shape):
             init = None
-        plan = sinkhorn_banded(s, t, gamma=gamma, max_iter=self.max_iter, tol=self.tol,
-                               band_eps=self.band_eps, temperature=self.temperature, grad=self.grad,
-                               init=init)
+        plan = sinkhorn_banded(s, t, **(self.options.as_dict() | {"gamma": gamma}), init=init)
         if self.warm_start:
             self._warm[key] = (plan.f.detach().to(s.dtype), plan.g.detach().to(t.dtype))
         return plan
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}({self.projection}, cost={self.cost!r}, gamma={self.gamma:g}, "
-                f"temperature={self.temperature!r}, solver={self.solver!r})")
+        return (f"{self.__class__.__name__}({self.projection}, cost={self.cost!r}, gamma={self.options.gamma:g}, "
+                f"temperature={self.options.temperature!r}, solver={self.solver!r})")
 
 
 def _pointers(batch: OptTensor, size: int, name: str) -> Tensor:

@@ -16,12 +16,10 @@ from .blocks import blockwise
 from .expectation import BandCost
 from .implicit import FixedPointPlan
 from .iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
+from .options import GRADS, METHODS, TEMPERATURES
 from .plan import TransportPlan, inverse_permutation
 from .validation import ConvergenceWarning
 
-_TEMPERATURES = ("absolute", "rank")
-_GRADS = ("implicit", "unrolled")
-_METHODS = ("newton", "sinkhorn")
 _AUTO_FLOAT64_ENTRIES = 1 << 16
 
 
@@ -190,12 +188,12 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
     Returns:
         :class:`TransportPlan` with values ``(L, n, W)`` in sorted layout.
     """
-    if temperature not in _TEMPERATURES:
-        raise ValueError(f"temperature must be one of {_TEMPERATURES}, got {temperature!r}")
-    if grad not in _GRADS:
-        raise ValueError(f"grad must be one of {_GRADS}, got {grad!r}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if temperature not in TEMPERATURES:
+        raise ValueError(f"temperature must be one of {TEMPERATURES}, got {temperature!r}")
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     V.check_options(max_iter, tol, band_eps)
     batched = s.dim() == 2 if isinstance(s, Tensor) else False
     s2, t2 = V.as_slices(s, "s"), V.as_slices(t, "t")
