@@ -72,6 +72,7 @@ class GatedSlices:
             self.sx = self.f(x).t().sort(-1).values
 
     def __call__(self, R):
+        """The sliced cost of every candidate rotation in ``R`` ``(k, 3, 3)``."""
         out = []
         for k in range(R.size(0)):
             sy = self.f(self.y @ R[k]).t().sort(-1).values

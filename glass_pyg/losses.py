@@ -40,6 +40,7 @@ class PointPairCost:
         self.name = name
 
     def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Costs of the index pairs ``(rows[k], cols[k])``, in the shape of ``rows``."""
         x_s, x_t = self.points
         shape, rows, cols = rows.shape, rows.flatten(), cols.flatten()
         # in the band's row blocks of gathered values on CPU, so the gathered points stay in cache

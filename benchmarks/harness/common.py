@@ -186,6 +186,7 @@ class Table:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, row: dict[str, Any]) -> None:
+        """Append one result row."""
         self.rows.append(row)
 
     def summary(self) -> list[dict[str, Any]]:
@@ -216,6 +217,7 @@ class Table:
         return table
 
     def to_csv(self) -> str:
+        """Every row, every column any row has."""
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -225,6 +227,7 @@ class Table:
         return buf.getvalue()
 
     def to_markdown(self) -> str:
+        """Median [min, max] over seeds per key, with the number of runs and notes."""
         summ = self.summary()
         cols = self.keys + ["runs"] + self.metrics + ["note"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

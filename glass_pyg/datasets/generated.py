@@ -58,6 +58,7 @@ class GeneratedPairDataset(InMemoryDataset):
 
     @property
     def raw_file_names(self) -> list[str]:
+        """None: generated pairs have no raw files (nothing is downloaded)."""
         return []
 
     # no ``download``: PyG then skips its download step, which would create ``root/raw``
@@ -84,6 +85,7 @@ class GeneratedPairDataset(InMemoryDataset):
         _save_atomic(want, record)
 
     def process(self) -> None:
+        """Generate the pairs and save them to the processed file (atomically)."""
         data, slices = self.collate(self._transformed())
         _save_atomic((data.to_dict(), slices), self.processed_paths[0])  # tensors only: loads weights_only
 

@@ -23,10 +23,12 @@ class PairData(Data):
 
     @property
     def num_nodes_s(self) -> int:
+        """Nodes (or points) on the source side."""
         return _size(self, "s")
 
     @property
     def num_nodes_t(self) -> int:
+        """Nodes (or points) on the target side."""
         return _size(self, "t")
 
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:

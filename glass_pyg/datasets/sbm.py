@@ -108,6 +108,7 @@ class SBMPairDataset(GeneratedPairDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
+        """One file per parameter set (floats by ``repr``, so distinct values never share a file)."""
         return [f"sbm_n{self.n}_b{self.blocks}_pin{self.p_in!r}_pout{self.p_out!r}_rw{self.rewire_prob!r}"
                 f"_perm{int(self.planted_perm)}_pairs{self.num_pairs}_seed{self.seed}.pt"]
 

@@ -96,6 +96,7 @@ class SpherePairDataset(GeneratedPairDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
+        """One file per parameter set (floats by ``repr``, so distinct values never share a file)."""
         rot = "none" if not self.rotation else ("haar" if self.max_rotation_deg is None
                                                 else f"max{self.max_rotation_deg!r}")
         dist = "uniform" if self.distribution == "uniform" else f"vmf{self.num_clusters}k{self.kappa!r}"

@@ -86,11 +86,13 @@ class MetricsWriter:
         self._writer = csv.DictWriter(self._fh, fieldnames=columns, extrasaction="raise")
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append ``row`` (missing columns left empty), flushed and synced."""
         self._writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the file."""
         self._fh.close()
 
 

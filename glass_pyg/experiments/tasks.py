@@ -36,12 +36,15 @@ class Task:
     answer: Tensor | None = None  #: the matching of the last full evaluation (no labels needed to compare)
 
     def target(self) -> Tensor:
+        """The target side as the model sees it (rotated back on S^2 pairs with a rotation stage)."""
         return self.dst if self.rotation is None else self.rotation(self.dst)
 
     def forward(self, gamma: float) -> GLASSOutput:
+        """The head on this pair at regularisation ``gamma``."""
         return self.head(self.src, self.target(), gamma=gamma)
 
     def cost(self):
+        """The lifted cost of the pair (detached target), for decoding."""
         factory = losses.squared_euclidean if self.head.cost == "sq_euclidean" else losses.squared_geodesic
         return factory(self.src, self.target().detach())
 

@@ -117,6 +117,7 @@ class SlicedCost:
         self._sx: Tensor | None = None
 
     def source_sorted(self, directions: Tensor) -> Tensor:
+        """The source's sorted projections on ``directions`` (cached while the directions are the same tensor)."""
         if self._dirs is None or self._dirs is not directions:
             self._dirs, self._sx = directions, _source_quantiles(self.x, directions.to(self.x.dtype), self.y.size(0))
         return self._sx

@@ -66,6 +66,7 @@ class ChebDiffusion(MessagePassing):
         self.coeffs.copy_(heat_chebyshev_coefficients(self.tau, self.K))
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None) -> Tensor:
+        """Diffuse ``x`` over the graph at every diffusion time: ``(N, T F)``."""
         if x.dim() == 1:
             x = x.unsqueeze(-1)
         if x.dim() != 2 or not x.is_floating_point():
@@ -93,9 +94,11 @@ class ChebDiffusion(MessagePassing):
         return out.permute(1, 0, 2).reshape(num_nodes, -1)
 
     def message(self, x_j: Tensor, norm: OptTensor) -> Tensor:
+        """The neighbour's signal weighted by the normalised edge weight."""
         return norm.view(-1, 1) * x_j
 
     def message_and_aggregate(self, adj_t: Adj, x: Tensor) -> Tensor:
+        r"""The fused sparse product :math:`\tilde A x` for sparse adjacencies."""
         if isinstance(adj_t, SparseTensor):
             return spmm(adj_t, x, reduce=self.aggr)
         return torch.sparse.mm(adj_t, x)

@@ -53,12 +53,14 @@ class DiffusionFeatures(torch.nn.Module):
         self.diffusions = torch.nn.ModuleList(ChebDiffusion(float(v), K) for v in taus)
 
     def reset_parameters(self) -> None:
+        """Recompute the diffusions' coefficients (the features have no trainable weights)."""
         for d in self.diffusions:
             d.reset_parameters()
 
     def forward(self, x: OptTensor, edge_index: Adj, edge_weight: OptTensor = None,
                 batch: OptTensor = None, num_nodes: int | None = None,
                 dtype: torch.dtype | None = None) -> Tensor:
+        """Features ``(N, feat_dim)`` of every node (one graph, or the graphs of ``batch``)."""
         edge_index, edge_weight = _as_edge_index(edge_index, edge_weight)
         if x is not None:
             num_nodes = x.size(0)

@@ -116,12 +116,14 @@ class GLASS(torch.nn.Module):
         self._warm: dict[int, tuple[Tensor, Tensor]] = {}
 
     def reset_parameters(self) -> None:
+        """Reset the projection's parameters."""
         if hasattr(self.projection, "reset_parameters"):
             self.projection.reset_parameters()
 
     def forward(self, x_s: Tensor, x_t: Tensor, batch_s: OptTensor = None, batch_t: OptTensor = None,
                 *, geom_s: OptTensor = None, geom_t: OptTensor = None,
                 gamma: float | None = None) -> GLASSOutput:
+        """Solve every pair of the batch and return the lifted loss, plans and solver figures."""
         gamma = self.options.gamma if gamma is None else float(gamma)
         geom_s = x_s if geom_s is None else geom_s
         geom_t = x_t if geom_t is None else geom_t
@@ -154,6 +156,7 @@ class GLASS(torch.nn.Module):
         return {str(k): [f, g] for k, (f, g) in self._warm.items()}
 
     def load_warm_state(self, state: dict[str, list[Tensor]]) -> None:
+        """Restore the warm-start potentials saved by :meth:`warm_state`."""
         self._warm = {int(k): (v[0], v[1]) for k, v in state.items()}
 
     def _solve(self, s: Tensor, t: Tensor, gamma: float, key: int) -> TransportPlan:

@@ -34,14 +34,17 @@ class GraphProjection(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        r"""Draw the directions from :math:`\mathcal N(0, 1/F)` (from ``generator`` when given)."""
         with torch.no_grad():
             self.weight.normal_(0.0, 1.0 / math.sqrt(self.in_channels), generator=generator)
 
     def directions(self) -> Tensor:
+        """The ``(L, F)`` projection directions (unit rows when ``normalize``)."""
         w = self.weight
         return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else w
 
     def forward(self, psi: Tensor) -> Tensor:
+        """Scores ``(N, L)`` of node features ``psi`` ``(N, F)``."""
         if psi.dim() != 2 or psi.size(1) != self.in_channels:
             raise ValueError(f"psi must have shape (N, {self.in_channels}), got {tuple(psi.shape)}")
         w = self.directions()

@@ -83,6 +83,7 @@ class SphereProjection(torch.nn.Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw the anchors, frames and directions again (from ``generator`` when given)."""
         with torch.no_grad():
             dtype = self.anchor_raw.dtype
             a = normalize(torch.randn(self.slices, self.K, 3, generator=generator, dtype=torch.float64))
@@ -115,6 +116,7 @@ class SphereProjection(torch.nn.Module):
         return torch.softmax(-0.5 * (d / c) ** 2, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Gated chart scores ``(N, L)`` of unit vectors ``x`` ``(N, 3)``."""
         if x.dim() != 2 or x.size(1) != 3:
             raise ValueError(f"x must be points of shape (N, 3), got {tuple(x.shape)}")
         if not torch.compiler.is_compiling() and x.numel():
@@ -157,10 +159,12 @@ class LearnedRotation(torch.nn.Module):
         self.omega = torch.nn.Parameter(torch.zeros(3))
 
     def reset_parameters(self) -> None:
+        """The identity rotation."""
         with torch.no_grad():
             self.omega.zero_()
 
     def matrix(self) -> Tensor:
+        r"""The rotation matrix ``(3, 3)``, :math:`\exp([\omega]_\times)`."""
         from ..geometry.rotation import so3_exp
         return so3_exp(self.omega)
 
@@ -173,6 +177,7 @@ class LearnedRotation(torch.nn.Module):
             self.omega.copy_(so3_log(R.detach().to(self.omega.dtype)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Rotate points ``x`` ``(N, 3)``: ``x R^T``."""
         return x @ self.matrix().to(x.dtype).t()
 
     def __repr__(self) -> str:

@@ -195,6 +195,7 @@ class Band:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(L, n, m)``: slices, sources and targets of the band."""
         return (self.row_start.shape[0], self.row_start.shape[1], self.col_start.shape[1])
 
 

@@ -40,6 +40,7 @@ class BlockedExpectation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, x_s: Tensor, x_t: Tensor, rows: Tensor, cols: Tensor,
                 pair: PairFunction) -> Tensor:
+        """The expectation per slice, visiting the pairs in row blocks."""
         L, n, W = values.shape
         out = values.new_zeros(L)
         cost = torch.zeros_like(values)
@@ -55,6 +56,7 @@ class BlockedExpectation(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        """Gradients of the plan values and of both point sets, in row blocks."""
         values, x_s, x_t, rows, cols, cost = ctx.saved_tensors
         L, n, W = values.shape
         need_v, need_s, need_t = ctx.needs_input_grad[:3]
@@ -137,6 +139,7 @@ class BandCost(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values: Tensor, ss: Tensor, ts: Tensor, band: Band) -> Tensor:
+        """The band's transport cost per slice (row blocks)."""
         ctx.save_for_backward(values, ss, ts)
         ctx.band = band
         L, n, W = values.shape
@@ -151,6 +154,7 @@ class BandCost(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        """Gradients of the plan values and of both score vectors."""
         values, ss, ts = ctx.saved_tensors
         band: Band = ctx.band
         need_v, need_s, need_t = ctx.needs_input_grad[:3]

@@ -41,6 +41,7 @@ class FixedPointPlan(torch.autograd.Function):
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
                 theta_row: Tensor, col_logits, cg_tol: float, cg_max_iter: int,
                 out: Tensor | None = None) -> Tensor:
+        """The plan values from the converged potentials, saved for the adjoint solve."""
         p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, out, band.row_lo, band.row_hi)
         ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row)
         ctx.band, ctx.stair, ctx.col_logits = band, stair, col_logits
@@ -49,6 +50,7 @@ class FixedPointPlan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        """The implicit gradient: one adjoint solve at the fixed point."""
         _first_order_only()
         s, t, gamma, p_row, phi, psi, theta_row = ctx.saved_tensors
         band: Band = ctx.band

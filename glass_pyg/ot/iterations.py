@@ -43,11 +43,13 @@ class SolverState:
 
     @property
     def theta_col(self) -> Tensor:
+        """The column-major logits of the band (formed once, then reused)."""
         if "theta_col" not in self.workspace:
             self.workspace["theta_col"] = self.col_logits()
         return self.workspace["theta_col"]
 
     def buffer(self, name: str, like: Tensor) -> Tensor:
+        """A reusable workspace tensor shaped like ``like`` (its contents are not cleared)."""
         buf = self.workspace.get(name)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = self.workspace[name] = torch.empty_like(like)

@@ -48,6 +48,7 @@ class BandOperator:
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
+        """The operator applied to a row and a column vector."""
         b = self.band
         if self.p_col is None:
             pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,

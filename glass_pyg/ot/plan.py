@@ -57,14 +57,17 @@ class TransportPlan:
 
     @property
     def num_slices(self) -> int:
+        """Slices ``L``."""
         return self.values.shape[0]
 
     @property
     def num_sources(self) -> int:
+        """Source points ``n``."""
         return self.values.shape[1]
 
     @property
     def width(self) -> int:
+        """Stored entries per row ``W`` (the band window)."""
         return self.values.shape[2]
 
     @property
