@@ -116,8 +116,6 @@ def _compile(args: argparse.Namespace) -> int:
 
 def sweep_names(patterns: list[str]) -> list[str]:
     """Config names of a sweep: files as given, a grid id (``G1``) for all its points, or shell globs of names."""
-    import os
-
     from .experiments.config import shipped_configs
     from .experiments.grids import grid_points
 
@@ -214,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:  # the command line or the config: one clear line, status 2
         print(f"glass-pyg: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`glass-pyg configs | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except MissingOptionalDependency as exc:  # the message names the extra that installs it
         print(f"glass-pyg: error: {exc}", file=sys.stderr)
         return 1

@@ -104,6 +104,13 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def check_methods(methods: Sequence[str], known: Sequence[str]) -> None:
+    """Raise, naming them, on methods a benchmark does not have."""
+    unknown = sorted(set(methods) - set(known))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(known)}")
+
+
 def run_grid(table: Table, cases: Iterable[tuple[dict[str, Any], dict[str, Any]]], methods: Sequence[str],
              worker: Callable, settings: Any, budget_s: float, threads: int | None = None,
              progress: Callable[[str], None] | None = None,

@@ -25,7 +25,7 @@ from glass_pyg.nn import GLASS, DiffusionFeatures, GraphProjection
 from glass_pyg.ot import SolverOptions
 from glass_pyg.refinement import refine_matching
 
-from .common import Table, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
+from .common import Table, check_methods, final_accuracy, hits_from_similarity, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "glass_trained", "gw_consensus", "features_lap", "features_lap+refine", "grampa",
            "grampa+refine", "umeyama", "degree_profile", "faq", "entropic_gw"]
@@ -182,9 +182,7 @@ def bench_one(method: str, inst: dict[str, Any], settings: GlassSettings) -> dic
 def run(cfg: GraphBenchConfig, progress: Callable[[str], None] | None = None,
         on_row: Callable[[Table], None] | None = None) -> Table:
     """Run the grid; ``on_row(table)`` after every result (e.g. to save partial tables)."""
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    check_methods(cfg.methods, METHODS)
     cases = ((dict(family=f, n=n, rewire=r, seed=seed), instance(n, r, seed, f))
              for f in cfg.families for n in cfg.sizes for r in cfg.rewire for seed in cfg.seeds)
     return run_grid(Table(KEYS, METRICS), cases, cfg.methods, bench_one,

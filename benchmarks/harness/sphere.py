@@ -28,7 +28,7 @@ from glass_pyg.nn import GLASS, LearnedRotation, SphereProjection
 from glass_pyg.ot import SolverOptions
 from glass_pyg.sphere_alignment import align_sphere, match_points
 
-from .common import Table, final_accuracy, pivot, plot_panels, run_grid
+from .common import Table, check_methods, final_accuracy, pivot, plot_panels, run_grid
 
 METHODS = ["glass", "glass_align", "oracle_lap", "geodesic_lap", "sphere_gw"]
 KEYS = ["n", "noise_deg", "rotation", "method"]
@@ -133,9 +133,7 @@ def bench_one(method: str, inst: dict[str, Any], settings: SphereGlassSettings) 
 
 def run(cfg: SphereBenchConfig, progress: Callable[[str], None] | None = None,
         on_row: Callable[[Table], None] | None = None) -> Table:
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    check_methods(cfg.methods, METHODS)
     cases = ((dict(n=n, noise_deg=noise, rotation=rot, seed=seed), instance(n, noise, rot, seed))
              for n in cfg.sizes for noise in cfg.noise for rot in cfg.rotations for seed in cfg.seeds)
     return run_grid(Table(KEYS, METRICS), cases, cfg.methods, bench_one,

@@ -289,12 +289,12 @@ def describe_configs() -> tuple[list[tuple[str, str, str, str]], dict[str, str]]
     from .grids import grid_points
     kinds, rows = {}, []
     for name in _templates():
-        path = resolve_path(name)
-        raw = _read(path)
+        with open(resolve_path(name), encoding="utf-8") as fh:
+            text = fh.read()
+        raw = _yaml(text, name) or {}
         model = raw.get("model") if isinstance(raw, dict) else None
         kinds[name] = next(iter(model)) if isinstance(model, dict) and model else "?"
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline().strip()
+        first = text.split("\n", 1)[0].strip()
         rows.append((name, kinds[name], "-", first.lstrip("# ") if first.startswith("#") else "base template"))
     grids = {}
     for point in grid_points().values():

@@ -45,7 +45,7 @@ def plot_curves(run_dir: str) -> str:
     """One panel per group of logged metrics (those the run logged), legends beside the axes."""
     plt = pyplot()
     rows = R.read_metrics(run_dir)
-    panels = [(title, [(label, _series(rows, key)) for key, label in group if _series(rows, key)])
+    panels = [(title, [(label, pts) for key, label in group if (pts := _series(rows, key))])
               for title, group in _PANELS]
     panels = [(title, lines) for title, lines in panels if lines]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), sharex=True, squeeze=False)
