@@ -70,10 +70,12 @@ def _train(kind: str):
         if cfg.kind != kind:
             raise UsageError(f"this is a {cfg.kind} config; run it with `glass-pyg "
                              f"{'manifold' if cfg.kind == 'manifold' else 'graph'}`")
+        import torch.distributed as dist
         try:
             result = run(cfg, resume=args.resume, quiet=args.quiet, plot=args.plot, out_dir=args.out_dir)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every process is done before any leaves the group (not on an error: it would hang)
         finally:
-            import torch.distributed as dist
             if dist.is_available() and dist.is_initialized():  # started by torchrun: leave its group
                 dist.destroy_process_group()
         if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
