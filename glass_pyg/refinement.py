@@ -20,6 +20,7 @@ calls); the result lives on the device of the input.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -128,7 +129,8 @@ def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int |
 def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
                     num_nodes: tuple[int, int] | None = None, max_rounds: int = 20,
                     keep: int | None = None, candidates: PlanLike | None = None,
-                    candidate_k: int = 16, assignment: str | None = None) -> RefinedMatching:
+                    candidate_k: int = 16, assignment: str | None = None,
+                    callback: Callable[[int, Tensor], bool] | None = None) -> RefinedMatching:
     r"""Refine a plan or matching between two graphs by neighbourhood votes.
 
     Args:
@@ -157,6 +159,8 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
             (SBM, n = 10000, degree 633, r = 0.02: from a lifted decoding with 5.5%
             right, greedy rounds on the 64 largest votes per row reach 64% and then
             100% in three rounds.)
+        callback: called after every round with the round count and the matching
+            ``(n,)`` (on the CPU); returning ``True`` stops the refinement there.
 
     Returns:
         :class:`RefinedMatching` with ``perm`` of shape ``(n,)``.
@@ -217,6 +221,8 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
         perm = new
         if changed == 0:
             converged = True
+            break
+        if callback is not None and callback(len(history), perm):
             break
         p = _perm_matrix(perm.numpy(), n, m)
     return RefinedMatching(perm.to(device), len(history), converged, history)

@@ -45,6 +45,17 @@ def test_consensus_answers_where_refinement_cannot_and_is_reused():
     assert torch.equal(direct.perm, res.perm)
 
 
+def test_the_probe_stops_where_the_refinement_stalls():
+    # at 20% rewiring the lifted decoding of an uninformed plan does not bootstrap: the edges kept stay flat,
+    # so the probe ends at its third round instead of its eighth; a pair that bootstraps is probed longer
+    n = 400
+    pair = SBMPairDataset(n=n, rewire_prob=0.2, seed=0)[0]
+    uniform = torch.full((n, n), 1.0 / n ** 2)
+    res = match_graphs(uniform, None, pair.edge_index_s, pair.edge_index_t, probe_rounds=8)
+    assert res.stage == "consensus" and res.refine_rounds == 3
+    assert metrics.matching_accuracy(res.perm, pair.y) >= 0.99
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(consensus="sometimes"), "consensus must be one of"), (dict(probe_rounds=0), "probe_rounds"),
     (dict(refine_rounds=1.5), "refine_rounds")])

@@ -159,3 +159,18 @@ def test_greedy_rounds_on_kept_votes_recover_everything():
     assert res.converged and matching_accuracy(res.perm, d.y) == 1.0
     with pytest.raises(ValueError, match="assignment"):
         refine_matching(init, d.edge_index_s, d.edge_index_t, num_nodes=(300, 300), assignment="hungarian")
+
+
+def test_callback_sees_every_round_and_can_stop_it():
+    pair = SBMPairDataset(n=200, rewire_prob=0.3, seed=0)[0]
+    seen = []
+
+    def stop_at_two(rounds, perm):
+        seen.append((rounds, perm.shape, perm.device.type))
+        return rounds == 2
+
+    start = torch.randperm(200, generator=torch.Generator().manual_seed(0))  # 30% rewired: it does not settle
+    res = refine_matching(start, pair.edge_index_s, pair.edge_index_t, num_nodes=(200, 200), max_rounds=10,
+                          callback=stop_at_two)
+    assert res.rounds == 2 and not res.converged and len(res.history) == 2
+    assert seen == [(1, (200,), "cpu"), (2, (200,), "cpu")]
