@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.cluster.vq import kmeans2
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from torch import Tensor
 
 from .consensus import ConsensusMatching, gw_consensus, preserved_edges
@@ -70,7 +71,10 @@ def spectral_communities(adjacency: sp.spmatrix, max_parts: int = 8, seed: int =
         return none
     rng = np.random.default_rng(seed)
     a = sp.csr_matrix(adjacency, dtype=np.float64)
-    vals, vecs = eigsh(a, k=k, which="LA", v0=rng.standard_normal(n), tol=1e-6)
+    try:
+        vals, vecs = eigsh(a, k=k, which="LA", v0=rng.standard_normal(n), tol=1e-6)
+    except ArpackNoConvergence:  # no clear leading eigenvalues: treated as no structure
+        return none
     degree = a.nnz / n
     bulk = 2.0 * math.sqrt(degree * max(1.0 - degree / max(n - 1, 1), 0.0))
     keep = vals > _BULK_MARGIN * bulk
@@ -81,7 +85,9 @@ def spectral_communities(adjacency: sp.spmatrix, max_parts: int = 8, seed: int =
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     best = None
     for _ in range(_KMEANS_STARTS):
-        centres, labels = kmeans2(x, parts, minit="++", seed=rng)
+        with warnings.catch_warnings():  # an empty cluster is dropped below
+            warnings.simplefilter("ignore", UserWarning)
+            centres, labels = kmeans2(x, parts, minit="++", seed=rng)
         inertia = float(((x - centres[labels]) ** 2).sum())
         if best is None or inertia < best[0]:
             best = (inertia, labels)

@@ -73,3 +73,20 @@ def test_default_epsilons_add_a_colder_value_for_dense_graphs():
     assert default_epsilons(0.063, 0.063, 1000, 1000) == (base,)  # the benchmark pairs at n = 1000
     cold, warm = default_epsilons(0.063, 0.063, 3000, 3000)
     assert warm == base and cold == pytest.approx(500 / 2999 ** 2) and cold < base / 2
+
+
+def test_split_consensus_with_graphs_of_different_sizes():
+    # the target is the source's subgraph without 30 nodes, relabelled: every kept node has its partner
+    n = 600
+    pair = SBMPairDataset(n=n, blocks=3, p_in=0.15, p_out=0.02, rewire_prob=0.0, seed=3)[0]
+    g = torch.Generator().manual_seed(0)
+    kept = torch.randperm(n, generator=g)[: n - 30].sort().values
+    new_id = torch.full((n,), -1, dtype=torch.long)
+    new_id[kept] = torch.randperm(kept.numel(), generator=g)
+    es = pair.edge_index_s
+    inside = (new_id[es[0]] >= 0) & (new_id[es[1]] >= 0)
+    et = new_id[es[:, inside]]
+    res = gw_consensus(es, et, (n, n - 30), split_above=200 * 200)
+    assert res.parts == (3, 3) and res.perm.shape == (n,)
+    right = res.perm[kept] == new_id[kept]
+    assert float(right.double().mean()) >= 0.99
