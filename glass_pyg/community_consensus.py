@@ -101,9 +101,9 @@ def _induced(a: sp.csr_matrix, nodes: np.ndarray) -> Tensor:
     return torch.from_numpy(np.vstack([sub.row, sub.col]).astype(np.int64))
 
 
-def _density(a: sp.csr_matrix, nodes: np.ndarray) -> float:
-    k = nodes.size
-    return a[nodes][:, nodes].nnz / max(k * (k - 1), 1)
+def _density(edges: Tensor, k: int) -> float:
+    """Edge density of a subgraph on ``k`` nodes from its (both-direction) edge index."""
+    return edges.size(1) / max(k * (k - 1), 1)
 
 
 def community_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[int, int], *,
@@ -142,22 +142,21 @@ def community_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: t
     fits = [c for c in np.argsort(-sizes) if sizes[c] ** 2 <= limit]
     src_label = fits[0] if fits else int(np.argmin(sizes))
     src = np.nonzero(ls == src_label)[0]
-    dens = _density(a_s, src)
-    targets = [np.nonzero(lt == c)[0] for c in range(int(lt.max()) + 1)]
-    targets.sort(key=lambda t: abs(math.log(t.size / src.size))
-                 + abs(math.log(max(_density(a_t, t), 1e-12) / max(dens, 1e-12))))
     sub_es = _induced(a_s, src)
+    dens = _density(sub_es, src.size)
+    targets = [(t, _induced(a_t, t)) for t in (np.nonzero(lt == c)[0] for c in range(int(lt.max()) + 1))]
+    targets.sort(key=lambda te: abs(math.log(te[0].size / src.size))
+                 + abs(math.log(max(_density(te[1], te[0].size), 1e-12) / max(dens, 1e-12))))
     # a wrong community pair never localises: one descent per epsilon, stopped after a few stale steps,
     # before the next candidate; its refinement is the whole graphs' (the communities' would repeat it)
     descent["restarts"] = min(int(descent.get("restarts", 1)), 1)
     descent["patience"] = min(int(descent.get("patience", _PATIENCE)), _PATIENCE)
     tried: list[tuple[ConsensusMatching, np.ndarray]] = []
     steps = 0
-    for tgt in targets:
-        if _induced(a_t, tgt).size(1) == 0 or sub_es.size(1) == 0:
+    for tgt, sub_et in targets:
+        if sub_et.size(1) == 0 or sub_es.size(1) == 0:
             continue
-        sub = gw_consensus(sub_es, _induced(a_t, tgt), (src.size, tgt.size), seed=seed, refine_rounds=1,
-                           **descent)
+        sub = gw_consensus(sub_es, sub_et, (src.size, tgt.size), seed=seed, refine_rounds=1, **descent)
         steps += sub.iterations
         tried.append((sub, tgt))
         if sub.localised:

@@ -106,7 +106,8 @@ def match_graphs(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None
     probe = refine_matching(lifted, edge_index_s, edge_index_t, num_nodes=(n, m),
                             max_rounds=min(probe_rounds, refine_rounds), callback=stalled)
     perm, rounds, converged = probe.perm, probe.rounds, probe.converged
-    kept = _preserved(perm, source, target_keys, m)
+    # the last round was scored, or it reproduced the round before, which was
+    kept = kept_by_round[-1] if kept_by_round else _preserved(perm, source, target_keys, m)
     stage, found = "refinement", None
     if consensus == "always" or (consensus == "auto" and kept < 0.5):
         found = reuse if reuse is not None else gw_consensus(edge_index_s, edge_index_t, (n, m), seed=seed)
