@@ -77,6 +77,8 @@ def _train(kind: str):
                 dist.barrier()  # every process is done before any leaves the group (not on an error: it would hang)
         finally:
             if dist.is_available() and dist.is_initialized():  # started by torchrun: leave its group
+                import gc
+                gc.collect()  # the run's DistributedDataParallel wrapper (gloo work it holds) goes before the group
                 dist.destroy_process_group()
         if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
             _print_final(result)
