@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .geometry.sphere import geodesic_distance
-from .ot.blocks import row_blocks
+from .ot._row_blocks import row_blocks
 from .ot.plan import TransportPlan
 
 PairCost = Callable[[Tensor, Tensor], Tensor]

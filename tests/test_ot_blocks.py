@@ -3,10 +3,10 @@ does not depend on the block size."""
 import pytest
 import torch
 
-import glass_pyg.ot.blocks as blocks
-import glass_pyg.ot.iterations as iterations
+import glass_pyg.ot._iterations as iterations
+import glass_pyg.ot._row_blocks as blocks
 from glass_pyg.ot import sinkhorn_banded
-from glass_pyg.ot.laplacian import band_operator
+from glass_pyg.ot._laplacian import band_operator
 
 
 def _state(monkeypatch, block_entries):
@@ -18,7 +18,7 @@ def _state(monkeypatch, block_entries):
         captured["st"], captured["stair"] = st, stair
         return newton(st, stair, *args)
 
-    import glass_pyg.ot.banded as banded
+    import glass_pyg.ot._sinkhorn_banded as banded
     monkeypatch.setattr(banded, "newton", spy)
     g = torch.Generator().manual_seed(3)
     s = torch.randn(2, 700, generator=g, dtype=torch.float64)
@@ -125,7 +125,7 @@ def test_pair_costs_in_chunks_match_one_gather(monkeypatch, cost_name):
 
 def test_band_costs_from_inner_products_with_many_more_targets():
     from glass_pyg import losses
-    from glass_pyg.ot.expectation import band_costs_from_gram
+    from glass_pyg.ot._expectation import band_costs_from_gram
 
     g = torch.Generator().manual_seed(7)
     x_s, x_t = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(3000, 5, generator=g,
@@ -141,7 +141,7 @@ def test_band_costs_from_inner_products_with_many_more_targets():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_band_costs_from_inner_products_match_the_pairs(dtype):
     from glass_pyg import losses
-    from glass_pyg.ot.expectation import band_costs_from_gram
+    from glass_pyg.ot._expectation import band_costs_from_gram
 
     g = torch.Generator().manual_seed(6)
     x_s = 3.0 + torch.randn(300, 8, generator=g, dtype=dtype)  # offset: the norms dominate the distances
@@ -167,7 +167,7 @@ def test_band_costs_from_inner_products_match_the_pairs(dtype):
 
 
 def test_blocked_expectation_skips_zero_entries(monkeypatch):
-    from glass_pyg.ot.expectation import BlockedExpectation
+    from glass_pyg.ot._expectation import BlockedExpectation
 
     monkeypatch.setattr(blocks, "_CPU_BLOCK_ENTRIES", 32)
     g = torch.Generator().manual_seed(5)
@@ -196,7 +196,7 @@ def test_blocked_expectation_skips_zero_entries(monkeypatch):
 
 
 def test_blocked_expectation_gradcheck(monkeypatch):
-    from glass_pyg.ot.expectation import BlockedExpectation
+    from glass_pyg.ot._expectation import BlockedExpectation
 
     monkeypatch.setattr(blocks, "_CPU_BLOCK_ENTRIES", 16)
     g = torch.Generator().manual_seed(2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from glass_pyg.ot import native, sinkhorn_banded
-from glass_pyg.ot.iterations import _lse_windows
+from glass_pyg.ot._iterations import _lse_windows
 
 pytestmark = pytest.mark.skipif(not native.usable(torch.zeros(1)), reason=native.status())
 
@@ -167,7 +167,7 @@ def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
 
 
 def _staircase_band(n, m, gamma, extra, seed=0):
-    from glass_pyg.ot.band import make_band, reference_dual, staircase
+    from glass_pyg.ot._band import make_band, reference_dual, staircase
     g = torch.Generator().manual_seed(seed)
     s = torch.sort(torch.randn(2, n, generator=g, dtype=torch.float64)).values
     t = torch.sort(torch.randn(2, m, generator=g, dtype=torch.float64).exp()).values
@@ -182,7 +182,7 @@ def _staircase_band(n, m, gamma, extra, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logits_bitwise_as_torch_in_both_layouts(dtype):
-    from glass_pyg.ot.band import band_logits
+    from glass_pyg.ot._band import band_logits
     s, t, gam, band, _, f0, g0 = _staircase_band(700, 500, 1e-5, 9)
     rows, cols = band_logits(s, t, gam, band, f0, g0, dtype), band_logits(s, t, gam, band, f0, g0, dtype, "col")
     with native.disabled():
@@ -204,7 +204,7 @@ def test_logits_bitwise_as_torch_in_both_layouts(dtype):
 
 
 def test_operator_as_torch(monkeypatch):
-    from glass_pyg.ot.laplacian import band_operator
+    from glass_pyg.ot._laplacian import band_operator
     _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=2)
     L, n, m = band.shape
     g = torch.Generator().manual_seed(5)
@@ -246,7 +246,7 @@ def test_operator_as_torch(monkeypatch):
 
 def test_compact_float32_plan_and_its_operator():
     # Newton's operator: the plan's extents only, stored in float32, products in float64
-    from glass_pyg.ot.laplacian import band_operator
+    from glass_pyg.ot._laplacian import band_operator
     _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=3)
     L, n, m = band.shape
     g = torch.Generator().manual_seed(6)
@@ -302,7 +302,7 @@ def test_sorted_search_is_searchsorted(dtype, right):
 
 
 def test_band_extent_is_the_bisection():
-    from glass_pyg.ot.band import search_extent
+    from glass_pyg.ot._band import search_extent
     s, t, gam, band, stair, f0, g0 = _staircase_band(400, 350, 2e-3, 0, seed=6)
     phi, psi = 3.0 * s, -2.0 * t  # smooth potentials keep each row unimodal
     ca, cb = torch.full((2, 400), -6.0, dtype=torch.float64), torch.full((2, 350), -5.8, dtype=torch.float64)

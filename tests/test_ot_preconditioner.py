@@ -3,8 +3,8 @@ for narrow (rank temperature) and wide (absolute temperature) bands alike."""
 import pytest
 import torch
 
-import glass_pyg.ot.implicit as implicit
-import glass_pyg.ot.laplacian as laplacian
+import glass_pyg.ot._implicit as implicit
+import glass_pyg.ot._laplacian as laplacian
 from glass_pyg.ot import sinkhorn_banded
 
 

@@ -3,7 +3,7 @@ staircase links sit where the entropic dual puts them, so Newton starts in its q
 import torch
 
 from glass_pyg.ot import sinkhorn_banded, sinkhorn_dense
-from glass_pyg.ot.band import exact_dual, reference_dual, staircase
+from glass_pyg.ot._band import exact_dual, reference_dual, staircase
 
 
 def _sorted_problem(n, m, seed, spread=1.0):

@@ -13,7 +13,7 @@ from torch_geometric.typing import OptTensor
 from .. import losses
 from ..metrics import plan_entropy as _entropy
 from ..ot import SolverOptions, TransportPlan, sinkhorn_banded, sinkhorn_dense
-from ..ot.banded import rank_gamma
+from ..ot._sinkhorn_banded import rank_gamma
 from ..ot.options import SOLVERS
 
 CostFactory = Callable[[Tensor, Tensor], Callable[[Tensor, Tensor], Tensor]]

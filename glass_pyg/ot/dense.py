@@ -6,9 +6,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import validation as V
+from . import _validation as V
+from ._validation import ConvergenceWarning
 from .plan import TransportPlan
-from .validation import ConvergenceWarning
 
 
 def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,

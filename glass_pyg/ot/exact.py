@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import validation as V
+from . import _validation as V
 
 
 def staircase_plan(s: Tensor, t: Tensor, a: Tensor | None = None,

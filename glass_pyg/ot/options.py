@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from torch import Tensor
 
 from .._choices import GRADS, METHODS, SOLVERS, TEMPERATURES
-from .validation import check_options, positive_scalar
+from ._validation import check_choices, check_options, positive_scalar
 
 __all__ = ["SolverOptions", "GRADS", "METHODS", "SOLVERS", "TEMPERATURES"]
 
@@ -53,9 +53,7 @@ class SolverOptions:
     method: str = "newton"
 
     def __post_init__(self) -> None:
-        for name, choices in (("temperature", TEMPERATURES), ("grad", GRADS), ("method", METHODS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        check_choices(temperature=self.temperature, grad=self.grad, method=self.method)
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
             raise ValueError(f"gamma must be a number (a per-slice tensor goes to sinkhorn_banded), got {self.gamma!r}")
         positive_scalar(self.gamma, "gamma")
@@ -67,5 +65,5 @@ class SolverOptions:
 
     def __call__(self, s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | None = None, **kwargs):
         """:func:`~glass_pyg.ot.sinkhorn_banded` with these options (``kwargs``: its other arguments, e.g. ``init``)."""
-        from .banded import sinkhorn_banded
+        from ._sinkhorn_banded import sinkhorn_banded
         return sinkhorn_banded(s, t, a, b, **self.as_dict(), **kwargs)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._limits import DENSE_PAIRS
-from .expectation import BlockedExpectation, band_costs_from_gram
+from ._expectation import BlockedExpectation, band_costs_from_gram
 
 _DENSE_MERGE = DENSE_PAIRS  # n * m up to which (or up to 8 stored entries per cell) slices merge densely
 
@@ -158,7 +158,7 @@ class TransportPlan:
         and returns costs of that shape; no ``n x m`` matrix is built. A cost
         that also has ``points = (x_s, x_t)`` and ``pair(x, y)`` (the costs of
         :mod:`glass_pyg.losses`) is evaluated in row blocks instead, forward
-        and backward (:class:`~glass_pyg.ot.expectation.BlockedExpectation`).
+        and backward (:class:`~glass_pyg.ot._expectation.BlockedExpectation`).
         """
         points = getattr(cost, "points", None)
         gram = getattr(cost, "gram", None)

@@ -286,7 +286,7 @@ def row_cost(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Ten
 
 def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,
                       inv_r: Tensor, inv_c: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The path preconditioner of :class:`~glass_pyg.ot.laplacian.BandOperator` in one pass
+    r"""The path preconditioner of :class:`~glass_pyg.ot._laplacian.BandOperator` in one pass
     (``inv_cut``: the inverse cut weights, ``(L, n + m - 1)``)."""
     L, n = yr.shape
     m = yc.shape[1]

@@ -4,6 +4,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._choices import GRADS, METHODS, TEMPERATURES
+
+_CHOICES = {"temperature": TEMPERATURES, "grad": GRADS, "method": METHODS}
+
 
 class ConvergenceWarning(UserWarning):
     """A solver stopped at ``max_iter`` before its marginal error reached ``tol``."""
@@ -115,3 +119,10 @@ def check_options(max_iter, tol, band_eps=None) -> None:
         positive_scalar(band_eps, "band_eps")
         if band_eps >= 1:
             raise ValueError(f"band_eps must be < 1, got {band_eps!r}")
+
+
+def check_choices(**chosen: str) -> None:
+    """Raise unless each named option (``temperature``, ``grad``, ``method``) is one of its allowed values."""
+    for name, value in chosen.items():
+        if value not in _CHOICES[name]:
+            raise ValueError(f"{name} must be one of {_CHOICES[name]}, got {value!r}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import native
-from .blocks import blockwise, window_gather, window_inside
+from ._row_blocks import blockwise, window_gather, window_inside
 
 
 def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool) -> Tensor:

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from . import native
-from .band import Band, Staircase
-from .blocks import blockwise, row_blocks, window_gather
+from ._band import Band, Staircase
+from ._row_blocks import blockwise, row_blocks, window_gather
 
 
 @dataclass(frozen=True)

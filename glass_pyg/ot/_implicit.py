@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .band import Band, Staircase
-from .blocks import add_to_columns, row_blocks, window_gather
-from .iterations import exp_windows
-from .laplacian import band_operator, solve_laplacian
-from .validation import first_order_only as _first_order_only
+from ._band import Band, Staircase
+from ._iterations import exp_windows
+from ._laplacian import band_operator, solve_laplacian
+from ._row_blocks import add_to_columns, row_blocks, window_gather
+from ._validation import first_order_only as _first_order_only
 
 
 class FixedPointPlan(torch.autograd.Function):

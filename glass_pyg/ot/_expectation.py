@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .band import Band
-from .blocks import add_to_columns, row_blocks, window_gather
+from ._band import Band
+from ._row_blocks import add_to_columns, row_blocks, window_gather
 
 PairFunction = Callable[[Tensor, Tensor], Tensor]
 

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from . import native
-from .band import Band, Staircase
-from .blocks import blockwise, window_gather, window_inside
-from .laplacian import band_operator, solve_laplacian
+from ._band import Band, Staircase
+from ._laplacian import band_operator, solve_laplacian
+from ._row_blocks import blockwise, window_gather, window_inside
 
 
 @dataclass
