@@ -46,6 +46,8 @@ from ._limits import DENSE_PAIRS
 from .refinement import _adjacency as refinement_adjacency
 from .refinement import refine_matching
 
+__all__ = ["ConsensusMatching", "gw_consensus", "preserved_edges", "default_epsilons"]
+
 _DENSE_PRODUCTS = DENSE_PAIRS  # n * m up to which the adjacencies are multiplied as dense matrices
 _ROW_TOL = 1e-3  # relative row-marginal error a localised descent's plan is given ...
 _SETTLE_STEPS = 3  # ... in at most this many further steps
@@ -54,7 +56,16 @@ SPLIT_ABOVE = 1 << 24  # plan entries (n = m = 4096; 64 MiB in float32) beyond w
 
 @dataclass(frozen=True)
 class ConsensusMatching:
-    """The result of :func:`gw_consensus`."""
+    """The result of :func:`gw_consensus`.
+
+    Example:
+        >>> from glass_pyg.consensus import ConsensusMatching, gw_consensus
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> pair = SBMPairDataset(root=None, n=200, rewire_prob=0.1, seed=0)[0]
+        >>> res = gw_consensus(pair.edge_index_s, pair.edge_index_t, (200, 200))
+        >>> isinstance(res, ConsensusMatching), res.localised, tuple(res.plan.shape)
+        (True, True, (200, 200))
+    """
 
     perm: Tensor  #: ``(n,)`` target of every source node (``-1``: unmatched)
     plan: Tensor  #: ``(n, m)`` the entropic GW plan of the best descent (dense)
@@ -123,7 +134,16 @@ def _preserved(perm: Tensor, source: Tensor, target_keys: Tensor, m: int) -> flo
 
 
 def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, num_nodes_t: int) -> float:
-    r"""Fraction of the source's (undirected) edges :math:`\{i, k\}` with :math:`\{\pi(i), \pi(k)\}` a target edge."""
+    r"""Fraction of the source's (undirected) edges :math:`\{i, k\}` with :math:`\{\pi(i), \pi(k)\}` a target edge.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.consensus import preserved_edges
+        >>> path = torch.tensor([[0, 1], [1, 2]])                              # 0-1-2
+        >>> same, swapped = torch.tensor([0, 1, 2]), torch.tensor([1, 0, 2])
+        >>> preserved_edges(same, path, path, 3), preserved_edges(swapped, path, path, 3)
+        (1.0, 0.5)
+    """
     return _preserved(perm, _undirected(edge_index_s), _edge_keys(edge_index_t, num_nodes_t), num_nodes_t)
 
 
@@ -141,6 +161,12 @@ def default_epsilons(density_s: float, density_t: float, n: int, m: int) -> tupl
     colder value failed on one seed of two where :math:`\varepsilon_0` localised.
     So where :math:`500 / ((n-1)(m-1))` is below :math:`\varepsilon_0 / 2`, both
     are tried, the colder first; descents cycle through the tuple.
+
+    Example:
+        >>> from glass_pyg.consensus import default_epsilons
+        >>> eps = default_epsilons(0.06, 0.06, 1000, 1000)
+        >>> eps[0] == 0.06 * 0.06 / 8
+        True
     """
     base = 0.125 * density_s * density_t
     cold = 500.0 / max((n - 1) * (m - 1), 1)
@@ -254,6 +280,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
         descent's preserved fraction.
 
     Example:
+        >>> from glass_pyg.consensus import gw_consensus
         >>> from glass_pyg.datasets import SBMPairDataset
         >>> pair = SBMPairDataset(n=300, rewire_prob=0.1, seed=0)[0]
         >>> res = gw_consensus(pair.edge_index_s, pair.edge_index_t, (300, 300))

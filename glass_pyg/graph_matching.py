@@ -32,12 +32,24 @@ from .consensus import ConsensusMatching, _edge_keys, _preserved, _undirected, g
 from .metrics import PlanLike, _shape
 from .refinement import refine_matching
 
+__all__ = ["GraphMatching", "match_graphs"]
+
 _GROWTH = 1.25  # a probed refinement keeping fewer than this many times the edges it kept two rounds before stalls
 
 
 @dataclass(frozen=True)
 class GraphMatching:
-    """The result of :func:`match_graphs`."""
+    """The result of :func:`match_graphs`.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg import match_graphs
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> pair = SBMPairDataset(root=None, n=200, seed=0)[0]
+        >>> res = match_graphs(torch.ones(200, 200) / 200 ** 2, None, pair.edge_index_s, pair.edge_index_t)
+        >>> res.stage in ("refinement", "consensus"), 0.0 <= res.preserved <= 1.0
+        (True, True)
+    """
 
     perm: Tensor  #: ``(n,)`` the answer: target of every source node (``-1``: unmatched)
     preserved: float  #: fraction of the source's edges that ``perm`` maps onto target edges
@@ -77,6 +89,7 @@ def match_graphs(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | None
         :class:`GraphMatching`.
 
     Example:
+        >>> from glass_pyg import match_graphs
         >>> import torch
         >>> from glass_pyg.datasets import SBMPairDataset
         >>> pair = SBMPairDataset(n=200, rewire_prob=0.0, seed=0)[0]

@@ -17,6 +17,9 @@ from .geometry.sphere import geodesic_distance
 from .ot._row_blocks import row_blocks
 from .ot.plan import TransportPlan
 
+__all__ = ["PointPairCost", "squared_euclidean", "squared_geodesic", "lifted_loss", "lifted_loss_graph",
+           "lifted_loss_sphere"]
+
 PairCost = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -29,6 +32,13 @@ class PointPairCost:
     and ``gram(sq_x, sq_y, inner)``, when the cost is a function of the squared
     norms and the inner product, to read the band's costs from blocks of inner
     products when the points need no gradient.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.losses import squared_euclidean
+        >>> cost = squared_euclidean(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+        >>> cost(torch.tensor([0, 0]), torch.tensor([0, 1]))                    # D_00, D_01
+        tensor([25.,  1.])
     """
 
     def __init__(self, x_s: Tensor, x_t: Tensor, pair: Callable[[Tensor, Tensor], Tensor], name: str,
@@ -68,17 +78,42 @@ def _sq_geodesic_pairs(x: Tensor, y: Tensor) -> Tensor:
 
 
 def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PointPairCost:
-    r"""The cost :math:`(i, j) \mapsto \lVert x^s_i - x^t_j\rVert^2` on index pairs."""
+    r"""The cost :math:`(i, j) \mapsto \lVert x^s_i - x^t_j\rVert^2` on index pairs.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.losses import squared_euclidean
+        >>> squared_euclidean(torch.zeros(1, 2), torch.tensor([[3.0, 4.0]]))(torch.tensor([0]), torch.tensor([0]))
+        tensor([25.])
+    """
     return PointPairCost(x_s, x_t, _sq_euclidean_pairs, "squared_euclidean", _sq_euclidean_gram)
 
 
 def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PointPairCost:
-    r"""The cost :math:`(i, j) \mapsto d_{S^2}(x^s_i, x^t_j)^2` on index pairs of unit vectors."""
+    r"""The cost :math:`(i, j) \mapsto d_{S^2}(x^s_i, x^t_j)^2` on index pairs of unit vectors.
+
+    Example:
+        >>> import math, torch
+        >>> from glass_pyg.losses import squared_geodesic
+        >>> x, y = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+        >>> abs(float(squared_geodesic(x, y)(torch.tensor([0]), torch.tensor([0]))) - (math.pi / 2) ** 2) < 1e-6
+        True
+    """
     return PointPairCost(x_s, x_t, _sq_geodesic_pairs, "squared_geodesic")
 
 
 def lifted_loss(plan: TransportPlan, cost: PairCost, reduction: str = "mean") -> Tensor:
-    r""":math:`\langle P_l, D\rangle` per slice (``reduction="none"``) or their mean."""
+    r""":math:`\langle P_l, D\rangle` per slice (``reduction="none"``) or their mean.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.losses import lifted_loss, squared_euclidean
+        >>> from glass_pyg.ot import sinkhorn_banded
+        >>> x = torch.linspace(0, 1, 50, dtype=torch.float64).unsqueeze(1)
+        >>> plan = sinkhorn_banded(x[:, 0], x[:, 0] + 0.5, gamma=1e-4)         # nearly the shift by 0.5
+        >>> round(float(lifted_loss(plan, squared_euclidean(x, x + 0.5))), 3)   # E|x_i - y_j|^2 under the plan
+        0.25
+    """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     per_slice = plan.expectation(cost)
@@ -88,13 +123,34 @@ def lifted_loss(plan: TransportPlan, cost: PairCost, reduction: str = "mean") ->
 def lifted_loss_graph(plan: TransportPlan, psi_s: Tensor, psi_t: Tensor,
                       reduction: str = "mean") -> Tensor:
     r""":math:`L_{spec} = \langle P, \lVert \psi^X_i - \psi^Y_j\rVert^2\rangle` for node features
-    ``(n, d)``, ``(m, d)``."""
+    ``(n, d)``, ``(m, d)``.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.losses import lifted_loss_graph
+        >>> from glass_pyg.ot import sinkhorn_banded
+        >>> psi = torch.randn(40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> plan = sinkhorn_banded(psi[:, 0], psi[:, 0], gamma=1e-6)          # the identity coupling
+        >>> float(lifted_loss_graph(plan, psi, psi)) < 1e-4
+        True
+    """
     return lifted_loss(plan, squared_euclidean(psi_s, psi_t), reduction)
 
 
 def lifted_loss_sphere(plan: TransportPlan, pos_s: Tensor, pos_t: Tensor,
                        reduction: str = "mean") -> Tensor:
-    r""":math:`L_{geo} = \langle P, d_{S^2}(x_i, y_j)^2\rangle` for unit vectors ``(n, 3)``, ``(m, 3)``."""
+    r""":math:`L_{geo} = \langle P, d_{S^2}(x_i, y_j)^2\rangle` for unit vectors ``(n, 3)``, ``(m, 3)``.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize
+        >>> from glass_pyg.losses import lifted_loss_sphere
+        >>> from glass_pyg.ot import sinkhorn_banded
+        >>> x = normalize(torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        >>> plan = sinkhorn_banded(x[:, 2], x[:, 2], gamma=1e-6)
+        >>> float(lifted_loss_sphere(plan, x, x)) < 1e-4
+        True
+    """
     return lifted_loss(plan, squared_geodesic(pos_s, pos_t), reduction)
 
 

@@ -19,13 +19,27 @@ from ._limits import DENSE_PAIRS
 from .assignment import sparse_assignment
 from .ot.plan import TransportPlan
 
+__all__ = ["DecodingWarning", "to_permutation", "greedy_matching", "row_argmax", "matching_accuracy", "perm_accuracy",
+           "hits_at_k", "plan_entropy"]
+
 PlanLike = TransportPlan | Tensor
 _DENSE_LIMIT = DENSE_PAIRS  # n * m up to which the dense assignment solver is used (robust to ties)
 _SPARSE_CANDIDATES = 32  # plan entries per row the sparse assignment considers by default
 
 
 class DecodingWarning(UserWarning):
-    """The plan's support had no full matching; some pairs were matched outside it."""
+    """The plan's support had no full matching; some pairs were matched outside it.
+
+    Example:
+        >>> import warnings, torch
+        >>> from glass_pyg.metrics import DecodingWarning, to_permutation
+        >>> plan = torch.tensor([[0.5, 0.0], [0.5, 0.0]]).to_sparse()          # both rows want column 0
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     perm = to_permutation(plan)
+        >>> sorted(perm.tolist()), any(issubclass(w.category, DecodingWarning) for w in caught)
+        ([0, 1], True)
+    """
 
 
 def _coo(plan: PlanLike) -> tuple[Tensor, Tensor, Tensor, int, int]:
@@ -99,6 +113,12 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     outside them are used, at a cost above any matching inside (optimal: as
     few as possible; greedy: the free rows take the free columns in order),
     and a :class:`DecodingWarning` says how many.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import to_permutation
+        >>> to_permutation(torch.tensor([[0.3, 0.2, 0.0], [0.4, 0.0, 0.0], [0.0, 0.1, 0.3]])).tolist()
+        [1, 0, 2]
     """
     if candidates is not None and (not isinstance(candidates, int) or candidates < 1):
         raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
@@ -224,6 +244,12 @@ def greedy_matching(plan: PlanLike) -> Tensor:
     matching of at least half the optimal weight, in ``O(nnz log nnz)``. Where many
     entries tie (integer neighbourhood votes) exact sparse assignment can stall;
     this cannot.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import greedy_matching
+        >>> greedy_matching(torch.tensor([[0.3, 0.2], [0.4, 0.0]])).tolist()   # 0.4 first, then row 0 takes the rest
+        [1, 0]
     """
     rows, cols, vals, n, m = _coo(plan)
     match = _greedy(rows.cpu().numpy(), cols.cpu().numpy(), vals.double().cpu().numpy(), n, m)
@@ -247,7 +273,14 @@ def _greedy(r: np.ndarray, c: np.ndarray, score: np.ndarray, n: int, m: int) -> 
 
 
 def row_argmax(plan: PlanLike) -> Tensor:
-    """Column of the largest entry of every row, ``(n,)`` (``-1`` for an empty row)."""
+    """Column of the largest entry of every row, ``(n,)`` (``-1`` for an empty row).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import row_argmax
+        >>> row_argmax(torch.tensor([[0.3, 0.2], [0.4, 0.0]])).tolist()
+        [0, 0]
+    """
     if isinstance(plan, TransportPlan) and plan.num_slices == 1:
         return plan.row_argmax().reshape(-1)
     rows, cols, vals, n, _ = _coo(plan)
@@ -259,7 +292,14 @@ def row_argmax(plan: PlanLike) -> Tensor:
 
 
 def matching_accuracy(pred: Tensor, y: Tensor) -> float:
-    """Fraction of ground-truth pairs ``y`` that the matching ``pred`` ``(n,)`` reproduces."""
+    """Fraction of ground-truth pairs ``y`` that the matching ``pred`` ``(n,)`` reproduces.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import matching_accuracy
+        >>> matching_accuracy(torch.tensor([2, 0, 1]), torch.tensor([[0, 1, 2], [2, 1, 0]]))
+        0.3333333333333333
+    """
     src, dst = _truth(y, pred.numel())
     if src.numel() == 0:
         raise ValueError("y holds no ground-truth pairs")
@@ -273,6 +313,14 @@ def perm_accuracy(plan: PlanLike, y: Tensor, decoder: str = "hungarian",
     ``decoder="argmax"`` takes the largest entry of each row (several rows may
     pick the same column); ``"hungarian"`` decodes a one-to-one matching with
     :func:`to_permutation` (``cost`` optional).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import perm_accuracy
+        >>> plan = torch.tensor([[0.3, 0.2], [0.4, 0.0]])
+        >>> y = torch.tensor([[0, 1], [1, 0]])
+        >>> perm_accuracy(plan, y, "argmax"), perm_accuracy(plan, y, "hungarian")
+        (0.5, 1.0)
     """
     _truth(y, *_shape(plan))
     if decoder == "argmax":
@@ -287,6 +335,14 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
 
     An entry tied with the true one ranks above it, so ties never count as hits
     (on a plan of equal entries hits@1 is 0 whatever ``k < m``).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.metrics import hits_at_k
+        >>> plan = torch.tensor([[0.3, 0.2, 0.1], [0.4, 0.0, 0.2], [0.1, 0.5, 0.0]])
+        >>> y = torch.tensor([[0, 1, 2], [1, 2, 0]])
+        >>> hits_at_k(plan, y, 1), hits_at_k(plan, y, 2)
+        (0.0, 1.0)
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -315,6 +371,13 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
 
 
 def plan_entropy(plan: PlanLike) -> float:
-    r"""Entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` of the (slice-averaged) plan."""
+    r"""Entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` of the (slice-averaged) plan.
+
+    Example:
+        >>> import math, torch
+        >>> from glass_pyg.metrics import plan_entropy
+        >>> abs(plan_entropy(torch.full((2, 2), 0.25, dtype=torch.float64)) - math.log(4)) < 1e-12
+        True
+    """
     _, _, vals, _, _ = _coo(plan)
     return float(-torch.special.xlogy(vals, vals).sum())

@@ -32,10 +32,22 @@ from torch import Tensor
 from ._limits import DENSE_PAIRS
 from .metrics import DecodingWarning, PlanLike, _coo, greedy_matching, to_permutation, top_per_row
 
+__all__ = ["RefinedMatching", "refine_matching"]
+
 
 @dataclass
 class RefinedMatching:
-    """Result of :func:`refine_matching`."""
+    """Result of :func:`refine_matching`.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> from glass_pyg.refinement import refine_matching
+        >>> pair = SBMPairDataset(root=None, n=200, seed=0)[0]
+        >>> res = refine_matching(pair.y[1], pair.edge_index_s, pair.edge_index_t, (200, 200))  # from the truth
+        >>> res.converged, bool((res.perm == pair.y[1]).all())
+        (True, True)
+    """
 
     perm: Tensor  #: ``(n,)`` target of every source node (``-1`` if unmatched)
     rounds: int  #: voting rounds run
@@ -164,6 +176,17 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
 
     Returns:
         :class:`RefinedMatching` with ``perm`` of shape ``(n,)``.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> from glass_pyg.refinement import refine_matching
+        >>> pair = SBMPairDataset(root=None, n=300, rewire_prob=0.02, seed=0)[0]
+        >>> init = torch.full((300,), -1)
+        >>> init[:30] = pair.y[1, :30]                                         # 10% correct seeds
+        >>> res = refine_matching(init, pair.edge_index_s, pair.edge_index_t, num_nodes=(300, 300))
+        >>> float((res.perm == pair.y[1]).double().mean()) > 0.95
+        True
     """
     if not isinstance(max_rounds, int) or max_rounds < 1:
         raise ValueError(f"max_rounds must be a positive integer, got {max_rounds!r}")

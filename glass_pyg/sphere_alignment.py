@@ -39,12 +39,24 @@ from .geometry.rotation import rotation_angle
 from .geometry.sliced import SlicedCost, descend_rotation, fibonacci_directions
 from .geometry.sphere import geodesic_distance
 
+__all__ = ["SphereAlignment", "align_sphere", "match_points", "polish_rotation", "start_rotations",
+           "check_sphere_points"]
+
 _DENSE_LIMIT = metrics._DENSE_LIMIT
 
 
 @dataclass(frozen=True)
 class SphereAlignment:
-    """The result of :func:`align_sphere` (float64 rotation, on the inputs' device)."""
+    """The result of :func:`align_sphere` (float64 rotation, on the inputs' device).
+
+    Example:
+        >>> from glass_pyg import align_sphere
+        >>> from glass_pyg.datasets import SpherePairDataset
+        >>> pair = SpherePairDataset(n=256, noise_deg=1.0, rotation=True, seed=0)[0]
+        >>> res = align_sphere(pair.pos_s, pair.pos_t)
+        >>> tuple(res.rotation.shape), tuple(res.perm.shape), res.candidates > 0
+        ((3, 3), (256,), True)
+    """
 
     rotation: Tensor  #: ``(3, 3)``, ``pos_t[perm] ≈ pos_s @ rotation.T``
     perm: Tensor | None  #: ``(n,)`` target index of every source point (``-1``: unmatched), or None
@@ -63,6 +75,16 @@ def check_sphere_points(x: Tensor, name: str, *, min_points: int = 1, atol: floa
 
     Rows within ``atol`` of unit norm (float32 round-off) are normalised; rows
     further off the sphere are refused, not silently projected.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.sphere_alignment import check_sphere_points
+        >>> check_sphere_points(torch.tensor([[0.0, 0.0, 1.0]]), "pos_s").dtype
+        torch.float64
+        >>> check_sphere_points(torch.tensor([[0.0, 0.0, 2.0]]), "pos_s")
+        Traceback (most recent call last):
+            ...
+        ValueError: pos_s ...
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor of shape (n, 3), got {type(x).__name__}")
@@ -90,6 +112,15 @@ def start_rotations(pos_s: Tensor, pos_t: Tensor, *, directions: int = 4) -> tup
 
     Returns ``(R, cost)``: ``(C, 3, 3)`` and ``(C,)`` with ``C = 90`` (30
     moment frames and the 60 icosahedral rotations).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize
+        >>> from glass_pyg.sphere_alignment import start_rotations
+        >>> x = normalize(torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        >>> R, cost = start_rotations(x, x)
+        >>> tuple(R.shape), bool((cost[1:] >= cost[:-1]).all())
+        ((90, 3, 3), True)
     """
     x, y = check_sphere_points(pos_s, "pos_s", min_points=3), check_sphere_points(pos_t, "pos_t", min_points=3)
     C = torch.cat([moment_candidates(x, y), icosahedral_rotations()])
@@ -124,6 +155,16 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8, retry: bo
     ``n = 16384``: 3-21 points), twice as many are tried (with ``retry``), and a
     :class:`~glass_pyg.metrics.DecodingWarning` says how many pairs remain
     outside them.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize
+        >>> from glass_pyg.sphere_alignment import match_points
+        >>> x = normalize(torch.randn(100, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        >>> perm = torch.randperm(100, generator=torch.Generator().manual_seed(1))
+        >>> inv = torch.empty_like(perm); inv[perm] = torch.arange(100)
+        >>> torch.equal(match_points(x, x[perm]), inv)                       # source i sits at target inv[i]
+        True
     """
     x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
     n, m = x.size(0), y.size(0)
@@ -155,6 +196,17 @@ def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
 
     Converges from within about one point spacing of the truth. Returns
     ``(R, perm)``; stops early when the matching repeats.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize, random_rotation, rotation_error_deg
+        >>> from glass_pyg.sphere_alignment import polish_rotation
+        >>> x = normalize(torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        >>> R_true = random_rotation(generator=torch.Generator().manual_seed(1))
+        >>> start = random_rotation(generator=torch.Generator().manual_seed(2), max_angle_deg=2.0) @ R_true
+        >>> R, perm = polish_rotation(x, x @ R_true.T, start)
+        >>> float(rotation_error_deg(R, R_true)) < 1e-6
+        True
     """
     x, y = check_sphere_points(pos_s, "pos_s"), check_sphere_points(pos_t, "pos_t")
     R = R.double()
@@ -209,6 +261,7 @@ def align_sphere(pos_s: Tensor, pos_t: Tensor, *, top: int = 3, steps: int = 100
         :class:`SphereAlignment`.
 
     Example:
+        >>> from glass_pyg import align_sphere
         >>> from glass_pyg.datasets import SpherePairDataset
         >>> pair = SpherePairDataset(n=256, rotation=True, seed=0)[0]
         >>> res = align_sphere(pair.pos_s, pair.pos_t)

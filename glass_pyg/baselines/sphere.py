@@ -20,7 +20,16 @@ def _geodesic(x, y) -> np.ndarray:
 
 
 def geodesic_lap(x, y) -> Matching:
-    r"""Assignment minimising :math:`\sum_i d(x_i, y_{\pi(i)})^2` (exact without rotation)."""
+    r"""Assignment minimising :math:`\sum_i d(x_i, y_{\pi(i)})^2` (exact without rotation).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.baselines import geodesic_lap
+        >>> from glass_pyg.geometry import normalize
+        >>> x = normalize(torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+        >>> geodesic_lap(x, x[[2, 0, 1, 5, 3, 4]]).perm.tolist()
+        [1, 2, 0, 4, 5, 3]
+    """
     d2 = _geodesic(x, y) ** 2
     return Matching(assign(-d2), -d2)
 
@@ -30,6 +39,15 @@ def sphere_gw(x, y, epsilon: float = 5e-3, max_iter: int = 1000, tol: float = 1e
 
     Rotation-invariant (it sees only distances within each set), so it also
     matches rotated sets, up to the symmetries of the point cloud.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.baselines import sphere_gw
+        >>> from glass_pyg.datasets import SpherePairDataset
+        >>> pair = SpherePairDataset(n=64, noise_deg=0.0, seed=0)[0]
+        >>> m = sphere_gw(pair.pos_s, pair.pos_t)                              # needs POT
+        >>> m.perm.shape
+        (64,)
     """
     ot = require("ot", "the entropic GW baseline")
     cx, cy = _geodesic(x, x), _geodesic(y, y)

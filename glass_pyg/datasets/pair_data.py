@@ -19,6 +19,17 @@ class PairData(Data):
     Batching with ``DataLoader(..., follow_batch=["x_s", "x_t"])`` offsets
     ``edge_index_s`` and ``y[0]`` by the source sizes and ``edge_index_t``
     and ``y[1]`` by the target sizes, and gives ``x_s_batch``/``x_t_batch``.
+
+    Example:
+        >>> import torch
+        >>> from torch_geometric.loader import DataLoader
+        >>> from glass_pyg.datasets import PairData
+        >>> pair = PairData(x_s=torch.randn(3, 2), edge_index_s=torch.tensor([[0, 1], [1, 2]]),
+        ...                 x_t=torch.randn(3, 2), edge_index_t=torch.tensor([[2, 1], [1, 0]]),
+        ...                 y=torch.tensor([[0, 1, 2], [2, 1, 0]]))
+        >>> batch = next(iter(DataLoader([pair, pair], batch_size=2, follow_batch=["x_s", "x_t"])))
+        >>> batch.edge_index_s.tolist(), batch.y.tolist()                     # the second pair's indices shift by 3
+        ([[0, 1, 3, 4], [1, 2, 4, 5]], [[0, 1, 2, 3, 4, 5], [2, 1, 0, 5, 4, 3]])
     """
 
     @property

@@ -93,6 +93,12 @@ class SBMPairDataset(GeneratedPairDataset):
     Args:
         root (str, optional): folder for the processed file (its name holds
             every parameter); ``None`` keeps the dataset in memory only.
+
+    Example:
+        >>> from glass_pyg.datasets import SBMPairDataset
+        >>> ds = SBMPairDataset(root=None, n=100, blocks=2, p_in=0.2, p_out=0.02, rewire_prob=0.05, num_pairs=2, seed=0)
+        >>> len(ds), ds[0].x_s.shape[0], tuple(ds[0].y.shape)                # root=None: in memory, no folder
+        (2, 100, (2, 100))
     """
 
     def __init__(self, root: str | None = None, n: int = 400, blocks: int = 3, p_in: float = 0.15,

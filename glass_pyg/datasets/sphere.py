@@ -80,6 +80,12 @@ class SpherePairDataset(GeneratedPairDataset):
     the image of ``pos_s[i]``) and ``rotation`` ``(1, 3, 3)``, the true
     :math:`R` with ``pos_t[perm] ≈ pos_s @ R.T``. Item ``k`` is drawn from
     its own generator derived from ``(seed, k)``.
+
+    Example:
+        >>> from glass_pyg.datasets import SpherePairDataset
+        >>> pair = SpherePairDataset(n=128, noise_deg=1.0, rotation=True, seed=0)[0]
+        >>> tuple(pair.pos_s.shape), tuple(pair.pos_t.shape), tuple(pair.rotation.shape)
+        ((128, 3), (128, 3), (1, 3, 3))
     """
 
     def __init__(self, root: str | None = None, n: int = 256, noise_deg: float = 2.0,

@@ -35,6 +35,16 @@ def heat_chebyshev_coefficients(tau: float | Sequence[float], K: int, *,
 
     Returns:
         ``(T, K + 1)`` tensor, one row per ``tau``.
+
+    Example:
+        >>> import math, torch
+        >>> from glass_pyg.geometry import heat_chebyshev_coefficients
+        >>> c = heat_chebyshev_coefficients(0.5, K=12)[0]                 # (number of taus, K + 1)
+        >>> x = torch.tensor(0.3, dtype=torch.float64)
+        >>> T = [torch.ones(()), x]
+        >>> for _ in range(11): T.append(2 * x * T[-1] - T[-2])
+        >>> abs(float(sum(ck * Tk for ck, Tk in zip(c, T))) - math.exp(-0.5 * 1.3)) < 1e-12
+        True
     """
     taus = [tau] if isinstance(tau, (int, float)) else list(tau)
     if not taus:
@@ -63,6 +73,14 @@ def sym_norm_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes:
         ``(norm, isolated)``: ``(E,)`` off-diagonal weights of :math:`\tilde L`
         and a ``(num_nodes,)`` bool mask of nodes of zero degree (their
         diagonal entry of :math:`\tilde L` is ``-1``).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import sym_norm_operator
+        >>> edge_index = torch.tensor([[0, 1], [1, 0]])
+        >>> weight, isolated = sym_norm_operator(edge_index, None, 2, torch.float64)
+        >>> weight, isolated                                               # -1 / sqrt(d_i d_j) per edge
+        (tensor([-1., -1.], dtype=torch.float64), tensor([False, False]))
     """
     src, dst = edge_index[0], edge_index[1]
     w = (torch.ones(src.numel(), dtype=dtype, device=src.device) if edge_weight is None

@@ -20,6 +20,15 @@ def random_rotation(num: int | None = None, *, generator: torch.Generator | None
     :math:`(\theta - \sin\theta)/(b - \sin b)` (inverted by bisection), so any
     bound in :math:`(0, 180]` costs the same. Sampled in float64 on the CPU from
     ``generator``, then cast.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import random_rotation
+        >>> R = random_rotation(4, generator=torch.Generator().manual_seed(0))
+        >>> R.shape, torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=R.dtype).expand(4, 3, 3))
+        (torch.Size([4, 3, 3]), True)
+        >>> bool((torch.linalg.det(R) > 0).all())
+        True
     """
     if max_angle_deg is not None and not (isinstance(max_angle_deg, (int, float))
                                           and 0 < max_angle_deg <= 180):
@@ -62,7 +71,15 @@ def _bounded_angle(u: Tensor, bound: float) -> Tensor:
 
 def rotation_angle(R: Tensor) -> Tensor:
     r"""Rotation angle in radians,
-    :math:`\theta = \operatorname{atan2}(\lVert\mathrm{axial}(R - R^\top)\rVert/2, (\operatorname{tr}R - 1)/2)`."""
+    :math:`\theta = \operatorname{atan2}(\lVert\mathrm{axial}(R - R^\top)\rVert/2, (\operatorname{tr}R - 1)/2)`.
+
+    Example:
+        >>> import math, torch
+        >>> from glass_pyg.geometry import rotation_angle, so3_exp
+        >>> R = so3_exp(torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64))
+        >>> round(float(rotation_angle(R)), 12)
+        0.5
+    """
     axial = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
                          R[..., 1, 0] - R[..., 0, 1]], -1)
     cos = (torch.diagonal(R, dim1=-2, dim2=-1).sum(-1) - 1) / 2
@@ -70,12 +87,28 @@ def rotation_angle(R: Tensor) -> Tensor:
 
 
 def rotation_error_deg(R_est: Tensor, R_true: Tensor) -> Tensor:
-    """Angle in degrees of :math:`R_{est}^\\top R_{true}` (0 when they agree)."""
+    """Angle in degrees of :math:`R_{est}^\\top R_{true}` (0 when they agree).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import rotation_error_deg, so3_exp
+        >>> R = so3_exp(torch.tensor([0.1, 0.0, 0.0], dtype=torch.float64))
+        >>> round(float(rotation_error_deg(R, torch.eye(3, dtype=torch.float64))), 4)
+        5.7296
+    """
     return torch.rad2deg(rotation_angle(R_est.transpose(-1, -2) @ R_true))
 
 
 def so3_exp(omega: Tensor) -> Tensor:
-    r"""Rotation :math:`\exp([\omega]_\times)` of an axis-angle vector ``(..., 3)`` (differentiable)."""
+    r"""Rotation :math:`\exp([\omega]_\times)` of an axis-angle vector ``(..., 3)`` (differentiable).
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import so3_exp
+        >>> R = so3_exp(torch.tensor([0.0, 0.0, torch.pi / 2], dtype=torch.float64))   # a quarter turn about z
+        >>> (R @ torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)).round(decimals=12) + 0.0
+        tensor([0., 1., 0.], dtype=torch.float64)
+    """
     zero = torch.zeros_like(omega[..., 0])
     K = torch.stack([torch.stack([zero, -omega[..., 2], omega[..., 1]], -1),
                      torch.stack([omega[..., 2], zero, -omega[..., 0]], -1),
@@ -89,6 +122,13 @@ def so3_log(R: Tensor) -> Tensor:
     From the skew part, :math:`\omega = \theta\,\mathrm{axial}(R - R^\top) / (2\sin\theta)`; within
     1e-4 of :math:`\pi`, where that ratio is ill-conditioned, the axis is the column of
     :math:`(R + I)/2 = a a^\top` of largest norm, its sign taken from the skew part.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import so3_exp, so3_log
+        >>> omega = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+        >>> torch.allclose(so3_log(so3_exp(omega)), omega)
+        True
     """
     theta = rotation_angle(R)
     axial = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],

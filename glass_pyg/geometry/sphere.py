@@ -29,6 +29,14 @@ def geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
 
     Stable at every angle (``arccos`` loses half the digits near 0 and
     :math:`\pi`). Shapes ``(..., 3)`` that broadcast; returns ``(...)``.
+
+    Example:
+        >>> import math, torch
+        >>> from glass_pyg.geometry import geodesic_distance
+        >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        >>> y = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0]], dtype=torch.float64)
+        >>> torch.allclose(geodesic_distance(x, y), torch.tensor([math.pi / 2, math.pi], dtype=torch.float64))
+        True
     """
     _check(x, y)
     x, y = torch.broadcast_tensors(x, y)
@@ -36,7 +44,16 @@ def geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
 
 
 def pairwise_geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
-    r"""All distances between ``x`` ``(n, 3)`` and ``y`` ``(m, 3)``: ``(n, m)``."""
+    r"""All distances between ``x`` ``(n, 3)`` and ``y`` ``(m, 3)``: ``(n, m)``.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize, pairwise_geodesic_distance
+        >>> x, y = normalize(torch.randn(5, 3)), normalize(torch.randn(7, 3))
+        >>> d = pairwise_geodesic_distance(x, y)
+        >>> d.shape, bool(((d >= 0) & (d <= torch.pi)).all())
+        (torch.Size([5, 7]), True)
+    """
     _check(x, y)
     return geodesic_distance(x.unsqueeze(-2), y.unsqueeze(-3))
 
@@ -56,6 +73,14 @@ def log_map(x: Tensor, base: Tensor) -> Tensor:
     :math:`\theta` pointing to ``x``. Near :math:`\theta = 0` the factor
     uses its series; at the antipode (undefined direction) the result is 0.
     Shapes ``(..., 3)`` that broadcast.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import exp_map, log_map
+        >>> base = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        >>> v = torch.tensor([0.3, -0.4, 0.0], dtype=torch.float64)
+        >>> torch.allclose(log_map(exp_map(v, base), base), v)
+        True
     """
     _check(x, base)
     x, base = torch.broadcast_tensors(x, base)
@@ -75,6 +100,14 @@ def exp_map(v: Tensor, base: Tensor) -> Tensor:
 
     ``v`` tangent at ``base`` (its normal component is removed first).
     Shapes ``(..., 3)`` that broadcast.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import exp_map, geodesic_distance
+        >>> base = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        >>> x = exp_map(torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64), base)     # half a radian towards +x
+        >>> round(float(geodesic_distance(x, base)), 12), round(float(x.norm()), 12)
+        (0.5, 1.0)
     """
     _check(v, base)
     v, base = torch.broadcast_tensors(v, base)
@@ -84,10 +117,24 @@ def exp_map(v: Tensor, base: Tensor) -> Tensor:
 
 
 def project_tangent(v: Tensor, base: Tensor) -> Tensor:
-    """The component of ``v`` tangent to the sphere at ``base``."""
+    """The component of ``v`` tangent to the sphere at ``base``.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import project_tangent
+        >>> project_tangent(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 1.0]))
+        tensor([1., 2., 0.])
+    """
     return v - (v * base).sum(-1, keepdim=True) * base
 
 
 def normalize(x: Tensor) -> Tensor:
-    """Points of :math:`\\mathbb R^3 \\setminus 0` radially projected onto :math:`S^2`."""
+    """Points of :math:`\\mathbb R^3 \\setminus 0` radially projected onto :math:`S^2`.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize
+        >>> normalize(torch.tensor([[3.0, 0.0, 4.0]]))
+        tensor([[0.6000, 0.0000, 0.8000]])
+    """
     return x / _safe_norm(x).clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)

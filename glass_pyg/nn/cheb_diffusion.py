@@ -49,6 +49,19 @@ class ChebDiffusion(MessagePassing):
           directions) or a sparse ``adj_t`` (``torch.sparse`` or
           ``torch_sparse.SparseTensor``), edge weights :math:`(|\mathcal E|)` *(optional)*
         - **output:** :math:`(|\mathcal V|, T F)` for :math:`T` diffusion times
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.nn import ChebDiffusion
+        >>> edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])           # a path of 3 nodes
+        >>> conv = ChebDiffusion(tau=0.5, K=12)
+        >>> conv
+        ChebDiffusion(tau=0.5, K=12)
+        >>> h = conv(torch.eye(3, dtype=torch.float64), edge_index)           # columns of exp(-0.5 L)
+        >>> L = torch.eye(3, dtype=torch.float64) - torch.tensor([[0, 2 ** -0.5, 0], [2 ** -0.5, 0, 2 ** -0.5],
+        ...                                                        [0, 2 ** -0.5, 0]], dtype=torch.float64)
+        >>> torch.allclose(h, torch.linalg.matrix_exp(-0.5 * L), atol=1e-10)
+        True
     """
 
     def __init__(self, tau: float | Sequence[float] = 0.5, K: int = 12, **kwargs) -> None:

@@ -42,6 +42,20 @@ class DiffusionFeatures(torch.nn.Module):
           :math:`(2, E)` or a sparse ``adj_t``, edge weights :math:`(E)`,
           ``batch`` :math:`(N)` for several graphs, ``num_nodes`` when ``x`` is ``None``
         - **output:** :math:`(N, d)`
+
+    Example:
+        >>> import torch
+        >>> from torch_geometric.utils import erdos_renyi_graph
+        >>> from glass_pyg.nn import DiffusionFeatures
+        >>> torch.manual_seed(0) and None
+        >>> edge_index = erdos_renyi_graph(50, 0.1)
+        >>> feat = DiffusionFeatures(feat_dim=16, tau=0.5, K=12)
+        >>> psi = feat(None, edge_index, num_nodes=50, dtype=torch.float64)
+        >>> perm = torch.randperm(50)                                         # relabel the nodes
+        >>> inv = torch.empty_like(perm); inv[perm] = torch.arange(50)
+        >>> psi_relabelled = feat(None, inv[edge_index], num_nodes=50, dtype=torch.float64)
+        >>> tuple(psi.shape), torch.allclose(psi_relabelled[inv], psi, atol=1e-10)
+        ((50, 16), True)
     """
 
     def __init__(self, feat_dim: int = 32, tau: float | Sequence[float] = 0.5, K: int = 12) -> None:

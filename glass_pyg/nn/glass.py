@@ -28,6 +28,14 @@ class GLASSOutput:
     ``plan`` and ``plan_entropy`` are formed on first access (merging the slices'
     windows is a sort of every stored entry, as costly as the solve itself at
     ``n = 2000``), so a training step that reads only ``loss`` does not pay for them.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.nn import GLASS, GraphProjection
+        >>> x = torch.randn(50, 4, dtype=torch.float64)
+        >>> out = GLASS(GraphProjection(4, slices=3).double())(x, x)
+        >>> len(out.plans), tuple(out.scores_s.shape), out.plan.is_sparse
+        (1, (50, 3), True)
     """
 
     loss: Tensor  #: scalar, mean over pairs of the slice-averaged lifted loss
@@ -92,6 +100,18 @@ class GLASS(torch.nn.Module):
         - **input:** ``x_s`` :math:`(N_s, \ast)`, ``x_t`` :math:`(N_t, \ast)`,
           optional ``batch_s``/``batch_t`` (sorted pair index of every row)
         - **output:** :class:`GLASSOutput`
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.nn import GLASS, GraphProjection
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x_s = torch.randn(100, 8, generator=g, dtype=torch.float64)
+        >>> perm = torch.randperm(100, generator=g)
+        >>> head = GLASS(GraphProjection(8, slices=2).double(), cost="sq_euclidean", gamma=0.1)
+        >>> out = head(x_s, x_s[perm])                                         # target: the source relabelled
+        >>> out.loss.backward()
+        >>> out.converged, out.plan.shape, head.projection.weight.grad.shape
+        (True, torch.Size([100, 100]), torch.Size([2, 8]))
     """
 
     def __init__(self, projection: torch.nn.Module, cost: str | CostFactory = "sq_euclidean", *,

@@ -23,6 +23,13 @@ class GraphProjection(torch.nn.Module):
     Shapes:
         - **input:** :math:`(N, d)`
         - **output:** :math:`(N, L)`
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.nn import GraphProjection
+        >>> proj = GraphProjection(32, slices=2)
+        >>> proj(torch.randn(10, 32)).shape
+        torch.Size([10, 2])
     """
 
     def __init__(self, in_channels: int, slices: int = 2, normalize: bool = True) -> None:

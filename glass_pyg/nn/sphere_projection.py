@@ -48,6 +48,15 @@ class SphereProjection(torch.nn.Module):
         - **input:** points :math:`(N, 3)` on :math:`S^2` (unit norm within 1e-3; other rows, NaN or
           inf are refused with an error naming the row)
         - **output:** scores :math:`(N, L)`
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.geometry import normalize
+        >>> from glass_pyg.nn import SphereProjection
+        >>> proj = SphereProjection(K=8, slices=2, gate_mode="tie")
+        >>> x = normalize(torch.randn(100, 3, dtype=torch.float64))
+        >>> proj.double()(x).shape
+        torch.Size([100, 2])
     """
 
     def __init__(self, K: int = 8, slices: int = 2, chart_radius_deg: float = 20.0,
@@ -152,6 +161,13 @@ class LearnedRotation(torch.nn.Module):
     Shapes:
         - **input:** :math:`(N, 3)`
         - **output:** :math:`(N, 3)`, the rows rotated by :math:`R`
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.nn import LearnedRotation
+        >>> rot = LearnedRotation()
+        >>> torch.equal(rot.matrix(), torch.eye(3, dtype=rot.matrix().dtype))     # starts at the identity
+        True
     """
 
     def __init__(self) -> None:

@@ -132,6 +132,17 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
 
     Returns:
         :class:`TransportPlan` with values ``(L, n, W)`` in sorted layout.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.ot import sinkhorn_banded
+        >>> g = torch.Generator().manual_seed(0)
+        >>> s, t = torch.randn(500, generator=g), torch.randn(400, generator=g) + 1.0
+        >>> plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+        >>> bool(plan.converged.all()), tuple(plan.to_dense().shape)
+        (True, (500, 400))
+        >>> torch.allclose(plan.to_dense().sum(1), torch.full((500,), 1 / 500))
+        True
     """
     V.check_choices(temperature=temperature, grad=grad, method=method)
     V.check_options(max_iter, tol, band_eps)

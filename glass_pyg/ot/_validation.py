@@ -10,7 +10,17 @@ _CHOICES = {"temperature": TEMPERATURES, "grad": GRADS, "method": METHODS}
 
 
 class ConvergenceWarning(UserWarning):
-    """A solver stopped at ``max_iter`` before its marginal error reached ``tol``."""
+    """A solver stopped at ``max_iter`` before its marginal error reached ``tol``.
+
+    Example:
+        >>> import warnings, torch
+        >>> from glass_pyg.ot import ConvergenceWarning, sinkhorn_banded
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     plan = sinkhorn_banded(torch.randn(200), torch.randn(200), gamma=1e-3, max_iter=1, method="sinkhorn")
+        >>> any(issubclass(w.category, ConvergenceWarning) for w in caught), bool(plan.converged.all())
+        (True, False)
+    """
 
 
 def first_order_only() -> None:

@@ -21,6 +21,17 @@ def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
     its own. Gradients flow by unrolling the iterations. Stops when the L1 row
     marginal error (relative to the mass) is below ``tol``, checked every
     ``check_every`` iterations.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.ot import sinkhorn_dense
+        >>> x, y = torch.linspace(0, 1, 5, dtype=torch.float64), torch.linspace(0, 1, 4, dtype=torch.float64)
+        >>> plan = sinkhorn_dense((x[:, None] - y[None]) ** 2, gamma=0.01)
+        >>> P = plan.to_dense()
+        >>> P.sum(1)
+        tensor([0.2000, 0.2000, 0.2000, 0.2000, 0.2000], dtype=torch.float64)
+        >>> P.sum(0)
+        tensor([0.2500, 0.2500, 0.2500, 0.2500], dtype=torch.float64)
     """
     if not isinstance(C, Tensor) or C.dim() not in (2, 3) or 0 in C.shape:
         raise ValueError(f"C must be a tensor of shape (n, m) or (L, n, m), got "

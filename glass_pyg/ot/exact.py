@@ -16,6 +16,15 @@ def staircase_plan(s: Tensor, t: Tensor, a: Tensor | None = None,
 
     Returns ``(rows, cols, mass)`` of one slice (``s`` of shape ``(n,)``), in
     original indices, at most ``n + m - 1`` cells.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.ot import staircase_plan
+        >>> rows, cols, mass = staircase_plan(torch.tensor([0.3, 0.1]), torch.tensor([0.0, 0.2, 0.4]))
+        >>> rows.tolist(), cols.tolist()
+        ([1, 1, 0, 0], [0, 1, 1, 2])
+        >>> [round(float(v), 4) for v in mass]
+        [0.3333, 0.1667, 0.1667, 0.3333]
     """
     if s.dim() != 1 or t.dim() != 1:
         raise ValueError(f"staircase_plan takes 1-D scores, got shapes {tuple(s.shape)} and {tuple(t.shape)}")
@@ -37,6 +46,13 @@ def staircase_plan(s: Tensor, t: Tensor, a: Tensor | None = None,
 
 
 def emd_1d_cost(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | None = None) -> Tensor:
-    r"""Exact 1-D transport cost :math:`\min_P \sum_{ij} P_{ij}(s_i - t_j)^2`."""
+    r"""Exact 1-D transport cost :math:`\min_P \sum_{ij} P_{ij}(s_i - t_j)^2`.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.ot import emd_1d_cost
+        >>> float(emd_1d_cost(torch.tensor([0.0, 1.0]), torch.tensor([3.0, 2.0])))   # 0 -> 2, 1 -> 3: mean of 4 and 4
+        4.0
+    """
     rows, cols, mass = staircase_plan(s, t, a, b)
     return (mass * (s[rows] - t[cols]) ** 2).sum()

@@ -37,6 +37,7 @@ class SolverOptions:
         ValueError: naming the option and the value.
 
     Example:
+        >>> from glass_pyg.ot import SolverOptions
         >>> import torch
         >>> opts = SolverOptions(gamma=1.0, temperature="rank")
         >>> plan = opts(torch.randn(100), torch.randn(120))   # sinkhorn_banded with these options

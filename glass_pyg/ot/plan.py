@@ -31,6 +31,19 @@ class TransportPlan:
 
     Shapes below use ``L`` slices, ``n`` sources, ``m`` targets and window
     width ``W``; accessors drop the slice axis when the scores were 1-D.
+
+    Example:
+        >>> import torch
+        >>> from glass_pyg.ot import sinkhorn_banded
+        >>> g = torch.Generator().manual_seed(0)
+        >>> plan = sinkhorn_banded(torch.randn(2, 300, generator=g), torch.randn(2, 300, generator=g), gamma=1.0,
+        ...                        temperature="rank")
+        >>> plan.num_slices, plan.num_sources, plan.num_targets
+        (2, 300, 300)
+        >>> plan.averaged().shape                     # sparse (n, m), slices averaged, original order
+        torch.Size([300, 300])
+        >>> plan.row_argmax().shape, plan.transport_cost().shape
+        (torch.Size([2, 300]), torch.Size([2]))
     """
 
     values: Tensor  #: (L, n, W) plan entries on the band, sorted layout
