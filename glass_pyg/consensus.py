@@ -136,6 +136,15 @@ def _preserved(perm: Tensor, source: Tensor, target_keys: Tensor, m: int) -> flo
 def preserved_edges(perm: Tensor, edge_index_s: Tensor, edge_index_t: Tensor, num_nodes_t: int) -> float:
     r"""Fraction of the source's (undirected) edges :math:`\{i, k\}` with :math:`\{\pi(i), \pi(k)\}` a target edge.
 
+    Args:
+        perm (Tensor): ``(n,)`` target of every source node (``-1``: unmatched).
+        edge_index_s (Tensor): ``(2, E_s)`` source edges.
+        edge_index_t (Tensor): ``(2, E_t)`` target edges.
+        num_nodes_t (int): target nodes.
+
+    Returns:
+        float: in ``[0, 1]`` (0 for a source without edges).
+
     Example:
         >>> import torch
         >>> from glass_pyg.consensus import preserved_edges
@@ -161,6 +170,15 @@ def default_epsilons(density_s: float, density_t: float, n: int, m: int) -> tupl
     colder value failed on one seed of two where :math:`\varepsilon_0` localised.
     So where :math:`500 / ((n-1)(m-1))` is below :math:`\varepsilon_0 / 2`, both
     are tried, the colder first; descents cycle through the tuple.
+
+    Args:
+        density_s (float): edge density of the source, :math:`2|E_s| / (n(n-1))`.
+        density_t (float): edge density of the target.
+        n (int): source nodes.
+        m (int): target nodes.
+
+    Returns:
+        tuple of float: one or two values, the one to try first first.
 
     Example:
         >>> from glass_pyg.consensus import default_epsilons

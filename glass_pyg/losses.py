@@ -33,6 +33,13 @@ class PointPairCost:
     norms and the inner product, to read the band's costs from blocks of inner
     products when the points need no gradient.
 
+    Args:
+        x_s (Tensor): ``(n, d)`` source points.
+        x_t (Tensor): ``(m, d)`` target points.
+        pair (callable): ``pair(x, y)`` the cost of rows of points, ``(..., d)`` each -> ``(...)``.
+        name (str): shown in ``repr``.
+        gram (callable, optional): the cost from ``(|x|^2, |y|^2, <x, y>)``. Default ``None``.
+
     Example:
         >>> import torch
         >>> from glass_pyg.losses import squared_euclidean
@@ -80,6 +87,13 @@ def _sq_geodesic_pairs(x: Tensor, y: Tensor) -> Tensor:
 def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PointPairCost:
     r"""The cost :math:`(i, j) \mapsto \lVert x^s_i - x^t_j\rVert^2` on index pairs.
 
+    Args:
+        x_s (Tensor): ``(n, d)`` source points.
+        x_t (Tensor): ``(m, d)`` target points.
+
+    Returns:
+        PointPairCost: callable on index pairs ``(rows, cols)`` of any shape.
+
     Example:
         >>> import torch
         >>> from glass_pyg.losses import squared_euclidean
@@ -91,6 +105,13 @@ def squared_euclidean(x_s: Tensor, x_t: Tensor) -> PointPairCost:
 
 def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PointPairCost:
     r"""The cost :math:`(i, j) \mapsto d_{S^2}(x^s_i, x^t_j)^2` on index pairs of unit vectors.
+
+    Args:
+        x_s (Tensor): ``(n, 3)`` source unit vectors.
+        x_t (Tensor): ``(m, 3)`` target unit vectors.
+
+    Returns:
+        PointPairCost: callable on index pairs ``(rows, cols)`` of any shape.
 
     Example:
         >>> import math, torch
@@ -104,6 +125,14 @@ def squared_geodesic(x_s: Tensor, x_t: Tensor) -> PointPairCost:
 
 def lifted_loss(plan: TransportPlan, cost: PairCost, reduction: str = "mean") -> Tensor:
     r""":math:`\langle P_l, D\rangle` per slice (``reduction="none"``) or their mean.
+
+    Args:
+        plan (TransportPlan): the solver's plan.
+        cost (callable): :math:`D` on index pairs, ``cost(rows, cols)``, e.g. :func:`squared_euclidean`.
+        reduction (str): ``"mean"`` over the slices or ``"none"``. Default ``"mean"``.
+
+    Returns:
+        Tensor: scalar, or ``(L,)`` with ``reduction="none"``; differentiable in the plan and the points.
 
     Example:
         >>> import torch
@@ -125,6 +154,15 @@ def lifted_loss_graph(plan: TransportPlan, psi_s: Tensor, psi_t: Tensor,
     r""":math:`L_{spec} = \langle P, \lVert \psi^X_i - \psi^Y_j\rVert^2\rangle` for node features
     ``(n, d)``, ``(m, d)``.
 
+    Args:
+        plan (TransportPlan): the solver's plan between the nodes.
+        psi_s (Tensor): ``(n, d)`` source node features.
+        psi_t (Tensor): ``(m, d)`` target node features.
+        reduction (str): ``"mean"`` over the slices or ``"none"``. Default ``"mean"``.
+
+    Returns:
+        Tensor: scalar, or ``(L,)``.
+
     Example:
         >>> import torch
         >>> from glass_pyg.losses import lifted_loss_graph
@@ -140,6 +178,15 @@ def lifted_loss_graph(plan: TransportPlan, psi_s: Tensor, psi_t: Tensor,
 def lifted_loss_sphere(plan: TransportPlan, pos_s: Tensor, pos_t: Tensor,
                        reduction: str = "mean") -> Tensor:
     r""":math:`L_{geo} = \langle P, d_{S^2}(x_i, y_j)^2\rangle` for unit vectors ``(n, 3)``, ``(m, 3)``.
+
+    Args:
+        plan (TransportPlan): the solver's plan between the points.
+        pos_s (Tensor): ``(n, 3)`` source unit vectors.
+        pos_t (Tensor): ``(m, 3)`` target unit vectors.
+        reduction (str): ``"mean"`` over the slices or ``"none"``. Default ``"mean"``.
+
+    Returns:
+        Tensor: scalar, or ``(L,)``.
 
     Example:
         >>> import torch

@@ -114,6 +114,16 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     few as possible; greedy: the free rows take the free columns in order),
     and a :class:`DecodingWarning` says how many.
 
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+        cost (callable, optional): cost on index pairs ``cost(rows, cols)``. Default ``None``.
+        candidates (int, optional): entries kept per row. Default: as above.
+        assignment (str, optional): ``"optimal"`` or ``"greedy"``. Default: optimal while the
+            candidates admit a full matching, greedy otherwise.
+
+    Returns:
+        Tensor: ``(n,)`` int64.
+
     Example:
         >>> import torch
         >>> from glass_pyg.metrics import to_permutation
@@ -245,6 +255,12 @@ def greedy_matching(plan: PlanLike) -> Tensor:
     entries tie (integer neighbourhood votes) exact sparse assignment can stall;
     this cannot.
 
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+
+    Returns:
+        Tensor: ``(n,)`` int64.
+
     Example:
         >>> import torch
         >>> from glass_pyg.metrics import greedy_matching
@@ -275,6 +291,12 @@ def _greedy(r: np.ndarray, c: np.ndarray, score: np.ndarray, n: int, m: int) -> 
 def row_argmax(plan: PlanLike) -> Tensor:
     """Column of the largest entry of every row, ``(n,)`` (``-1`` for an empty row).
 
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+
+    Returns:
+        Tensor: ``(n,)`` int64.
+
     Example:
         >>> import torch
         >>> from glass_pyg.metrics import row_argmax
@@ -293,6 +315,13 @@ def row_argmax(plan: PlanLike) -> Tensor:
 
 def matching_accuracy(pred: Tensor, y: Tensor) -> float:
     """Fraction of ground-truth pairs ``y`` that the matching ``pred`` ``(n,)`` reproduces.
+
+    Args:
+        pred (Tensor): ``(n,)`` target per source (``-1``: unmatched).
+        y (Tensor): ``(2, M)`` ground-truth pairs (source, target).
+
+    Returns:
+        float: in ``[0, 1]``.
 
     Example:
         >>> import torch
@@ -313,6 +342,15 @@ def perm_accuracy(plan: PlanLike, y: Tensor, decoder: str = "hungarian",
     ``decoder="argmax"`` takes the largest entry of each row (several rows may
     pick the same column); ``"hungarian"`` decodes a one-to-one matching with
     :func:`to_permutation` (``cost`` optional).
+
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+        y (Tensor): ``(2, M)`` ground-truth pairs (source, target).
+        decoder (str): ``"hungarian"`` or ``"argmax"``. Default ``"hungarian"``.
+        cost (callable, optional): lifted cost on index pairs for the decoding. Default ``None``.
+
+    Returns:
+        float: in ``[0, 1]``.
 
     Example:
         >>> import torch
@@ -335,6 +373,14 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
 
     An entry tied with the true one ranks above it, so ties never count as hits
     (on a plan of equal entries hits@1 is 0 whatever ``k < m``).
+
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+        y (Tensor): ``(2, M)`` ground-truth pairs (source, target).
+        k (int): Default ``1``.
+
+    Returns:
+        float: in ``[0, 1]``.
 
     Example:
         >>> import torch
@@ -372,6 +418,12 @@ def hits_at_k(plan: PlanLike, y: Tensor, k: int = 1) -> float:
 
 def plan_entropy(plan: PlanLike) -> float:
     r"""Entropy :math:`-\sum_{ij} P_{ij}\log P_{ij}` of the (slice-averaged) plan.
+
+    Args:
+        plan: a :class:`~glass_pyg.ot.TransportPlan`, or a sparse or dense ``(n, m)`` tensor.
+
+    Returns:
+        float: in nats.
 
     Example:
         >>> import math, torch

@@ -76,6 +76,19 @@ def check_sphere_points(x: Tensor, name: str, *, min_points: int = 1, atol: floa
     Rows within ``atol`` of unit norm (float32 round-off) are normalised; rows
     further off the sphere are refused, not silently projected.
 
+    Args:
+        x (Tensor): ``(n, 3)`` points.
+        name (str): the argument's name, for the error.
+        min_points (int): fewest rows accepted. Default ``1``.
+        atol (float): tolerance on the norm. Default ``1e-3``.
+
+    Returns:
+        Tensor: ``(n, 3)`` float64 unit vectors.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor (the message names ``name``).
+        ValueError: a wrong shape, too few points, or rows off the sphere or not finite (naming the row).
+
     Example:
         >>> import torch
         >>> from glass_pyg.sphere_alignment import check_sphere_points
@@ -112,6 +125,11 @@ def start_rotations(pos_s: Tensor, pos_t: Tensor, *, directions: int = 4) -> tup
 
     Returns ``(R, cost)``: ``(C, 3, 3)`` and ``(C,)`` with ``C = 90`` (30
     moment frames and the 60 icosahedral rotations).
+
+    Args:
+        pos_s (Tensor): ``(n, 3)`` source unit vectors.
+        pos_t (Tensor): ``(m, 3)`` target unit vectors.
+        directions (int): slice directions of the sliced cost that ranks them. Default ``4``.
 
     Example:
         >>> import torch
@@ -156,6 +174,15 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8, retry: bo
     :class:`~glass_pyg.metrics.DecodingWarning` says how many pairs remain
     outside them.
 
+    Args:
+        pos_s (Tensor): ``(n, 3)`` source unit vectors.
+        pos_t (Tensor): ``(m, 3)`` target unit vectors, aligned with the source.
+        candidates (int): nearest neighbours per point beyond the dense limit. Default ``8``.
+        retry (bool): try twice as many candidates when they admit no full matching. Default ``True``.
+
+    Returns:
+        Tensor: ``(n,)`` int64 target per source.
+
     Example:
         >>> import torch
         >>> from glass_pyg.geometry import normalize
@@ -196,6 +223,13 @@ def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
 
     Converges from within about one point spacing of the truth. Returns
     ``(R, perm)``; stops early when the matching repeats.
+
+    Args:
+        pos_s (Tensor): ``(n, 3)`` source unit vectors.
+        pos_t (Tensor): ``(m, 3)`` target unit vectors.
+        R (Tensor): ``(3, 3)`` starting rotation, ``pos_t ≈ pos_s @ R.T``.
+        rounds (int): most assignment-Kabsch rounds. Default ``3``.
+        candidates (int): as in :func:`match_points`. Default ``8``.
 
     Example:
         >>> import torch

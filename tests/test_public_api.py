@@ -1,5 +1,6 @@
 """The public contract: every name in a public module's ``__all__`` is documented with a summary and an
 Example, every Example runs as written, and the API documentation builds without a warning."""
+import dataclasses
 import doctest
 import importlib
 import inspect
@@ -42,6 +43,30 @@ def test_public_name_has_summary_and_example(name, obj):
     summary = doc.split("\n", 1)[0]
     assert summary.strip(), f"{name} has no summary line"
     assert "\nExample:\n" in doc or "\nExamples:\n" in doc, f"{name} has no Example section"
+
+
+def _takes_arguments(obj) -> bool:
+    """Functions and classes built from arguments; result dataclasses document fields, not arguments."""
+    if dataclasses.is_dataclass(obj) or (inspect.isclass(obj) and issubclass(obj, Warning)):
+        return False
+    if inspect.isclass(obj) and obj.__name__ == "PairData":  # its attributes section lists the stores
+        return False
+    params = [p for p in inspect.signature(obj).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return bool(params)
+
+
+WITH_ARGUMENTS = [(n, o) for n, o in NAMES if _takes_arguments(o)]
+
+
+@pytest.mark.parametrize("name, obj", WITH_ARGUMENTS, ids=[n for n, _ in WITH_ARGUMENTS])
+def test_public_callable_documents_its_arguments(name, obj):
+    doc = inspect.getdoc(obj) or ""
+    assert "\nArgs:\n" in doc, f"{name} has no Args section"
+    documented = doc.split("\nArgs:\n", 1)[1]
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self":
+            assert p.name in documented, f"{name}: argument {p.name!r} is not documented"
 
 
 @pytest.mark.parametrize("name, obj", NAMES, ids=[n for n, _ in NAMES])

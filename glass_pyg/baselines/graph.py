@@ -52,6 +52,13 @@ class Matching:
 def adjacency(edge_index: Tensor | np.ndarray, num_nodes: int) -> np.ndarray:
     """Dense symmetric 0/1 adjacency ``(N, N)`` of an edge index (self-loops dropped).
 
+    Args:
+        edge_index (Tensor or ndarray): ``(2, E)`` edges (either direction).
+        num_nodes (int): :math:`N`.
+
+    Returns:
+        ndarray: ``(N, N)`` float64 0/1 matrix.
+
     Example:
         >>> import torch
         >>> from glass_pyg.baselines import adjacency
@@ -72,6 +79,12 @@ def adjacency(edge_index: Tensor | np.ndarray, num_nodes: int) -> np.ndarray:
 
 def assign(similarity: np.ndarray) -> np.ndarray:
     """Maximum-similarity one-to-one matching, ``(n,)`` (``-1`` for unmatched rows when n > m).
+
+    Args:
+        similarity (ndarray): ``(n, m)`` scores, larger is better.
+
+    Returns:
+        ndarray: ``(n,)`` int64 target per source.
 
     Example:
         >>> import numpy as np
@@ -98,6 +111,14 @@ def _centred(a: np.ndarray) -> np.ndarray:
 def grampa(a: np.ndarray, b: np.ndarray, eta: float = 0.2) -> Matching:
     r"""GRAMPA spectral matching of two dense adjacency matrices (``eta > 0``).
 
+    Args:
+        a (ndarray): ``(n, n)`` source adjacency.
+        b (ndarray): ``(n, n)`` target adjacency.
+        eta (float): GRAMPA's regularisation. Default ``0.2``.
+
+    Returns:
+        Matching: the assignment and the similarity matrix.
+
     Example:
         >>> import numpy as np
         >>> from glass_pyg.baselines import adjacency, grampa
@@ -118,6 +139,13 @@ def grampa(a: np.ndarray, b: np.ndarray, eta: float = 0.2) -> Matching:
 
 def umeyama(a: np.ndarray, b: np.ndarray) -> Matching:
     """Umeyama's eigenvector matching of two dense adjacency matrices of equal size.
+
+    Args:
+        a (ndarray): ``(n, n)`` source adjacency.
+        b (ndarray): ``(n, n)`` target adjacency.
+
+    Returns:
+        Matching: the assignment and the similarity matrix.
 
     Example:
         >>> import numpy as np
@@ -150,6 +178,14 @@ def _profiles(a: np.ndarray, quantiles: int) -> np.ndarray:
 def degree_profile(a: np.ndarray, b: np.ndarray, quantiles: int = 32) -> Matching:
     r"""Degree-profile matching: W1 between neighbour-degree distributions (on ``quantiles`` points).
 
+    Args:
+        a (ndarray): ``(n, n)`` source adjacency.
+        b (ndarray): ``(m, m)`` target adjacency.
+        quantiles (int): points of each neighbour-degree distribution. Default ``32``.
+
+    Returns:
+        Matching: the assignment and its similarity ``(n, m)``.
+
     Example:
         >>> import numpy as np
         >>> from glass_pyg.baselines import adjacency, degree_profile
@@ -166,6 +202,14 @@ def degree_profile(a: np.ndarray, b: np.ndarray, quantiles: int = 32) -> Matchin
 
 def faq(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Matching:
     """scipy's FAQ quadratic assignment, maximising matched edges, from the barycentre.
+
+    Args:
+        a (ndarray): ``(n, n)`` source adjacency.
+        b (ndarray): ``(n, n)`` target adjacency.
+        seed (int): of scipy's solver. Default ``0``.
+
+    Returns:
+        Matching: the permutation and the iterations.
 
     Example:
         >>> import numpy as np
@@ -185,6 +229,19 @@ def entropic_gw(a: np.ndarray, b: np.ndarray, epsilon: float | None = None, max_
 
     ``epsilon`` defaults to ``0.25 * density(a) * density(b)``, the scale of
     the square loss between two adjacency matrices.
+
+    Args:
+        a (ndarray): ``(n, n)`` source adjacency.
+        b (ndarray): ``(m, m)`` target adjacency.
+        epsilon (float, optional): entropic regularisation. Default: as above.
+        max_iter (int): outer iterations of POT. Default ``1000``.
+        tol (float): POT's stopping tolerance. Default ``1e-9``.
+
+    Returns:
+        Matching: the assignment of the plan and the plan as ``similarity``.
+
+    Raises:
+        ImportError: when POT is missing (the ``bench`` extra installs it).
 
     Example:
         >>> import numpy as np
@@ -214,6 +271,13 @@ def entropic_gw(a: np.ndarray, b: np.ndarray, epsilon: float | None = None, max_
 
 def feature_lap(x_s: np.ndarray, x_t: np.ndarray) -> Matching:
     """Assignment on the squared Euclidean distance of node features ``(n, d)``, ``(m, d)``.
+
+    Args:
+        x_s (ndarray): ``(n, d)`` source features.
+        x_t (ndarray): ``(m, d)`` target features.
+
+    Returns:
+        Matching: the assignment and minus the squared distances as ``similarity``.
 
     Example:
         >>> import numpy as np

@@ -22,6 +22,13 @@ def _geodesic(x, y) -> np.ndarray:
 def geodesic_lap(x, y) -> Matching:
     r"""Assignment minimising :math:`\sum_i d(x_i, y_{\pi(i)})^2` (exact without rotation).
 
+    Args:
+        x (Tensor or ndarray): ``(n, 3)`` source unit vectors.
+        y (Tensor or ndarray): ``(m, 3)`` target unit vectors.
+
+    Returns:
+        Matching: the assignment and minus the squared distances as ``similarity``.
+
     Example:
         >>> import torch
         >>> from glass_pyg.baselines import geodesic_lap
@@ -39,6 +46,19 @@ def sphere_gw(x, y, epsilon: float = 5e-3, max_iter: int = 1000, tol: float = 1e
 
     Rotation-invariant (it sees only distances within each set), so it also
     matches rotated sets, up to the symmetries of the point cloud.
+
+    Args:
+        x (Tensor or ndarray): ``(n, 3)`` source unit vectors.
+        y (Tensor or ndarray): ``(m, 3)`` target unit vectors.
+        epsilon (float): entropic regularisation. Default ``0.005``.
+        max_iter (int): outer iterations of POT. Default ``1000``.
+        tol (float): POT's stopping tolerance. Default ``1e-9``.
+
+    Returns:
+        Matching: the assignment of the plan and the plan as ``similarity``.
+
+    Raises:
+        ImportError: when POT is missing (the ``bench`` extra installs it).
 
     Example:
         >>> import torch

@@ -93,10 +93,24 @@ class SBMPairDataset(GeneratedPairDataset):
     Args:
         root (str, optional): folder for the processed file (its name holds
             every parameter); ``None`` keeps the dataset in memory only.
+        n (int): nodes per graph. Default ``400``.
+        blocks (int): communities of equal size. Default ``3``.
+        p_in (float): edge probability inside a block. Default ``0.15``.
+        p_out (float): edge probability between blocks. Default ``0.02``.
+        rewire_prob (float): fraction of the target's edges moved to non-edges. Default ``0.0``.
+        planted_perm (bool): relabel the target by a random permutation. Default ``True``.
+        num_pairs (int): items of the dataset. Default ``1``.
+        seed (int): of every item's generator. Default ``0``.
+        transform, pre_transform (callable, optional): as in PyG's datasets.
+        force_reload (bool): process again even when the file exists. Default ``False``.
+
+    Raises:
+        ValueError: naming the parameter out of range.
 
     Example:
         >>> from glass_pyg.datasets import SBMPairDataset
-        >>> ds = SBMPairDataset(root=None, n=100, blocks=2, p_in=0.2, p_out=0.02, rewire_prob=0.05, num_pairs=2, seed=0)
+        >>> ds = SBMPairDataset(root=None, n=100, blocks=2, p_in=0.2, p_out=0.02, rewire_prob=0.05,
+        ...                     num_pairs=2, seed=0)
         >>> len(ds), ds[0].x_s.shape[0], tuple(ds[0].y.shape)                # root=None: in memory, no folder
         (2, 100, (2, 100))
     """

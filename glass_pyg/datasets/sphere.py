@@ -81,6 +81,23 @@ class SpherePairDataset(GeneratedPairDataset):
     :math:`R` with ``pos_t[perm] ≈ pos_s @ R.T``. Item ``k`` is drawn from
     its own generator derived from ``(seed, k)``.
 
+    Args:
+        root (str, optional): folder for the processed file; ``None`` keeps the dataset in memory only.
+        n (int): points per set. Default ``256``.
+        noise_deg (float): standard deviation of the tangent noise, in degrees. Default ``2.0``.
+        rotation (bool): rotate the target. Default ``False``.
+        max_rotation_deg (float, optional): bound on the rotation angle. Default: none (Haar).
+        distribution (str): ``"uniform"`` or ``"vmf"`` (clustered). Default ``"uniform"``.
+        num_clusters (int): von Mises-Fisher components. Default ``4``.
+        kappa (float): their concentration. Default ``20.0``.
+        num_pairs (int): items of the dataset. Default ``1``.
+        seed (int): of every item's generator. Default ``0``.
+        transform, pre_transform (callable, optional): as in PyG's datasets.
+        force_reload (bool): process again even when the file exists. Default ``False``.
+
+    Raises:
+        ValueError: naming the parameter out of range.
+
     Example:
         >>> from glass_pyg.datasets import SpherePairDataset
         >>> pair = SpherePairDataset(n=128, noise_deg=1.0, rotation=True, seed=0)[0]

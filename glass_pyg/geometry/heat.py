@@ -32,6 +32,8 @@ def heat_chebyshev_coefficients(tau: float | Sequence[float], K: int, *,
     Args:
         tau: one diffusion time or several, each finite and ``>= 0``.
         K: polynomial degree, ``>= 0``.
+        dtype (torch.dtype): Default ``torch.float64``.
+        device (torch.device or str, optional): Default: the CPU.
 
     Returns:
         ``(T, K + 1)`` tensor, one row per ``tau``.
@@ -73,6 +75,12 @@ def sym_norm_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes:
         ``(norm, isolated)``: ``(E,)`` off-diagonal weights of :math:`\tilde L`
         and a ``(num_nodes,)`` bool mask of nodes of zero degree (their
         diagonal entry of :math:`\tilde L` is ``-1``).
+
+    Args:
+        edge_index (Tensor): ``(2, E)`` edges ``source -> target``.
+        edge_weight (Tensor, optional): ``(E,)`` positive weights (``None``: all 1).
+        num_nodes (int): :math:`N`.
+        dtype (torch.dtype): of the weights returned.
 
     Example:
         >>> import torch

@@ -21,6 +21,19 @@ def random_rotation(num: int | None = None, *, generator: torch.Generator | None
     bound in :math:`(0, 180]` costs the same. Sampled in float64 on the CPU from
     ``generator``, then cast.
 
+    Args:
+        num (int, optional): how many; ``None`` for a single ``(3, 3)`` matrix. Default ``None``.
+        generator (torch.Generator, optional): the source of randomness. Default: a fresh one.
+        max_angle_deg (float, optional): bound on the angle in degrees, in ``(0, 180]``. Default ``None``.
+        dtype (torch.dtype): Default ``torch.float64``.
+        device (torch.device or str, optional): Default: the CPU.
+
+    Returns:
+        Tensor: ``(3, 3)`` or ``(num, 3, 3)`` rotation matrices.
+
+    Raises:
+        ValueError: on a negative ``num`` or a bound outside ``(0, 180]``.
+
     Example:
         >>> import torch
         >>> from glass_pyg.geometry import random_rotation
@@ -73,6 +86,12 @@ def rotation_angle(R: Tensor) -> Tensor:
     r"""Rotation angle in radians,
     :math:`\theta = \operatorname{atan2}(\lVert\mathrm{axial}(R - R^\top)\rVert/2, (\operatorname{tr}R - 1)/2)`.
 
+    Args:
+        R (Tensor): ``(..., 3, 3)`` rotation matrices.
+
+    Returns:
+        Tensor: ``(...)`` angles in :math:`[0, \pi]`.
+
     Example:
         >>> import math, torch
         >>> from glass_pyg.geometry import rotation_angle, so3_exp
@@ -89,6 +108,13 @@ def rotation_angle(R: Tensor) -> Tensor:
 def rotation_error_deg(R_est: Tensor, R_true: Tensor) -> Tensor:
     """Angle in degrees of :math:`R_{est}^\\top R_{true}` (0 when they agree).
 
+    Args:
+        R_est (Tensor): ``(..., 3, 3)`` estimated rotations.
+        R_true (Tensor): ``(..., 3, 3)`` true rotations.
+
+    Returns:
+        Tensor: ``(...)`` angles in degrees.
+
     Example:
         >>> import torch
         >>> from glass_pyg.geometry import rotation_error_deg, so3_exp
@@ -101,6 +127,12 @@ def rotation_error_deg(R_est: Tensor, R_true: Tensor) -> Tensor:
 
 def so3_exp(omega: Tensor) -> Tensor:
     r"""Rotation :math:`\exp([\omega]_\times)` of an axis-angle vector ``(..., 3)`` (differentiable).
+
+    Args:
+        omega (Tensor): ``(..., 3)`` axis times angle.
+
+    Returns:
+        Tensor: ``(..., 3, 3)`` rotation matrices.
 
     Example:
         >>> import torch
@@ -122,6 +154,12 @@ def so3_log(R: Tensor) -> Tensor:
     From the skew part, :math:`\omega = \theta\,\mathrm{axial}(R - R^\top) / (2\sin\theta)`; within
     1e-4 of :math:`\pi`, where that ratio is ill-conditioned, the axis is the column of
     :math:`(R + I)/2 = a a^\top` of largest norm, its sign taken from the skew part.
+
+    Args:
+        R (Tensor): ``(..., 3, 3)`` rotation matrices.
+
+    Returns:
+        Tensor: ``(..., 3)`` axis-angle vectors.
 
     Example:
         >>> import torch

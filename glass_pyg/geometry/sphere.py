@@ -30,6 +30,13 @@ def geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
     Stable at every angle (``arccos`` loses half the digits near 0 and
     :math:`\pi`). Shapes ``(..., 3)`` that broadcast; returns ``(...)``.
 
+    Args:
+        x (Tensor): ``(..., 3)`` unit vectors.
+        y (Tensor): ``(..., 3)`` unit vectors.
+
+    Returns:
+        Tensor: ``(...)`` angles in :math:`[0, \pi]`.
+
     Example:
         >>> import math, torch
         >>> from glass_pyg.geometry import geodesic_distance
@@ -45,6 +52,13 @@ def geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
 
 def pairwise_geodesic_distance(x: Tensor, y: Tensor) -> Tensor:
     r"""All distances between ``x`` ``(n, 3)`` and ``y`` ``(m, 3)``: ``(n, m)``.
+
+    Args:
+        x (Tensor): ``(n, 3)`` unit vectors.
+        y (Tensor): ``(m, 3)`` unit vectors.
+
+    Returns:
+        Tensor: ``(n, m)`` angles in :math:`[0, \pi]`.
 
     Example:
         >>> import torch
@@ -74,6 +88,13 @@ def log_map(x: Tensor, base: Tensor) -> Tensor:
     uses its series; at the antipode (undefined direction) the result is 0.
     Shapes ``(..., 3)`` that broadcast.
 
+    Args:
+        x (Tensor): ``(..., 3)`` unit vectors.
+        base (Tensor): ``(..., 3)`` unit base points.
+
+    Returns:
+        Tensor: ``(..., 3)`` tangent vectors at ``base``.
+
     Example:
         >>> import torch
         >>> from glass_pyg.geometry import exp_map, log_map
@@ -101,6 +122,13 @@ def exp_map(v: Tensor, base: Tensor) -> Tensor:
     ``v`` tangent at ``base`` (its normal component is removed first).
     Shapes ``(..., 3)`` that broadcast.
 
+    Args:
+        v (Tensor): ``(..., 3)`` tangent vectors.
+        base (Tensor): ``(..., 3)`` unit base points.
+
+    Returns:
+        Tensor: ``(..., 3)`` unit vectors.
+
     Example:
         >>> import torch
         >>> from glass_pyg.geometry import exp_map, geodesic_distance
@@ -117,7 +145,14 @@ def exp_map(v: Tensor, base: Tensor) -> Tensor:
 
 
 def project_tangent(v: Tensor, base: Tensor) -> Tensor:
-    """The component of ``v`` tangent to the sphere at ``base``.
+    r"""The component of ``v`` tangent to the sphere at ``base``.
+
+    Args:
+        v (Tensor): ``(..., 3)`` vectors.
+        base (Tensor): ``(..., 3)`` unit base points.
+
+    Returns:
+        Tensor: ``(..., 3)`` :math:`v - \langle v, b\rangle b`.
 
     Example:
         >>> import torch
@@ -130,6 +165,12 @@ def project_tangent(v: Tensor, base: Tensor) -> Tensor:
 
 def normalize(x: Tensor) -> Tensor:
     """Points of :math:`\\mathbb R^3 \\setminus 0` radially projected onto :math:`S^2`.
+
+    Args:
+        x (Tensor): ``(..., 3)`` non-zero vectors.
+
+    Returns:
+        Tensor: ``(..., 3)`` unit vectors.
 
     Example:
         >>> import torch

@@ -129,6 +129,13 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             formed in float64 relative to the exact 1-D dual, so float32
             iterations carry only corrections of order ``log n``.
         check_every: sweeps between host reads of the convergence test.
+        max_band_rounds: most solves on a widened band before the certificate must hold.
+        newton_warmup: Sinkhorn sweeps before the first Newton step (``method="newton"``).
+        max_newton: most Newton steps per band.
+        cg_tol: tolerance of the conjugate-gradient solves (Newton steps and the implicit
+            backward); default ``1e-11`` in float64, ``1e-5`` in float32.
+        cg_max_iter: most conjugate-gradient iterations per solve.
+        warn: emit a :class:`ConvergenceWarning` when ``tol`` is not met.
 
     Returns:
         :class:`TransportPlan` with values ``(L, n, W)`` in sorted layout.

@@ -22,6 +22,19 @@ def sinkhorn_dense(C: Tensor, a: Tensor | None = None, b: Tensor | None = None,
     marginal error (relative to the mass) is below ``tol``, checked every
     ``check_every`` iterations.
 
+    Args:
+        C (Tensor): ``(n, m)`` or ``(L, n, m)`` cost.
+        a (Tensor, optional): positive source weights (uniform when ``None``).
+        b (Tensor, optional): positive target weights of the same mass.
+        gamma (float or Tensor): :math:`\gamma > 0`, a float or ``(L,)``. Default ``0.1``.
+        max_iter (int): most iterations. Default ``200``.
+        tol (float): relative L1 marginal error to stop at. Default ``1e-6``.
+        check_every (int): iterations between convergence checks. Default ``10``.
+        warn (bool): emit a :class:`ConvergenceWarning` when ``tol`` is not met. Default ``True``.
+
+    Returns:
+        TransportPlan: the full plan (window width ``m``).
+
     Example:
         >>> import torch
         >>> from glass_pyg.ot import sinkhorn_dense

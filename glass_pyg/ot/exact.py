@@ -17,6 +17,12 @@ def staircase_plan(s: Tensor, t: Tensor, a: Tensor | None = None,
     Returns ``(rows, cols, mass)`` of one slice (``s`` of shape ``(n,)``), in
     original indices, at most ``n + m - 1`` cells.
 
+    Args:
+        s (Tensor): ``(n,)`` source scores.
+        t (Tensor): ``(m,)`` target scores.
+        a (Tensor, optional): positive source weights (uniform when ``None``).
+        b (Tensor, optional): positive target weights of the same mass.
+
     Example:
         >>> import torch
         >>> from glass_pyg.ot import staircase_plan
@@ -47,6 +53,15 @@ def staircase_plan(s: Tensor, t: Tensor, a: Tensor | None = None,
 
 def emd_1d_cost(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | None = None) -> Tensor:
     r"""Exact 1-D transport cost :math:`\min_P \sum_{ij} P_{ij}(s_i - t_j)^2`.
+
+    Args:
+        s (Tensor): ``(n,)`` or ``(L, n)`` source scores.
+        t (Tensor): ``(m,)`` or ``(L, m)`` target scores.
+        a (Tensor, optional): positive source weights (uniform when ``None``).
+        b (Tensor, optional): positive target weights of the same mass.
+
+    Returns:
+        Tensor: scalar or ``(L,)``.
 
     Example:
         >>> import torch
