@@ -2,8 +2,7 @@ r"""Exact minimum-cost assignment on a sparse set of candidate pairs, that canno
 
 Sparse Jonker-Volgenant solvers are fast on candidate sets that admit a
 perfect matching and can search for a very long time on those that do not
-(scipy's LAPJVsp took 102 s to give up on 4 nearest neighbours per point at
-``n = 4096``). So the candidates are always completed by *escape pairs*: a
+(benchmarks/RESULTS.md, design measurements). So the candidates are always completed by *escape pairs*: a
 full matching (row ``i`` to column ``i``) at a cost above that of any matching
 of the candidates alone. The optimum then uses as few escape pairs as possible, none when the
 candidates admit a full matching. Square problems go to LAPMOD

@@ -1,7 +1,7 @@
 r"""Consensus on large graphs: match one pair of communities, then let the refinement carry it.
 
 The GW consensus descent forms the ``n x m`` plan and dense products of
-:math:`O(n^3)` per step; at n = 10^4 that is ~45 s a step. Graphs with
+:math:`O(n^3)` per step. Graphs with
 community structure give a smaller problem that carries the same information:
 
 1. each graph is split into communities by the leading eigenvectors of its

@@ -162,13 +162,10 @@ def default_epsilons(density_s: float, density_t: float, n: int, m: int) -> tupl
     :math:`\varepsilon_0 = \tfrac18\,\delta_s\delta_t` (:math:`\delta` the edge
     densities: the scale of the cost's edge-count term) localises the SBM and
     sparse benchmark pairs of average degree up to ~60 at 10-30% rewiring, where
-    smaller values stall. Denser graphs need a colder plan: at 20% rewiring,
-    degree 190 (n = 3000) localised in 6 steps at :math:`\varepsilon = 500 / (n m)`
-    and took 13 descents at :math:`\varepsilon_0`; a community of 3333 nodes and
-    degree 500 localised at :math:`\varepsilon \le 0.01\,\delta_s\delta_t`
-    and never at :math:`\varepsilon_0`; while at 30% rewiring and degree 126 the
-    colder value failed on one seed of two where :math:`\varepsilon_0` localised.
-    So where :math:`500 / ((n-1)(m-1))` is below :math:`\varepsilon_0 / 2`, both
+    smaller values stall. Denser graphs need a colder plan, about
+    :math:`500 / (n m)`, which in turn fails on some sparser pairs where
+    :math:`\varepsilon_0` localises (benchmarks/RESULTS.md, design measurements). So where
+    :math:`500 / ((n-1)(m-1))` is below :math:`\varepsilon_0 / 2`, both
     are tried, the colder first; descents cycle through the tuple.
 
     Args:
@@ -263,7 +260,7 @@ def gw_consensus(edge_index_s: Tensor, edge_index_t: Tensor, num_nodes: tuple[in
     assignment objective). A localised descent ends the search.
 
     Beyond ``split_above`` plan entries (the dense products cost :math:`O(n^3)`
-    per step: 20 steps took 911 s at n = 10^4) the graphs are split into
+    per step) the graphs are split into
     spectral communities, the descent runs on one matched pair of them and the
     refinement carries that matching to the whole graphs.
 

@@ -61,7 +61,6 @@ class PointPairCost:
         x_s, x_t = self.points
         shape, rows, cols = rows.shape, rows.flatten(), cols.flatten()
         # in the band's row blocks of gathered values on CPU, so the gathered points stay in cache
-        # (decoding 474k pairs of 32-d features: 0.04 s instead of 0.31 s at once)
         blocks = row_blocks(1, rows.numel(), math.prod(x_s.shape[1:]), rows.device)
         parts = [self.pair(x_s[rows[sl]], x_t[cols[sl]]) for sl in blocks]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(shape)

@@ -105,8 +105,8 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
     scipy's dense ``linear_sum_assignment`` while ``n * m <= 2**22`` (robust to
     the exact ties of structurally equivalent nodes; a dense plan is decoded as
     a matrix) and beyond that with :func:`~glass_pyg.assignment.sparse_assignment`
-    (exact LAPMOD on the candidates; scipy's sparse solver stalled for over 8
-    minutes on SBM n = 10000 with 32 candidates per row); ``"greedy"`` visits the candidates from the best
+    (exact LAPMOD on the candidates, which cannot stall where scipy's sparse
+    solver can); ``"greedy"`` visits the candidates from the best
     down (:func:`greedy_matching`: at least half the optimal weight, never
     stalls). ``None``: optimal while ``n * m <= 2**22``, greedy beyond. When
     the candidates admit no matching of every row (or column, if fewer), pairs
@@ -174,8 +174,8 @@ def to_permutation(plan: PlanLike, cost: Callable[[Tensor, Tensor], Tensor] | No
         outside = min(free_rows.size, free_cols.size)
         match[free_rows[:outside]] = free_cols[:outside]
         return _matching(match, outside, k, rows.device, greedy=True)
-    # below the limit always dense: the sparse solver is 2-4x faster on a banded plan's support (12-20%
-    # of the pairs) but stalled for minutes on one such support (sparse SBM, n = 2000, r = 0.05)
+    # below the limit always dense: the sparse solver is faster on a banded plan's support but can
+    # stall on one (benchmarks/RESULTS.md, design measurements)
     if n * m <= _DENSE_LIMIT:
         D = np.ones((n, m))
         D[r, c] = w

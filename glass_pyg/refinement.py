@@ -99,7 +99,7 @@ def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
     With :math:`\Pi` a matching and :math:`A_t` symmetric, :math:`W = A_s \Pi A_t^\top = A_s C`
     where row ``k`` of :math:`C` is row ``perm[k]`` of :math:`A_t` (zero when unmatched):
     one sparse-times-dense product in float32, exact for counts below :math:`2^{24}`
-    (n = 2000, degree 127: 0.09 s against 0.16 s for scipy's sparse product). When few
+    (faster than scipy's sparse product). When few
     nodes changed partner since the previous call with the same ``cache`` (the last
     rounds), the previous votes are updated instead: each changed ``k`` moves its
     neighbours' votes from row ``old[k]`` of :math:`A_t` to row ``perm[k]``."""

@@ -271,8 +271,7 @@ def align_sphere(pos_s: Tensor, pos_t: Tensor, *, top: int = 3, steps: int = 100
         pos_t: target points ``(m, 3)``: a rotated, relabelled, noisy copy;
             ``n != m`` is allowed. On a uniform cloud the rotation is read off
             the sample's own fluctuations, so most points need a partner
-            (measured, n = 300: 10% missing aligns, 25% missing failed on 2 of
-            3 seeds); clustered clouds (vMF mixtures) tolerate more.
+            (about 90%); clustered clouds (vMF mixtures) tolerate more.
         top (int): best start candidates descended (at least 20 degrees apart).
         steps (int): descent steps of the best of them.
         screen_steps (int): descent steps of every one of the ``top`` starts,

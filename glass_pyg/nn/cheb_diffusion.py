@@ -135,7 +135,7 @@ class ChebDiffusion(MessagePassing):
             index, value = to_edge_index(edge_index)  # rows are targets (adj_t)
             (src, dst), w = _symmetrised(index.flip(0), self._weights(value, index[0]), num_nodes)
             norm, isolated = sym_norm_operator(torch.stack([src, dst]), w, num_nodes, dtype)
-            # the product runs K times: the CSR layout's is about 20x faster than COO's
+            # the product runs K times: in the CSR layout, which is much faster than COO's
             adj = torch.sparse_coo_tensor(torch.stack([dst, src]), norm, (num_nodes, num_nodes),
                                           check_invariants=False).coalesce().to_sparse_csr()
             return adj, None, isolated

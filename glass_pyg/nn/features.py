@@ -135,7 +135,7 @@ def _as_edge_index(adj: Adj, edge_weight: OptTensor) -> tuple[Tensor, OptTensor]
 def _csr_adjacency(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int, dtype: torch.dtype) -> Tensor:
     """``adj_t`` (rows are targets) as a CSR tensor: the chain applies the heat kernel
     ``K`` times per block of signals, and a CSR product is faster than gather-scatter
-    message passing (0.86 -> 0.57 s for the features of a 250k-edge graph)."""
+    message passing (benchmarks/RESULTS.md, design measurements)."""
     w = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device) if edge_weight is None \
         else edge_weight.to(dtype)
     with warnings.catch_warnings():

@@ -5,8 +5,7 @@ band-sized temporaries are slow twice over: each fresh multi-megabyte buffer
 is page-faulted in 4 KiB at a time, and it falls out of cache between the
 operations of one expression. Working through the rows in blocks of about
 ``2^17`` entries keeps every temporary cache-resident and reused by the
-allocator (measured: a windowed multiply-and-sum over ``n = 2^18`` rows of
-width 58 takes 20 ms in blocks and 180 ms at once). Accelerators take the
+allocator (benchmarks/RESULTS.md, design measurements). Accelerators take the
 band in one block.
 """
 from __future__ import annotations

@@ -136,7 +136,6 @@ class TransportPlan:
         vals = self.values.flatten() / L
         if n * m <= max(_DENSE_MERGE, 8 * vals.numel()):
             # the slices' entries merged in a dense buffer: O(n m + nnz), where a coalesce sorts them
-            # (at n = m = 1000 with near-full windows, 0.23 s)
             keys = (rows * m + cols).flatten()
             stored = torch.zeros(n * m, dtype=torch.bool, device=vals.device).index_fill_(0, keys, True)
             where = stored.nonzero().squeeze(1)
