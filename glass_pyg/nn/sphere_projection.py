@@ -6,11 +6,23 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from ..geometry.sphere import geodesic_distance, log_map, normalize, project_tangent
+from ..geometry.sphere import _safe_norm, normalize, project_tangent
+from ..ot._row_blocks import row_blocks
 
 _GATE_MODES = ("fixed", "tie", "learn")
 _GEOMETRIES = ("torch", "geomstats")
+
+
+def _anchor_angles(x: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Angles :math:`\theta` between points ``(N, 3)`` and anchors ``(L, K, 3)``, with their sines and
+    cosines, ``(N, L K)`` each: :math:`\theta = \operatorname{atan2}(\lVert x \times a\rVert, x \cdot a)`,
+    stable at every angle."""
+    a = anchors.reshape(-1, 3)
+    cos = x @ a.T
+    sin = _safe_norm(torch.linalg.cross(x.unsqueeze(1), a.unsqueeze(0), dim=-1))
+    return torch.atan2(sin, cos), sin, cos
 
 
 class SphereProjection(torch.nn.Module):
@@ -120,9 +132,12 @@ class SphereProjection(torch.nn.Module):
 
     def gates(self, x: Tensor) -> Tensor:
         """``(N, L, K)`` gate weights (rows sum to one over anchors)."""
-        d = geodesic_distance(x.view(-1, 1, 1, 3), self.anchors.to(x.dtype))
-        c = self.log_width.to(x.dtype).exp()
-        return torch.softmax(-0.5 * (d / c) ** 2, dim=-1)
+        theta, _, _ = _anchor_angles(x, self.anchors.to(x.dtype))
+        return self._gates(theta.view(-1, self.slices, self.K))
+
+    def _gates(self, theta: Tensor) -> Tensor:
+        c = self.log_width.to(theta.dtype).exp()
+        return torch.softmax(-0.5 * (theta / c) ** 2, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Gated chart scores ``(N, L)`` of unit vectors ``x`` ``(N, 3)``."""
@@ -137,17 +152,34 @@ class SphereProjection(torch.nn.Module):
                 raise ValueError(f"x must hold unit vectors (points on S^2): row {i} is {x[i].tolist()} "
                                  f"with norm {float(x[i].norm()):.6g}; normalise the points first")
         a, u = self.anchors.to(x.dtype), self.directions.to(x.dtype)
+        R = math.radians(self.chart_radius_deg)
         if self.geometry == "geomstats":
             from ..geometry.geomstats_backend import gs_log
-            v = gs_log(x.view(-1, 1, 1, 3), a, self.space)
-        else:
-            v = log_map(x.view(-1, 1, 1, 3), a)  # (N, L, K, 3)
-        R = math.radians(self.chart_radius_deg)
-        norm = v.norm(dim=-1, keepdim=True)
-        squash = torch.where(norm > 1e-12, R * torch.tanh(norm / R) / norm.clamp_min(1e-12),
-                             torch.ones_like(norm))
-        proj = (squash * v * u).sum(-1)  # (N, L, K)
-        return (self.gates(x) * proj).sum(-1)
+            v = gs_log(x.view(-1, 1, 1, 3), a, self.space)  # (N, L, K, 3)
+            norm = v.norm(dim=-1, keepdim=True)
+            squash = torch.where(norm > 1e-12, R * torch.tanh(norm / R) / norm.clamp_min(1e-12),
+                                 torch.ones_like(norm))
+            return (self.gates(x) * (squash * v * u).sum(-1)).sum(-1)
+        # in row blocks of about 2^17 (point, anchor) pairs on CPU, each recomputed in the backward, so the
+        # temporaries stay in cache instead of being kept at full size for autograd
+        blocks = row_blocks(1, x.size(0), self.slices * self.K, x.device)
+        if len(blocks) == 1:
+            return self._chart_scores(x, a, u, R)
+        track = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return torch.cat([checkpoint(self._chart_scores, x[sl], a, u, R, use_reentrant=False) if track
+                          else self._chart_scores(x[sl], a, u, R) for sl in blocks])
+
+    def _chart_scores(self, x: Tensor, a: Tensor, u: Tensor, R: float) -> Tensor:
+        r""":math:`\sum_k g_k \langle \rho_R(\mathrm{Log}_{a_k} x), u_k\rangle` from inner products:
+        :math:`R \tanh(\theta / R) \langle x - \cos\theta\, a, u\rangle / \sin\theta`."""
+        theta, sin, cos = _anchor_angles(x, a)
+        along = x @ u.reshape(-1, 3).T - cos * (a * u).sum(-1).reshape(1, -1)  # (N, L K)
+        tiny = sin <= 1e-12
+        # as sin -> 0: the factor -> 1 at the anchor, and the log map is 0 at its antipode
+        factor = torch.where(tiny, (cos > 0).to(x.dtype),
+                             R * torch.tanh(theta / R) / torch.where(tiny, torch.ones_like(sin), sin))
+        proj = (factor * along).view(-1, self.slices, self.K)
+        return (self._gates(theta.view(-1, self.slices, self.K)) * proj).sum(-1)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(K={self.K}, slices={self.slices}, "

@@ -119,3 +119,53 @@ def test_training_recovers_correspondences():
     refined = metrics.perm_accuracy(out.plan, d.y, "hungarian", cost=losses.squared_geodesic(ps, pt))
     assert hungarian >= 0.9, (hungarian, lap)
     assert refined >= lap - 0.02
+
+
+def test_projection_equals_the_chart_formula_with_log_maps_and_its_gradient():
+    # the layer computes <rho_R(Log_a x), u> from inner products; here from explicit log maps (N, L, K, 3)
+    from glass_pyg.geometry.sphere import log_map, normalize, project_tangent
+    proj = SphereProjection(K=8, slices=3, gate_mode="learn", generator=torch.Generator().manual_seed(0)).double()
+    a = proj.anchors.detach().reshape(-1, 3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([normalize(torch.randn(300, 3, generator=g, dtype=torch.float64)), a[:4], -a[4:8],
+                   normalize(a[8:12] + 1e-9 * torch.randn(4, 3, generator=g, dtype=torch.float64))])
+
+    def by_log_maps(x):
+        v = log_map(x.view(-1, 1, 1, 3), proj.anchors)
+        R = math.radians(proj.chart_radius_deg)
+        norm = v.norm(dim=-1, keepdim=True)
+        squash = torch.where(norm > 1e-12, R * torch.tanh(norm / R) / norm.clamp_min(1e-12), torch.ones_like(norm))
+        return (proj.gates(x) * (squash * v * proj.directions).sum(-1)).sum(-1)
+
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got, want = proj(xa), by_log_maps(xb)
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((got * w).sum(), [xa, *proj.parameters()])
+    gb = torch.autograd.grad((want * w).sum(), [xb, *proj.parameters()])
+    # on the sphere only the tangential part of the points' gradient is defined
+    torch.testing.assert_close(project_tangent(ga[0], x), project_tangent(gb[0], x), atol=1e-12, rtol=0)
+    for p, q in zip(ga[1:], gb[1:]):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-10)
+
+
+def test_projection_in_row_blocks_gives_the_one_block_values_and_gradients(monkeypatch):
+    import glass_pyg.ot._row_blocks as blocks
+    from glass_pyg.geometry.sphere import normalize
+    proj = SphereProjection(K=4, slices=2, gate_mode="learn", generator=torch.Generator().manual_seed(0)).double()
+    x = normalize(torch.randn(100, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    w = torch.randn(100, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def run():
+        xr = x.clone().requires_grad_(True)
+        out = proj(xr)
+        return out.detach(), torch.autograd.grad((out * w).sum(), [xr, *proj.parameters()])
+
+    whole, g_whole = run()
+    monkeypatch.setattr(blocks, "_CPU_BLOCK_ENTRIES", 8 * 7)  # blocks of 7 points
+    parts, g_parts = run()
+    torch.testing.assert_close(parts, whole, atol=1e-15, rtol=0)  # the products summed in other blocks
+    for p, q in zip(g_parts, g_whole):
+        torch.testing.assert_close(p, q, atol=1e-14, rtol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(x), whole, atol=1e-15, rtol=0)
