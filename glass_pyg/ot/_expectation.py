@@ -115,9 +115,9 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
             st = start[i0:i1]
             c0, c1 = int(st.min()), int(st.max()) + width
             if c1 - c0 <= 2 * (i1 - i0 + width):
-                inner = xs[i0:i1] @ xt[c0:c1].T
-                block = gram(sq_s[i0:i1].unsqueeze(-1), sq_t[c0:c1].unsqueeze(0), inner)
-                out[sl, i0:i1] = block.gather(1, (st - c0).unsqueeze(-1) + k)
+                idx = (st - c0).unsqueeze(-1) + k  # the windows inside the run: the cost on them only
+                inner = (xs[i0:i1] @ xt[c0:c1].T).gather(1, idx)
+                out[sl, i0:i1] = gram(sq_s[i0:i1].unsqueeze(-1), sq_t[c0:c1][idx], inner)
             else:
                 cols = st.unsqueeze(-1) + k
                 inner = (xs[i0:i1].unsqueeze(1) * xt[cols]).sum(-1)

@@ -211,3 +211,24 @@ def test_blocked_expectation_gradcheck(monkeypatch):
 
     assert torch.autograd.gradcheck(lambda v, a, b: BlockedExpectation.apply(v, a, b, rows, cols, pair),
                                     (values, x_s, x_t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_squared_geodesic_band_costs_from_inner_products_match_the_pairs(dtype):
+    from glass_pyg import losses
+    from glass_pyg.geometry import normalize
+    from glass_pyg.ot._expectation import band_costs_from_gram
+
+    g = torch.Generator().manual_seed(8)
+    x_s = normalize(torch.randn(400, 3, generator=g, dtype=dtype))
+    x_t = torch.cat([x_s[:200], -x_s[200:210], normalize(torch.randn(190, 3, generator=g, dtype=dtype))])
+    s = torch.cat([x_s[:, 2], x_s[:200, 2]])[:400].unsqueeze(0)  # equal and antipodal points in the band
+    plan = sinkhorn_banded(s, x_t[:, 2].unsqueeze(0), gamma=1.0, temperature="rank")
+    cost = losses.squared_geodesic(x_s, x_t)
+    d = band_costs_from_gram(x_s, x_t, plan.perm_s, plan.perm_t, plan.row_start, plan.width, cost.gram,
+                             block_rows=37)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d, cost(*plan.index_pairs()), **tol)
+    x_t.requires_grad_(True)  # the pairs' path
+    torch.testing.assert_close(plan.expectation(cost).detach(),
+                               plan.expectation(losses.squared_geodesic(x_s, x_t)).detach(), **tol)
