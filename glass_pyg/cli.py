@@ -211,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    import warnings
+    shown = warnings.formatwarning
+    # the library's warnings (a wide plan, a decoding outside the support) as one line each, not a traceback line
+    warnings.formatwarning = lambda message, category, *_, **__: f"glass-pyg: {category.__name__}: {message}\n"
     try:
         return args.func(args)
     except (UsageError, ConfigError) as exc:  # the command line or the config: one clear line, status 2
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
         print(f"glass-pyg: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

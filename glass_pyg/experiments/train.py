@@ -5,11 +5,13 @@ import copy
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .._limits import DENSE_PAIRS
 from . import run_dir as R
 from .config import ExperimentConfig, from_dict
 from .distributed import World, current_world
@@ -126,6 +128,8 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
         while step <= total:
             row = _step(loss_of, tasks, owned, opt, cfg, step, world, train=step < total)
             emit(row)
+            if step == start and world.leader:
+                _warn_if_dense(cfg, row, tasks)
             final = row
             done = step + 1 if step < total else total
             stable = False
@@ -161,6 +165,19 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
             plot_run(folder, tasks[0])
     world.broadcast(None)  # the others return once the run folder is complete
     return RunResult(folder, final, total)
+
+
+def _warn_if_dense(cfg: ExperimentConfig, row: dict, tasks: list[Task]) -> None:
+    """Say once when an absolute-temperature plan keeps a large share of all pairs on a large problem:
+    every step then costs O(n m), where the rank temperature keeps the band O(n)."""
+    full = cfg.train.slices * sum(t.src.size(0) * t.dst.size(0) for t in tasks)
+    nnz = row.get("nnz") or 0
+    if cfg.ot.temperature != "absolute" or full / cfg.train.slices / len(tasks) <= DENSE_PAIRS or nnz < 0.1 * full:
+        return
+    warnings.warn(f"the plan keeps {nnz:.3g} entries, {nnz / full:.0%} of all pairs (band half-width "
+                  f"{row.get('band_halfwidth')} ranks): ot.gamma={cfg.ot.gamma:g} on the absolute scale is wide "
+                  f"for {tasks[0].src.size(0)} points, so every step costs O(n m); ot.temperature=rank with "
+                  f"ot.gamma of a few units keeps the band O(n) (docs/experiments.md)", UserWarning, stacklevel=2)
 
 
 def summary(folder: str, final: dict, seconds: float, stage_seconds: float, steps: int) -> dict:

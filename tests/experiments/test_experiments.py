@@ -322,3 +322,19 @@ def test_resume_says_where_and_refuses_a_finished_run(tmp_path, capsys):
     assert f"resuming {folder} from step 3 of 4" in err
     assert main(["graph", "--resume", folder]) == 2
     assert "is a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("temperature, gamma, warns", [("absolute", 0.1, True), ("rank", 3.0, False)])
+def test_a_wide_absolute_plan_on_a_large_problem_is_reported_once(tmp_path, monkeypatch, temperature, gamma, warns):
+    import warnings
+
+    import glass_pyg.experiments.train as train
+    monkeypatch.setattr(train, "DENSE_PAIRS", 100)  # "large" from 100 pairs, so n = 60 counts
+    cfg = load_config("graph_sbm_small", ["data.n=60", "train.steps=2", "train.eval_every=1",
+                                          "train.stop_when_stable=0", f"log.out_dir={tmp_path}",
+                                          f"ot.temperature={temperature}", f"ot.gamma={gamma}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(cfg, quiet=True)
+    wide = [w for w in caught if "on the absolute scale is wide" in str(w.message)]
+    assert len(wide) == (1 if warns else 0), [str(w.message) for w in caught]
