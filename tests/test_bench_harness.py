@@ -104,6 +104,7 @@ def test_scaling_rows_and_slopes(tmp_path):
     for r in table.rows:
         parts = sum(r[k] for k in ("features_s", "projection_s", "ot_s", "loss_s", "backward_s"))
         assert parts <= r["step_s"] * 1.001 and r["nnz"] > 0
+        assert 0 < r["floor_s"] < r["ot_s"]
     (fit,) = S.slopes(table)
     assert fit["from_n"] == 32 and math.isfinite(fit["slope"])
     S.plot(table, str(tmp_path / "scaling.png"))
