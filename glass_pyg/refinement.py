@@ -79,9 +79,11 @@ def _sparse_votes(w: sp.spmatrix, keep: int) -> Tensor:
         if hi == lo:
             continue
         v, c = w.data[lo:hi], w.indices[lo:hi]
-        if hi - lo > keep:
-            top = np.argpartition(-v, keep - 1)[:keep]
-            v, c = v[top], c[top]
+        if hi - lo > keep:  # the largest votes; ties at the last one go to the smaller columns
+            thr = -np.partition(-v, keep - 1)[keep - 1]
+            tied = np.sort(c[v == thr])[:keep - int((v > thr).sum())]
+            c = np.concatenate([c[v > thr], tied])
+            v = np.concatenate([v[v > thr], np.full(tied.size, thr)])
         rows.append(np.full(v.size, i))
         cols.append(c)
         vals.append(v)
@@ -129,6 +131,22 @@ def _matching_votes(a_s: sp.csr_matrix, perm: np.ndarray, a_t: sp.csr_matrix,
         votes = torch.sparse.mm(cache["a_s"], rows_of(idx))
     cache["perm"], cache["votes"] = idx.clone(), votes
     return votes
+
+
+def _matching_top_votes(a_s: sp.csr_matrix, perm: Tensor, a_t: sp.csr_matrix, keep: int) -> Tensor | None:
+    """The ``keep`` largest votes per row of a matching, as :func:`_sparse_votes` of all of them gives,
+    from the compiled counting kernel (each row counted in a dense counter; no ``n x m`` product);
+    None without it."""
+    from .ot import native
+    found = native.votes_topk(torch.as_tensor(a_s.indptr), torch.as_tensor(a_s.indices), perm,
+                              torch.as_tensor(a_t.indptr), torch.as_tensor(a_t.indices), a_t.shape[0], keep)
+    if found is None:
+        return None
+    cols, votes = found
+    ok = cols >= 0
+    idx = torch.stack([ok.nonzero()[:, 0], cols[ok]])
+    return torch.sparse_coo_tensor(idx, votes[ok].double(), (a_s.shape[0], a_t.shape[0]),
+                                   check_invariants=False).coalesce()
 
 
 def _votes(a_s: sp.csr_matrix, p: sp.csr_matrix, a_t: sp.csr_matrix, keep: int | None) -> Tensor:
@@ -234,7 +252,7 @@ def refine_matching(init: PlanLike, edge_index_s: Tensor, edge_index_t: Tensor,
             votes = _candidate_votes(a_s, p, a_t, pairs, perm)
         elif perm is not None and keep is None:
             votes = _matching_votes(a_s, perm.numpy(), a_t, cache)
-        else:
+        elif perm is None or (votes := _matching_top_votes(a_s, perm, a_t, keep)) is None:
             votes = _votes(a_s, p, a_t, keep)
         with warnings.catch_warnings():  # pairs without votes are expected to be matched outside
             warnings.simplefilter("ignore", DecodingWarning)

@@ -174,3 +174,40 @@ def test_callback_sees_every_round_and_can_stop_it():
                           callback=stop_at_two)
     assert res.rounds == 2 and not res.converged and len(res.history) == 2
     assert seen == [(1, (200,), "cpu"), (2, (200,), "cpu")]
+
+
+@pytest.mark.parametrize("keep", [1, 5, 1000])
+def test_top_votes_of_a_matching_are_the_largest_of_the_brute_force_votes(keep):
+    # the compiled counting kernel against the vote matrix counted pair by pair, and against scipy's product
+    from glass_pyg.ot import native
+    from glass_pyg.refinement import _adjacency, _matching_top_votes, _votes
+    d, truth = _pair(n=60, r=0.1, seed=5)
+    perm = _partly_right(truth, 0.5, seed=6)
+    perm[::9] = -1
+    a_s, a_t = _adjacency(d.edge_index_s, 60, "s"), _adjacency(d.edge_index_t, 60, "t")
+    A, B = a_s.toarray(), a_t.toarray()
+    W = [[sum(B[j, perm[k]] for k in range(60) if A[i, k] and perm[k] >= 0) for j in range(60)] for i in range(60)]
+    want = {}  # the `keep` largest of each row, ties at the last going to the smaller columns
+    for i in range(60):
+        ranked = sorted((j for j in range(60) if W[i][j] > 0), key=lambda j: (-W[i][j], j))[:keep]
+        want.update({(i, j): W[i][j] for j in ranked})
+    got = _matching_top_votes(a_s, perm, a_t, keep)
+    if native.status().startswith("compiled"):
+        assert got is not None
+    if got is not None:
+        assert dict(zip(map(tuple, got.indices().t().tolist()), got.values().tolist())) == want
+    p = a_s.__class__((torch.ones(int((perm >= 0).sum())).numpy(),
+                       ((perm >= 0).nonzero()[:, 0].numpy(), perm[perm >= 0].numpy())), shape=(60, 60))
+    scipy_votes = _votes(a_s, p, a_t, keep).coalesce()
+    assert dict(zip(map(tuple, scipy_votes.indices().t().tolist()), scipy_votes.values().tolist())) == want
+
+
+def test_kept_vote_rounds_give_the_same_matching_with_and_without_the_kernel():
+    from glass_pyg.ot import native
+    d, truth = _pair(n=300, r=0.05, seed=4)
+    init = _partly_right(truth, 0.1, seed=5)
+    args = (init, d.edge_index_s, d.edge_index_t, (300, 300))
+    compiled = refine_matching(*args, keep=16, assignment="greedy")
+    with native.disabled():
+        scipy_path = refine_matching(*args, keep=16, assignment="greedy")
+    assert torch.equal(compiled.perm, scipy_path.perm) and compiled.history == scipy_path.history

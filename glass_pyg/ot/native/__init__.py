@@ -1,4 +1,4 @@
-r"""Compiled CPU kernels for the band passes of the banded solver.
+r"""Compiled CPU kernels for the band passes of the banded solver (and the graph refinement's votes).
 
 Each reduction over the band (the row and column ``logsumexp`` of a sweep, the
 plan's ``exp``, the Laplacian's products, its preconditioner) is one pass in C
@@ -28,7 +28,7 @@ from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits", "clean_rows",
            "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "sorted_search", "band_extent",
-           "compact_offsets"]
+           "compact_offsets", "votes_topk"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
 
@@ -334,3 +334,37 @@ def band_extent(s: Tensor, t: Tensor, f0: Tensor, g0: Tensor, gamma: Tensor, phi
     _library().band_extent(L, n, m, *(_ptr(v) for v in args), ctypes.c_double(thr), _ptr(a_lo), _ptr(a_hi),
                            _ptr(lo), _ptr(hi))
     return lo, hi
+
+
+def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx: Tensor, m: int,
+               keep: int) -> tuple[Tensor, Tensor] | None:
+    r"""The ``keep`` largest neighbourhood votes of every row of :math:`W = A_s \Pi A_t^\top`.
+
+    ``A_s`` (n x n) and ``A_t`` (m x m) are symmetric 0/1 adjacencies given by their CSR
+    arrays (no duplicate entries; ``m < 2^31``), ``perm`` (n,) the matching (``-1``: unmatched).
+    Row ``i`` of ``W`` counts, per target ``j``, the neighbours of ``i`` matched to neighbours of
+    ``j``; ties at the ``keep``-th count go to the smaller columns. Returns ``(cols, votes)``,
+    both ``(n, keep)`` (int64, int32), ``cols`` ``-1`` past a row's entries; None without the
+    compiled kernels. ``O(sum_i sum_{k ~ i} deg(perm[k]))`` time, rows split between threads.
+    """
+    if _library() is None:
+        return None
+    if m >= 2 ** 31:
+        return None
+    args = [x.detach().cpu().to(torch.int32 if k in (1, 4) else torch.int64).contiguous()
+            for k, x in enumerate((s_ptr, s_idx, perm, t_ptr, t_idx))]
+    n = args[0].numel() - 1
+    max_deg = int((args[0][1:] - args[0][:-1]).max()) if n > 0 else 0
+    cols = torch.empty(n, keep, dtype=torch.int64)
+    votes = torch.empty(n, keep, dtype=torch.int32)
+    threads = max(1, min(torch.get_num_threads(), n // 64 or 1))
+    bounds = [n * k // threads for k in range(threads + 1)]
+    calls, work = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        space = (torch.zeros(m, dtype=torch.int32), torch.empty(m, dtype=torch.int64),
+                 torch.empty(m, dtype=torch.int64), torch.zeros(max_deg + 2, dtype=torch.int64))
+        work.append(space)  # kept alive until the kernels return
+        calls.append((_library().votes_topk, n, m, keep, lo, hi, *(_ptr(a) for a in args),
+                      *(_ptr(w) for w in space), _ptr(cols), _ptr(votes)))
+    _parallel(calls)
+    return cols, votes

@@ -156,3 +156,5 @@ void band_extent(int64_t L, int64_t n, int64_t m, const double *s, const double 
         }
     }
 }
+
+#include "graph_votes_impl.h"

@@ -19,7 +19,8 @@ from torch import Tensor
 from ..._atomic import atomic_path
 
 _DIR = Path(__file__).parent
-_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h")
+_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h",
+            _DIR / "graph_votes_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -144,6 +145,7 @@ def _bind(lib: ctypes.CDLL) -> None:
             getattr(lib, f"{name}_f64p32").argtypes = [kinds.get(c, ctypes.c_double) for c in sig]
     lib.band_extent.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_double] + [
         ctypes.c_void_p] * 4
+    lib.votes_topk.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 10
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
             ctypes.c_int64, ctypes.c_void_p]
