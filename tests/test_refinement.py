@@ -211,3 +211,20 @@ def test_kept_vote_rounds_give_the_same_matching_with_and_without_the_kernel():
     with native.disabled():
         scipy_path = refine_matching(*args, keep=16, assignment="greedy")
     assert torch.equal(compiled.perm, scipy_path.perm) and compiled.history == scipy_path.history
+
+
+def test_top_votes_where_every_row_reaches_every_column():
+    # dense graphs: a row's counter touches all m columns and keeps counting (the kernel's workspace bound)
+    from glass_pyg.refinement import _matching_top_votes, _votes
+    import scipy.sparse as sp
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    upper = torch.triu((torch.rand(n, n, generator=g) < 0.9).double(), 1)
+    a = sp.csr_matrix((upper + upper.T).numpy())
+    perm = torch.randperm(n, generator=g)
+    p = sp.csr_matrix((torch.ones(n).numpy(), (torch.arange(n).numpy(), perm.numpy())), shape=(n, n))
+    for keep in (3, n):
+        got = _matching_top_votes(a, perm, a, keep)
+        want = _votes(a, p, a, keep).coalesce()
+        if got is not None:
+            assert torch.equal(got.indices(), want.indices()) and torch.equal(got.values(), want.values())

@@ -361,7 +361,8 @@ def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx:
     bounds = [n * k // threads for k in range(threads + 1)]
     calls, work = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        space = (torch.zeros(m, dtype=torch.int32), torch.empty(m, dtype=torch.int64),
+        # touched has one spare slot: the kernel writes a column before it knows whether it is new
+        space = (torch.zeros(m, dtype=torch.int32), torch.empty(m + 1, dtype=torch.int64),
                  torch.empty(m, dtype=torch.int64), torch.zeros(max_deg + 2, dtype=torch.int64))
         work.append(space)  # kept alive until the kernels return
         calls.append((_library().votes_topk, n, m, keep, lo, hi, *(_ptr(a) for a in args),

@@ -7,8 +7,8 @@
  * `keep` largest counts are written, ties at the boundary going to the smaller columns, by a
  * histogram of the counts (at most deg(i)). Column indices are int32: A_t's rows are read once per
  * neighbour, and at half the bytes they stay in cache longer. Rows i0 <= i < i1; per-thread workspaces:
- * acc (m, zero on entry and on exit), touched (m), ties (m), hist (max degree of A_s + 2, zero
- * likewise).
+ * acc (m, zero on entry and on exit), touched (m + 1: a column is written before it is known to
+ * be new), ties (m), hist (max degree of A_s + 2, zero likewise).
  * Outputs (n, keep): out_cols (-1 past the row's entries) and out_vals. */
 #include <stdlib.h>
 
