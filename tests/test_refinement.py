@@ -215,8 +215,9 @@ def test_kept_vote_rounds_give_the_same_matching_with_and_without_the_kernel():
 
 def test_top_votes_where_every_row_reaches_every_column():
     # dense graphs: a row's counter touches all m columns and keeps counting (the kernel's workspace bound)
-    from glass_pyg.refinement import _matching_top_votes, _votes
     import scipy.sparse as sp
+
+    from glass_pyg.refinement import _matching_top_votes, _votes
     g = torch.Generator().manual_seed(0)
     n = 50
     upper = torch.triu((torch.rand(n, n, generator=g) < 0.9).double(), 1)
