@@ -170,9 +170,10 @@ def run(cfg: ExperimentConfig, *, resume: str | None = None, quiet: bool = False
 def _warn_if_dense(cfg: ExperimentConfig, row: dict, tasks: list[Task]) -> None:
     """Say once when an absolute-temperature plan keeps a large share of all pairs on a large problem:
     every step then costs O(n m), where the rank temperature keeps the band O(n)."""
-    full = cfg.train.slices * sum(t.src.size(0) * t.dst.size(0) for t in tasks)
+    pairs = sum(t.src.size(0) * t.dst.size(0) for t in tasks)  # point pairs over the run's pairs
+    full = cfg.train.slices * pairs  # every slice's plan entries if all were kept
     nnz = row.get("nnz") or 0
-    if cfg.ot.temperature != "absolute" or full / cfg.train.slices / len(tasks) <= DENSE_PAIRS or nnz < 0.1 * full:
+    if cfg.ot.temperature != "absolute" or pairs <= DENSE_PAIRS * len(tasks) or nnz < 0.1 * full:
         return
     warnings.warn(f"the plan keeps {nnz:.3g} entries, {nnz / full:.0%} of all pairs (band half-width "
                   f"{row.get('band_halfwidth')} ranks): ot.gamma={cfg.ot.gamma:g} on the absolute scale is wide "
