@@ -243,7 +243,7 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
         raise ValueError(f"layout must be 'row' or 'col', got {layout!r}")
     s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
     L, n, m = band.shape
-    floor = 0.85 * math.log(torch.finfo(dtype).tiny)
+    floor = _logit_floor(dtype)
     if native.usable(s, t, f0, g0, g):
         gl = g.reshape(L)
         if layout == "row":
@@ -252,26 +252,36 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
         return native.band_logits(t, s, g0, f0, gl, band.col_start, band.col_width, floor, dtype,
                                   band.col_lo, band.col_hi, transposed=True)
 
-    def masked(theta: Tensor, start: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        inside = window_inside(start, theta.shape[-1], lo, hi)
-        return theta.clamp(min=floor).masked_fill(~inside, floor).to(dtype)
-
-    def rows(sl: slice) -> Tensor:
-        start = band.row_start[:, sl]
-        t_win = window_gather(t, start, band.width)
-        theta = -((s[:, sl].unsqueeze(-1) - t_win) ** 2 - f0[:, sl].unsqueeze(-1)
-                  - window_gather(g0, start, band.width)) / g
-        return masked(theta, start, band.row_lo[:, sl], band.row_hi[:, sl])
+    if layout == "row":
+        return blockwise(lambda sl: row_logits(s, t, gamma, band, f0, g0, dtype, sl), L, n, band.width, s.device)
 
     def cols(sl: slice) -> Tensor:
         start = band.col_start[:, sl]
         theta = -((window_gather(s, start, band.col_width) - t[:, sl].unsqueeze(-1)) ** 2
                   - window_gather(f0, start, band.col_width) - g0[:, sl].unsqueeze(-1)) / g
-        return masked(theta, start, band.col_lo[:, sl], band.col_hi[:, sl])
+        return _floored(theta, start, band.col_lo[:, sl], band.col_hi[:, sl], floor, dtype)
 
-    if layout == "row":
-        return blockwise(rows, L, n, band.width, s.device)
     return blockwise(cols, L, m, band.col_width, s.device)
+
+
+def _logit_floor(dtype: torch.dtype) -> float:
+    return 0.85 * math.log(torch.finfo(dtype).tiny)
+
+
+def _floored(theta: Tensor, start: Tensor, lo: Tensor, hi: Tensor, floor: float, dtype: torch.dtype) -> Tensor:
+    inside = window_inside(start, theta.shape[-1], lo, hi)
+    return theta.clamp(min=floor).masked_fill(~inside, floor).to(dtype)
+
+
+def row_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0: Tensor, dtype: torch.dtype,
+               rows: slice) -> Tensor:
+    r"""The rows ``rows`` of :func:`band_logits`'s row layout, ``(L, len(rows), W)``, in torch
+    (bitwise what the compiled kernel writes)."""
+    s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
+    start = band.row_start[:, rows]
+    theta = -((s[:, rows].unsqueeze(-1) - window_gather(t, start, band.width)) ** 2 - f0[:, rows].unsqueeze(-1)
+              - window_gather(g0, start, band.width)) / g
+    return _floored(theta, start, band.row_lo[:, rows], band.row_hi[:, rows], _logit_floor(dtype), dtype)
 
 
 def search_extent(pred, anchor: Tensor, limit: int, size: int) -> Tensor:

@@ -31,20 +31,23 @@ class FixedPointPlan(torch.autograd.Function):
     """Plan entries on the band from converged potentials; implicit backward.
 
     ``theta_row`` are the solver's logits of ``s, t, gamma`` on the band's rows
-    (constants here; the backward differentiates the logits itself);
-    ``col_logits()`` builds their column layout where the torch backward needs it.
-    ``out``, a buffer the solver no longer needs, receives the plan.
+    (constants here; the backward differentiates the logits itself). The plan is
+    written over them, entry by entry (a second band-sized buffer would cost as
+    much to fault in as the pass itself): ``row_logits(rows)`` forms a block of
+    them again where the backward needs them, and ``col_logits()`` their column
+    layout where the torch backward needs it.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
-                theta_row: Tensor, col_logits, cg_tol: float, cg_max_iter: int,
-                out: Tensor | None = None) -> Tensor:
-        """The plan values from the converged potentials, saved for the adjoint solve."""
-        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, out, band.row_lo, band.row_hi)
-        ctx.save_for_backward(s, t, gamma, p_row, phi, psi, theta_row)
-        ctx.band, ctx.stair, ctx.col_logits = band, stair, col_logits
+                theta_row: Tensor, row_logits, col_logits, cg_tol: float, cg_max_iter: int) -> Tensor:
+        """The plan values from the converged potentials (in ``theta_row``'s storage), saved for
+        the adjoint solve."""
+        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, theta_row, band.row_lo,
+                            band.row_hi)
+        ctx.save_for_backward(s, t, gamma, p_row, phi, psi)
+        ctx.band, ctx.stair, ctx.row_logits, ctx.col_logits = band, stair, row_logits, col_logits
         ctx.cg = (cg_tol, cg_max_iter)
         return p_row
 
@@ -52,7 +55,7 @@ class FixedPointPlan(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         """The implicit gradient: one adjoint solve at the fixed point."""
         _first_order_only()
-        s, t, gamma, p_row, phi, psi, theta_row = ctx.saved_tensors
+        s, t, gamma, p_row, phi, psi = ctx.saved_tensors
         band: Band = ctx.band
         L, n, m = band.shape
         W = band.width
@@ -77,7 +80,7 @@ class FixedPointPlan(torch.autograd.Function):
             e = d_theta * 2.0 * (s[:, sl].unsqueeze(-1) - window_gather(t, start, W)) / g  # dl/dt_j terms
             grad_s[:, sl] = -e.sum(-1)
             add_to_columns(grad_t, e, start)
-            grad_gamma -= (d_theta * theta_row[:, sl]).sum((-2, -1)) / gamma
+            grad_gamma -= (d_theta * ctx.row_logits(sl)).sum((-2, -1)) / gamma
         return (grad_s if ctx.needs_input_grad[0] else None, grad_t,
                 grad_gamma if ctx.needs_input_grad[2] else None,
                 u if ctx.needs_input_grad[3] else None, v if ctx.needs_input_grad[4] else None,

@@ -56,12 +56,15 @@ class SolverState:
         return buf
 
     def compact_buffer(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        r"""A compact plan buffer of ``dtype`` (the extents only) and its offsets. It lies at
-        the start of the row-layout plan buffer, which the final plan reuses."""
+        r"""A compact plan buffer of ``dtype`` (the extents only) and its offsets."""
         if "offsets" not in self.workspace:
             self.workspace["offsets"] = native.compact_offsets(self.band.row_lo, self.band.row_hi)
         offsets = self.workspace["offsets"]
-        return self.buffer("row", self.theta_row).view(-1).view(dtype)[:int(offsets[-1])], offsets
+        size = int(offsets[-1])
+        buf = self.workspace.get("compact")
+        if buf is None or buf.numel() != size or buf.dtype != dtype:
+            buf = self.workspace["compact"] = torch.empty(size, dtype=dtype, device=offsets.device)
+        return buf, offsets
 
     def native(self, *x: Tensor) -> bool:
         r"""Whether the compiled kernels take this state's passes (with these vectors)."""
