@@ -59,8 +59,20 @@ class BandOperator:
         # in place on the fresh products: no band-length temporaries
         return pxc.neg_().addcmul_(self.row_sum, xr), ptxr.neg_().addcmul_(self.col_sum, xc)
 
-    def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Additive preconditioner: the path Laplacian's inverse plus the diagonal's.
+    def matvec_dot(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The operator applied to ``x`` and the quadratic form :math:`\langle x, \mathcal{L}x\rangle`
+        per slice (with the compiled kernels, one pass over the vectors after the band's)."""
+        if self.p_col is None:
+            b = self.band
+            qr, qc = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
+                                        self.offsets)
+            return qr, qc, native.laplacian_finish(self.row_sum, self.col_sum, xr, xc, qr, qc)
+        qr, qc = self.matvec(xr, xc)
+        return qr, qc, _dot(xr, xc, qr, qc)
+
+    def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Additive preconditioner: the path Laplacian's inverse plus the diagonal's. Returns
+        ``x = M^{-1} y`` and :math:`\langle y, x\rangle` per slice.
 
         The path captures the long-range, low-frequency coupling of a narrow
         band (where a diagonal alone stalls); the diagonal captures the
@@ -81,7 +93,7 @@ class BandOperator:
         x = x - x.mean(-1, keepdim=True)
         xr = torch.gather(x, 1, self.row_pos) + yr * self.inv_row_sum
         xc = torch.gather(x, 1, self.col_pos) + yc * self.inv_col_sum
-        return xr, xc
+        return xr, xc, _dot(yr, yc, xr, xc)
 
 
 def _safe_inverse(x: Tensor) -> Tensor:
@@ -201,38 +213,42 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     rtol = torch.as_tensor(rtol, dtype=yr.dtype, device=yr.device)
     xr, xc = torch.zeros_like(yr), torch.zeros_like(yc)
     rr, rc = yr.clone(), yc.clone()
-    zr, zc = op.precondition(rr, rc)
+    zr, zc, rz = op.precondition(rr, rc)
     pr, pc = zr.clone(), zc.clone()
-    rz = _dot(rr, rc, zr, zc)
     active = torch.ones_like(norm_y, dtype=torch.bool)
     on_host = yr.device.type == "cpu"
+    fused = op.p_col is None  # the compiled kernels: each vector update one pass
     it = 0
     res = torch.ones_like(norm_y)
     last_res = torch.full_like(norm_y, float("inf"))
     for it in range(1, max_iter + 1):
-        qr, qc = op.matvec(pr, pc)
-        pq = _dot(pr, pc, qr, qc)
+        qr, qc, pq = op.matvec_dot(pr, pc)
         usable = active & (pq > 0) & torch.isfinite(pq) & torch.isfinite(rz)
-        alpha = torch.where(usable, rz / pq.clamp_min(torch.finfo(pq.dtype).tiny),
-                            torch.zeros_like(pq)).unsqueeze(-1)
-        # vector updates in place (each a single pass, no temporaries)
-        xr.addcmul_(alpha, pr)
-        xc.addcmul_(alpha, pc)
-        rr.addcmul_(alpha, qr, value=-1.0)
-        rc.addcmul_(alpha, qc, value=-1.0)
-        res = torch.sqrt(_dot(rr, rc, rr, rc)) / norm_y
+        alpha = torch.where(usable, rz / pq.clamp_min(torch.finfo(pq.dtype).tiny), torch.zeros_like(pq))
+        if fused:
+            rr2 = native.cg_step(alpha, xr, xc, rr, rc, pr, pc, qr, qc)
+        else:  # in place (each a single pass, no temporaries)
+            a = alpha.unsqueeze(-1)
+            xr.addcmul_(a, pr)
+            xc.addcmul_(a, pc)
+            rr.addcmul_(a, qr, value=-1.0)
+            rc.addcmul_(a, qc, value=-1.0)
+            rr2 = _dot(rr, rc, rr, rc)
+        res = torch.sqrt(rr2) / norm_y
         active = usable & (res > rtol)
         if it % check_every == 0:  # stagnation: no progress over the last window
             active = active & (res < 0.99 * last_res)
             last_res = res
         if (on_host or it % check_every == 0) and not bool(active.any()):
             break
-        zr, zc = op.precondition(rr, rc)
-        rz_new = _dot(rr, rc, zr, zc)
-        beta = torch.where(active, rz_new / rz.clamp_min(torch.finfo(rz.dtype).tiny),
-                           torch.zeros_like(rz)).unsqueeze(-1)
+        zr, zc, rz_new = op.precondition(rr, rc)
+        beta = torch.where(active, rz_new / rz.clamp_min(torch.finfo(rz.dtype).tiny), torch.zeros_like(rz))
         rz = rz_new
-        pr.mul_(beta).add_(zr)
-        pc.mul_(beta).add_(zc)
+        if fused:
+            native.cg_direction(beta, pr, pc, zr, zc)
+        else:
+            b = beta.unsqueeze(-1)
+            pr.mul_(b).add_(zr)
+            pc.mul_(b).add_(zc)
     mean = (xr.sum(-1) + xc.sum(-1)) / (xr.shape[-1] + xc.shape[-1])
     return xr - mean.unsqueeze(-1), xc - mean.unsqueeze(-1), CGInfo(it, res)

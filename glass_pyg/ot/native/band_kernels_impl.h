@@ -153,10 +153,11 @@ void FN(clean_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int6
 /* Path preconditioner: place yr, yc at their staircase positions (z, length N = n + m), solve
  * the path Laplacian with cut weights 1 / inv_cut (N - 1) by two running sums, centre, and add
  * the diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. (The inverse
- * cut is a multiplication in the serial running sum, where a division's latency would count.) */
+ * cut is a multiplication in the serial running sum, where a division's latency would count.)
+ * dot[l] (when not NULL) = <y, x>, summed in double. */
 void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_pos,
                            const int64_t *col_pos, const T *yr, const T *yc, const T *inv_cut,
-                           const T *inv_r, const T *inv_c, T *z, T *xr, T *xc) {
+                           const T *inv_r, const T *inv_c, T *z, T *xr, T *xc, T *dot) {
     const int64_t N = n + m;
     for (int64_t l = 0; l < L; ++l) {
         T *zl = z + l * N;
@@ -172,7 +173,76 @@ void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_p
             if (q + 1 < N) x -= flux * cl[q];
         }
         const T mean = total / (T)N;
-        for (int64_t i = 0; i < n; ++i) xr[l * n + i] = (zl[rp[i]] - mean) + yr[l * n + i] * inv_r[l * n + i];
-        for (int64_t j = 0; j < m; ++j) xc[l * m + j] = (zl[cp[j]] - mean) + yc[l * m + j] * inv_c[l * m + j];
+        double d = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const T v = (zl[rp[i]] - mean) + yr[l * n + i] * inv_r[l * n + i];
+            xr[l * n + i] = v;
+            d += (double)yr[l * n + i] * (double)v;
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            const T v = (zl[cp[j]] - mean) + yc[l * m + j] * inv_c[l * m + j];
+            xc[l * m + j] = v;
+            d += (double)yc[l * m + j] * (double)v;
+        }
+        if (dot) dot[l] = (T)d;
+    }
+}
+
+/* Vector work of one conjugate-gradient iteration on the bipartite Laplacian, each a single
+ * pass over the row (length n) and column (length m) vectors of every slice, with inner
+ * products summed in double:
+ * laplacian_finish: q = diag(sums) p - q (q holds the off-diagonal products P p_c, P^T p_r),
+ *     dot[l] = <p, q>;
+ * cg_step: x += alpha p, r -= alpha q, dot[l] = <r, r>;
+ * cg_direction: p = beta p + z. */
+static inline double FN(finish_part)(int64_t len, const T *sum, const T *p, T *q) {
+    double d = 0;
+#pragma omp simd reduction(+:d)
+    for (int64_t k = 0; k < len; ++k) {
+        const T v = sum[k] * p[k] - q[k];
+        q[k] = v;
+        d += (double)p[k] * (double)v;
+    }
+    return d;
+}
+
+void FN(laplacian_finish)(int64_t L, int64_t n, int64_t m, const T *row_sum, const T *col_sum,
+                          const T *pr, const T *pc, T *qr, T *qc, T *dot) {
+    for (int64_t l = 0; l < L; ++l)
+        dot[l] = (T)(FN(finish_part)(n, row_sum + l * n, pr + l * n, qr + l * n)
+                     + FN(finish_part)(m, col_sum + l * m, pc + l * m, qc + l * m));
+}
+
+static inline double FN(step_part)(int64_t len, T alpha, T *x, T *r, const T *p, const T *q) {
+    double d = 0;
+#pragma omp simd reduction(+:d)
+    for (int64_t k = 0; k < len; ++k) {
+        x[k] += alpha * p[k];
+        const T v = r[k] - alpha * q[k];
+        r[k] = v;
+        d += (double)v * (double)v;
+    }
+    return d;
+}
+
+void FN(cg_step)(int64_t L, int64_t n, int64_t m, const T *alpha, T *xr, T *xc, T *rr, T *rc,
+                 const T *pr, const T *pc, const T *qr, const T *qc, T *dot) {
+    for (int64_t l = 0; l < L; ++l)
+        dot[l] = (T)(FN(step_part)(n, alpha[l], xr + l * n, rr + l * n, pr + l * n, qr + l * n)
+                     + FN(step_part)(m, alpha[l], xc + l * m, rc + l * m, pc + l * m, qc + l * m));
+}
+
+void FN(cg_direction)(int64_t L, int64_t n, int64_t m, const T *beta, T *pr, T *pc, const T *zr,
+                      const T *zc) {
+    for (int64_t l = 0; l < L; ++l) {
+        const T b = beta[l];
+        T *p = pr + l * n;
+        const T *z = zr + l * n;
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) p[k] = b * p[k] + z[k];
+        p = pc + l * m;
+        z = zc + l * m;
+#pragma omp simd
+        for (int64_t k = 0; k < m; ++k) p[k] = b * p[k] + z[k];
     }
 }

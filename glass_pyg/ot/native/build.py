@@ -37,7 +37,10 @@ _SIGNATURES = {
     "clean_rows": "iiiiii" + "pr",
     "band_matvec": "iiiiii" + "ppppppppp",
     "band_cut_diff": "iiiiii" + "pppppppp",
-    "path_precondition": "iii" + "pppppppppp",
+    "path_precondition": "iii" + "ppppppppppp",
+    "laplacian_finish": "iii" + "ppppppp",
+    "cg_step": "iii" + "ppppppppp",
+    "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
 }
 
