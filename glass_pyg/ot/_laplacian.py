@@ -46,13 +46,14 @@ class BandOperator:
     inv_col_sum: Tensor  # (L, m)
     inv_cut: Tensor  # (L, n + m - 1)
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
+    tiny: float = 0.0  # entries of p_row below it are read as zeros (compiled kernels)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         """The operator applied to a row and a column vector."""
         b = self.band
         if self.p_col is None:
             pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
-                                           self.offsets)
+                                           self.offsets, self.tiny)
         else:
             pxc = window_dot(self.p_row, xc, b.row_start, b.width)
             ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
@@ -65,7 +66,7 @@ class BandOperator:
         if self.p_col is None:
             b = self.band
             qr, qc = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
-                                        self.offsets)
+                                        self.offsets, self.tiny)
             return qr, qc, native.laplacian_finish(self.row_sum, self.col_sum, xr, xc, qr, qc)
         qr, qc = self.matvec(xr, xc)
         return qr, qc, _dot(xr, xc, qr, qc)
@@ -136,26 +137,24 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     solve of the backward keeps ``1e-12`` (the size of the step along such a stretch
     does not reach the gradient: it shifts ``u`` and ``-v`` together); Newton takes
     ``1e-9``, since its step there would move the weak couplings by ``exp`` of noise.
-    With ``in_place`` the operator takes ``p_row`` and ``p_col`` over (zeroing their
-    subnormal range) instead of copying them.
+    Entries in the subnormal range of products are dropped: the compiled kernels read them
+    as zeros (the plan is neither copied nor changed); torch zeroes them in a copy, or, with
+    ``in_place``, in ``p_row`` and ``p_col`` themselves.
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     dtype = p_row.dtype if dtype is None else dtype
     if native.usable(p_row):
-        if offsets is None:
-            # products in p_row's dtype go subnormal below sqrt(tiny); a narrower plan is
-            # multiplied in the vectors' dtype and only needs its entries normal
-            tiny = torch.finfo(p_row.dtype).tiny ** (0.5 if dtype == p_row.dtype else 1.0)
-            if not in_place:
-                p_row = p_row.clone()
-            native.clean_rows(p_row, tiny)
+        # products in p_row's dtype go subnormal below sqrt(tiny); a narrower plan is
+        # multiplied in the vectors' dtype and only needs its entries normal
+        tiny = 0.0 if offsets is not None else torch.finfo(p_row.dtype).tiny ** (
+            0.5 if dtype == p_row.dtype else 1.0)
         row_sum, col_sum = native.band_matvec(p_row, band.row_start, band.width,
                                               torch.ones_like(stair.a_start, dtype=dtype),
                                               torch.ones_like(stair.b_start, dtype=dtype),
-                                              band.row_lo, band.row_hi, offsets)
+                                              band.row_lo, band.row_hi, offsets, tiny)
         diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
-                                    band.row_lo, band.row_hi, dtype, offsets)
-        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor, offsets)
+                                    band.row_lo, band.row_hi, dtype, offsets, tiny)
+        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor, offsets, tiny)
     if dtype != p_row.dtype or offsets is not None:
         raise ValueError(f"a {'compact ' if offsets is not None else ''}{p_row.dtype} plan with {dtype} "
                          "vectors needs the compiled kernels")
@@ -177,12 +176,13 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
 
 
 def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None, row_sum: Tensor,
-              col_sum: Tensor, diff: Tensor, cut_floor: float, offsets: Tensor | None = None) -> BandOperator:
+              col_sum: Tensor, diff: Tensor, cut_floor: float, offsets: Tensor | None = None,
+              tiny: float = 0.0) -> BandOperator:
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     cut = torch.maximum(cut, floor)
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
-                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut, offsets)
+                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut, offsets, tiny)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .build import _library, _state, disabled, status, usable
 
-__all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits", "clean_rows",
+__all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
            "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "laplacian_finish", "cg_step",
            "cg_direction", "sorted_search", "band_extent",
            "compact_offsets", "votes_topk"]
@@ -225,19 +225,13 @@ def band_logits(x: Tensor, y: Tensor, fx: Tensor, fy: Tensor, gamma: Tensor, sta
     return out
 
 
-def clean_rows(p: Tensor, tiny: float) -> None:
-    r"""Zero the entries of ``p`` (L, n, W), contiguous, below ``tiny``, in place."""
-    L, n, W = p.shape
-    if not p.is_contiguous():
-        raise ValueError("clean_rows needs a contiguous band")
-    _rows("clean_rows", p.dtype, L, n, 0, W, _ptr(p), tiny)
-
-
 def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo: Tensor | None = None,
-                hi: Tensor | None = None, offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                hi: Tensor | None = None, offsets: Tensor | None = None,
+                tiny: float = 0.0) -> tuple[Tensor, Tensor]:
     r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout (entries on each
-    row's extent), in one pass: ``xr`` (L, n), ``xc`` (L, m) -> ``(L, n), (L, m)``. ``p`` may
-    be float32 with float64 vectors (products and sums in float64), and compact (``offsets``)."""
+    row's extent, those below ``tiny`` read as zeros), in one pass: ``xr`` (L, n), ``xc`` (L, m)
+    -> ``(L, n), (L, m)``. ``p`` may be float32 with float64 vectors (products and sums in
+    float64), and compact (``offsets``)."""
     L, n = start.shape
     m, W = xc.shape[1], width
     start, xr, xc = _windows(start, width, m), xr.contiguous(), xc.contiguous()
@@ -246,16 +240,17 @@ def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo
     yr = xr.new_empty(L, n)
     yc = xc.new_zeros(_threads(L, n, W), L, m)  # neighbouring row ranges share columns
     _rows("band_matvec", _plan_suffix(xr.dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
-          _ptr(hi), _ptr(offsets), _ptr(xr), _ptr(xc), _ptr(yr), accumulators=list(yc))
+          _ptr(hi), _ptr(offsets), float(tiny), _ptr(xr), _ptr(xc), _ptr(yr), accumulators=list(yc))
     return yr, yc.sum(0) if yc.shape[0] > 1 else yc[0]
 
 
 def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
                   lo: Tensor | None = None, hi: Tensor | None = None,
-                  dtype: torch.dtype | None = None, offsets: Tensor | None = None) -> Tensor:
+                  dtype: torch.dtype | None = None, offsets: Tensor | None = None,
+                  tiny: float = 0.0) -> Tensor:
     r"""Differences of the path cut weights (L, n + m), in ``dtype`` (default ``p``'s): entry
     ``(i, j)`` of ``p`` (padded, or compact with ``offsets``) adds ``p_{ij} |pos_i - pos_j|``
-    at the lower and removes it at the higher position."""
+    at the lower and removes it at the higher position (entries below ``tiny`` count as zeros)."""
     L, n = start.shape
     m, W = col_pos.shape[1], width
     start = _windows(start, width, m)
@@ -265,7 +260,7 @@ def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos
     dtype = p.dtype if dtype is None else dtype
     diff = p.new_zeros(_threads(L, n, W), L, n + m, dtype=dtype)
     _rows("band_cut_diff", _plan_suffix(dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
-          _ptr(hi), _ptr(offsets), _ptr(row_pos), _ptr(col_pos), accumulators=list(diff))
+          _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), accumulators=list(diff))
     return diff.sum(0) if diff.shape[0] > 1 else diff[0]
 
 

@@ -138,18 +138,6 @@ void FN(band_logits)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int
     }
 }
 
-/* Zero the entries of p below tiny (in place). */
-void FN(clean_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1, T *p, T tiny) {
-    (void)m;
-    for (int64_t l = 0; l < L; ++l) {
-        for (int64_t i = i0; i < i1; ++i) {
-            T *pr = p + (l * n + i) * W;
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k) pr[k] = pr[k] < tiny ? 0 : pr[k];
-        }
-    }
-}
-
 /* Path preconditioner: place yr, yc at their staircase positions (z, length N = n + m), solve
  * the path Laplacian with cut weights 1 / inv_cut (N - 1) by two running sums, centre, and add
  * the diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. (The inverse

@@ -41,10 +41,11 @@ void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
 
 /* Both products of the bipartite Laplacian's off-diagonal block, from the row layout in one
  * pass: yr[l, i] = sum_k p[l, i, k] xc[l, j] and yc[l, j] += p[l, i, k] xr[l, i], j = start + k.
- * yc accumulates. */
+ * yc accumulates. Entries below tiny count as zeros (products with them go subnormal, which is
+ * many times slower), so the plan is read as it is, never copied to clean it. */
 void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                       const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
-                      const int64_t *offsets, const T *xr, const T *xc, T *yr, T *yc) {
+                      const int64_t *offsets, T tiny, const T *xr, const T *xc, T *yr, T *yc) {
     for (int64_t l = 0; l < L; ++l) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t r = l * n + i, j0 = l * m + start[r];
@@ -57,7 +58,7 @@ void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, in
             T s = 0;
 #pragma omp simd reduction(+:s)
             for (int64_t k = a; k < b; ++k) {
-                const T pk = (T)pr[k];
+                const T pk = (T)pr[k] >= tiny ? (T)pr[k] : 0;
                 s += pk * xs[k];
                 ys[k] += pk * xi;
             }
@@ -67,10 +68,11 @@ void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, in
 }
 
 /* Path cut differences: entry (i, j) of p adds p * |pos_i - pos_j| at min(pos_i, pos_j) and
- * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated). */
+ * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated); entries below
+ * tiny count as zeros. */
 void PFN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                         const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
-                        const int64_t *offsets, const int64_t *row_pos, const int64_t *col_pos,
+                        const int64_t *offsets, T tiny, const int64_t *row_pos, const int64_t *col_pos,
                         T *diff) {
     for (int64_t l = 0; l < L; ++l) {
         T *dl = diff + l * (n + m);
@@ -82,7 +84,7 @@ void PFN(band_cut_diff)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, 
             const P *pi = p + row_base(offsets, r, W, a);
             T below = 0, above = 0;
             for (int64_t k = a; k < b; ++k) {
-                if (pi[k] == 0) continue;
+                if (pi[k] == 0 || (T)pi[k] < tiny) continue;
                 if (pc[k] < pr) {  /* columns before the row on the path */
                     const T w = (T)pi[k] * (T)(pr - pc[k]);
                     dl[pc[k]] += w;
