@@ -20,7 +20,7 @@ diagonal, which carries wide, well-mixed bands.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -47,6 +47,8 @@ class BandOperator:
     inv_cut: Tensor  # (L, n + m - 1)
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
     tiny: float = 0.0  # entries of p_row below it are read as zeros (compiled kernels)
+    #: buffers of the compiled kernels' results in matvec_dot and precondition (overwritten by the next call)
+    scratch: dict = field(default_factory=dict, compare=False, repr=False)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
         """The operator applied to a row and a column vector."""
@@ -62,11 +64,12 @@ class BandOperator:
 
     def matvec_dot(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r"""The operator applied to ``x`` and the quadratic form :math:`\langle x, \mathcal{L}x\rangle`
-        per slice (with the compiled kernels, one pass over the vectors after the band's)."""
+        per slice (with the compiled kernels, one pass over the vectors after the band's, into
+        buffers that the next call overwrites)."""
         if self.p_col is None:
             b = self.band
             qr, qc = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
-                                        self.offsets, self.tiny)
+                                        self.offsets, self.tiny, self.scratch)
             return qr, qc, native.laplacian_finish(self.row_sum, self.col_sum, xr, xc, qr, qc)
         qr, qc = self.matvec(xr, xc)
         return qr, qc, _dot(xr, xc, qr, qc)
@@ -79,11 +82,12 @@ class BandOperator:
         band (where a diagonal alone stalls); the diagonal captures the
         well-mixed coupling of a wide band (where the path's cut weights are
         dominated by long edges and its inverse alone needs hundreds of CG
-        iterations). Their sum is symmetric positive definite on the range.
+        iterations). Their sum is symmetric positive definite on the range. With the compiled
+        kernels ``x`` lies in buffers that the next call overwrites.
         """
         if self.p_col is None:
             return native.path_precondition(self.row_pos, self.col_pos, yr, yc, self.inv_cut,
-                                            self.inv_row_sum, self.inv_col_sum)
+                                            self.inv_row_sum, self.inv_col_sum, self.scratch)
         L, n = yr.shape
         z = yr.new_zeros(L, n + yc.shape[1])
         z.scatter_(1, self.row_pos, yr)

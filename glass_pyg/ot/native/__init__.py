@@ -225,20 +225,34 @@ def band_logits(x: Tensor, y: Tensor, fx: Tensor, fy: Tensor, gamma: Tensor, sta
     return out
 
 
+def _scratch(workspace: dict | None, name: str, shape: tuple[int, ...], like: Tensor, zero: bool = False) -> Tensor:
+    # a buffer reused by successive calls (a fresh multi-megabyte tensor is page-faulted in
+    # at about the cost of the pass that fills it)
+    buf = None if workspace is None else workspace.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_zeros(shape) if zero else like.new_empty(shape)
+        if workspace is not None:
+            workspace[name] = buf
+    elif zero:
+        buf.zero_()
+    return buf
+
+
 def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo: Tensor | None = None,
                 hi: Tensor | None = None, offsets: Tensor | None = None,
-                tiny: float = 0.0) -> tuple[Tensor, Tensor]:
+                tiny: float = 0.0, workspace: dict | None = None) -> tuple[Tensor, Tensor]:
     r""":math:`(P x_c, P^\top x_r)` for the band ``p`` (L, n, W) in row layout (entries on each
     row's extent, those below ``tiny`` read as zeros), in one pass: ``xr`` (L, n), ``xc`` (L, m)
     -> ``(L, n), (L, m)``. ``p`` may be float32 with float64 vectors (products and sums in
-    float64), and compact (``offsets``)."""
+    float64), and compact (``offsets``). With a ``workspace`` dict the results lie in its
+    buffers, which the next call with it overwrites."""
     L, n = start.shape
     m, W = xc.shape[1], width
     start, xr, xc = _windows(start, width, m), xr.contiguous(), xc.contiguous()
     lo, hi = _extents(lo, hi)
     offsets = _plan_layout(p, L, n, width, offsets, lo)
-    yr = xr.new_empty(L, n)
-    yc = xc.new_zeros(_threads(L, n, W), L, m)  # neighbouring row ranges share columns
+    yr = _scratch(workspace, "matvec_r", (L, n), xr)
+    yc = _scratch(workspace, "matvec_c", (_threads(L, n, W), L, m), xc, zero=True)  # row ranges share columns
     _rows("band_matvec", _plan_suffix(xr.dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
           _ptr(hi), _ptr(offsets), float(tiny), _ptr(xr), _ptr(xc), _ptr(yr), accumulators=list(yc))
     return yr, yc.sum(0) if yc.shape[0] > 1 else yc[0]
@@ -281,16 +295,18 @@ def row_cost(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Ten
 
 
 def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,
-                      inv_r: Tensor, inv_c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                      inv_r: Tensor, inv_c: Tensor, workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r"""The path preconditioner of :class:`~glass_pyg.ot._laplacian.BandOperator` in one pass
     (``inv_cut``: the inverse cut weights, ``(L, n + m - 1)``): ``(x_r, x_c)`` and
-    :math:`\langle y, x\rangle` per slice ``(L,)``."""
+    :math:`\langle y, x\rangle` per slice ``(L,)``. With a ``workspace`` dict ``x`` lies in
+    its buffers, which the next call with it overwrites."""
     L, n = yr.shape
     m = yc.shape[1]
     args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, inv_cut, inv_r, inv_c)]
     if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
         raise ValueError("row_pos and col_pos must be int64")
-    z, xr, xc = yr.new_empty(L, n + m), torch.empty_like(yr), torch.empty_like(yc)
+    z = _scratch(workspace, "path", (L, n + m), yr)
+    xr, xc = _scratch(workspace, "precondition_r", (L, n), yr), _scratch(workspace, "precondition_c", (L, m), yc)
     dot = yr.new_empty(L)
     getattr(_library(), "path_precondition_" + _suffix(yr.dtype))(
         L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr), _ptr(xc), _ptr(dot))
