@@ -243,7 +243,7 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
         raise ValueError(f"layout must be 'row' or 'col', got {layout!r}")
     s, t, g = s.double(), t.double(), gamma.double().view(-1, 1, 1)
     L, n, m = band.shape
-    floor = _logit_floor(dtype)
+    floor = logit_floor(dtype)
     if native.usable(s, t, f0, g0, g):
         gl = g.reshape(L)
         if layout == "row":
@@ -264,7 +264,8 @@ def band_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0:
     return blockwise(cols, L, m, band.col_width, s.device)
 
 
-def _logit_floor(dtype: torch.dtype) -> float:
+def logit_floor(dtype: torch.dtype) -> float:
+    """The floor of :func:`band_logits` in ``dtype``."""
     return 0.85 * math.log(torch.finfo(dtype).tiny)
 
 
@@ -281,7 +282,7 @@ def row_logits(s: Tensor, t: Tensor, gamma: Tensor, band: Band, f0: Tensor, g0: 
     start = band.row_start[:, rows]
     theta = -((s[:, rows].unsqueeze(-1) - window_gather(t, start, band.width)) ** 2 - f0[:, rows].unsqueeze(-1)
               - window_gather(g0, start, band.width)) / g
-    return _floored(theta, start, band.row_lo[:, rows], band.row_hi[:, rows], _logit_floor(dtype), dtype)
+    return _floored(theta, start, band.row_lo[:, rows], band.row_hi[:, rows], logit_floor(dtype), dtype)
 
 
 def search_extent(pred, anchor: Tensor, limit: int, size: int) -> Tensor:

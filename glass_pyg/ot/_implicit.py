@@ -17,14 +17,20 @@ Since :math:`\theta_{ij} = -(s_i - t_j)^2/\gamma` the chain rule to
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from ._band import Band, Staircase
+from . import native
+from ._band import Band, Staircase, logit_floor, row_logits
 from ._iterations import exp_windows
 from ._laplacian import band_operator, solve_laplacian
 from ._row_blocks import add_to_columns, row_blocks, window_gather
 from ._validation import first_order_only as _first_order_only
+
+if TYPE_CHECKING:
+    from ._certificate import Reference
 
 
 class FixedPointPlan(torch.autograd.Function):
@@ -33,21 +39,22 @@ class FixedPointPlan(torch.autograd.Function):
     ``theta_row`` are the solver's logits of ``s, t, gamma`` on the band's rows
     (constants here; the backward differentiates the logits itself). The plan is
     written over them, entry by entry (a second band-sized buffer would cost as
-    much to fault in as the pass itself): ``row_logits(rows)`` forms a block of
-    them again where the backward needs them, and ``col_logits()`` their column
-    layout where the torch backward needs it.
+    much to fault in as the pass itself); the backward forms them again from
+    ``ref``, the float64 scores and reference dual they were formed from
+    (:func:`~glass_pyg.ot._band.band_logits`), and ``col_logits()`` builds their
+    column layout where the torch backward needs it.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
-                theta_row: Tensor, row_logits, col_logits, cg_tol: float, cg_max_iter: int) -> Tensor:
+                theta_row: Tensor, ref: Reference, col_logits, cg_tol: float, cg_max_iter: int) -> Tensor:
         """The plan values from the converged potentials (in ``theta_row``'s storage), saved for
         the adjoint solve."""
         p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, theta_row, band.row_lo,
                             band.row_hi)
         ctx.save_for_backward(s, t, gamma, p_row, phi, psi)
-        ctx.band, ctx.stair, ctx.row_logits, ctx.col_logits = band, stair, row_logits, col_logits
+        ctx.band, ctx.stair, ctx.ref, ctx.col_logits = band, stair, ref, col_logits
         ctx.cg = (cg_tol, cg_max_iter)
         return p_row
 
@@ -57,31 +64,55 @@ class FixedPointPlan(torch.autograd.Function):
         _first_order_only()
         s, t, gamma, p_row, phi, psi = ctx.saved_tensors
         band: Band = ctx.band
-        L, n, m = band.shape
-        W = band.width
-        q_r = torch.empty_like(phi)
-        q_c = torch.zeros_like(psi)
-        for sl in row_blocks(L, n, W, p_row.device):
-            pg = p_row[:, sl] * grad[:, sl]
-            q_r[:, sl] = pg.sum(-1)
-            add_to_columns(q_c, pg, band.row_start[:, sl])
-        # copies p_row (it is the plan's values); the column layout only where torch needs it
+        ref = ctx.ref
+        fast = native.usable(p_row, grad, s, t, gamma)
+        grad = grad.contiguous() if fast else grad
+        q_r, q_c = (native.product_sums(p_row, grad, band.row_start, band.width, psi.shape[1], band.row_lo,
+                                        band.row_hi) if fast else _product_sums(p_row, grad, band))
+        # reads p_row (the plan's values) as it is; the column layout only where torch needs it
         op = band_operator(band, ctx.stair, p_row,
                            lambda: exp_windows(psi, phi, band.col_start, band.col_width, ctx.col_logits()))
         u, v_neg, _ = solve_laplacian(op, q_r, -q_c, ctx.cg[0], ctx.cg[1])
         v = -v_neg
-        g = gamma.view(-1, 1, 1)
-        grad_s = torch.empty_like(s)
-        grad_t = torch.zeros_like(t)
-        grad_gamma = torch.zeros_like(gamma)
-        for sl in row_blocks(L, n, W, p_row.device):
-            start = band.row_start[:, sl]
-            d_theta = p_row[:, sl] * (grad[:, sl] - u[:, sl].unsqueeze(-1) - window_gather(v, start, W))
-            e = d_theta * 2.0 * (s[:, sl].unsqueeze(-1) - window_gather(t, start, W)) / g  # dl/dt_j terms
-            grad_s[:, sl] = -e.sum(-1)
-            add_to_columns(grad_t, e, start)
-            grad_gamma -= (d_theta * ctx.row_logits(sl)).sum((-2, -1)) / gamma
+        if fast:
+            grad_s, grad_t, grad_gamma = native.implicit_grad(
+                p_row, grad, band.row_start, band.width, band.row_lo, band.row_hi, u, v, s, t, gamma,
+                ref.s, ref.t, ref.f0, ref.g0, ref.gamma, logit_floor(p_row.dtype))
+        else:
+            grad_s, grad_t, grad_gamma = _score_grads(p_row, grad, u, v, s, t, gamma, band, ref)
         return (grad_s if ctx.needs_input_grad[0] else None, grad_t,
                 grad_gamma if ctx.needs_input_grad[2] else None,
                 u if ctx.needs_input_grad[3] else None, v if ctx.needs_input_grad[4] else None,
                 None, None, None, None, None, None, None, None, None)
+
+
+def _product_sums(p_row: Tensor, grad: Tensor, band: Band) -> tuple[Tensor, Tensor]:
+    r"""Row and column sums of :math:`P \odot G`, in row blocks."""
+    L, n, m = band.shape
+    q_r = p_row.new_empty(L, n)
+    q_c = p_row.new_zeros(L, m)
+    for sl in row_blocks(L, n, band.width, p_row.device):
+        pg = p_row[:, sl] * grad[:, sl]
+        q_r[:, sl] = pg.sum(-1)
+        add_to_columns(q_c, pg, band.row_start[:, sl])
+    return q_r, q_c
+
+
+def _score_grads(p_row: Tensor, grad: Tensor, u: Tensor, v: Tensor, s: Tensor, t: Tensor, gamma: Tensor,
+                 band: Band, ref: Reference) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Gradients of the scores and of :math:`\gamma` from :math:`D = P \odot (G - u_i - v_j)`, in row blocks."""
+    L, n, m = band.shape
+    W = band.width
+    g = gamma.view(-1, 1, 1)
+    grad_s = torch.empty_like(s)
+    grad_t = torch.zeros_like(t)
+    grad_gamma = torch.zeros_like(gamma)
+    for sl in row_blocks(L, n, W, p_row.device):
+        start = band.row_start[:, sl]
+        d_theta = p_row[:, sl] * (grad[:, sl] - u[:, sl].unsqueeze(-1) - window_gather(v, start, W))
+        e = d_theta * 2.0 * (s[:, sl].unsqueeze(-1) - window_gather(t, start, W)) / g  # dl/dt_j terms
+        grad_s[:, sl] = -e.sum(-1)
+        add_to_columns(grad_t, e, start)
+        theta = row_logits(ref.s, ref.t, ref.gamma, band, ref.f0, ref.g0, p_row.dtype, sl)
+        grad_gamma -= (d_theta * theta).sum((-2, -1)) / gamma
+    return grad_s, grad_t, grad_gamma

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._band import Band, Staircase, band_logits, make_band, reference_dual, row_logits, staircase
+from ._band import Band, Staircase, band_logits, make_band, reference_dual, staircase
 from ._certificate import Reference, certify, extent, is_full, widen
 from ._expectation import BandCost
 from ._implicit import FixedPointPlan
@@ -256,13 +256,10 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
     st = sol.st
     if grad == "implicit":
         st.workspace.clear()  # Newton's buffers, free now
-        ref, band = p.ref, st.band
         # the plan takes the logits' storage: the state's logits are spent
         theta, st.theta_row = st.theta_row, None
-        return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, band, p.stair, theta,
-                                    lambda rows: row_logits(ref.s, ref.t, ref.gamma, band, ref.f0, ref.g0,
-                                                            p.dtype, rows),
-                                    st.col_logits, cg_tol, cg_max_iter)
+        return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, st.band, p.stair, theta,
+                                    p.ref, st.col_logits, cg_tol, cg_max_iter)
     with torch.enable_grad():
         ust = SolverState(st.band, *p.logits(st.band, p.ss, p.ts, p.gam), p.a_s.log(), p.b_s.log(),
                           sol.phi0.clone(), sol.psi0.clone())

@@ -138,6 +138,75 @@ void FN(band_logits)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int
     }
 }
 
+/* Row and column sums of p * g over the extents (p, g padded (L, n, W)): qr[l, i] = sum_k p g,
+ * acc[l, j] += p g (j = start + k). */
+void FN(product_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const T *p, const T *g, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      T *qr, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *pr = p + r * W, *gr = g + r * W;
+            T *ac = acc + l * m + start[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                const T w = pr[k] * gr[k];
+                s += w;
+                ac[k] += w;
+            }
+            qr[r] = s;
+        }
+    }
+}
+
+/* The implicit gradient's pass over the band, from the adjoint solution (u, v): on each row's
+ * extent d = p (g - u_i - v_j) is the gradient of the logit theta_ij; with theta = -(s_i - t_j)^2 / gamma
+ * (reduced by the reference dual, which is constant here) it gives
+ *     grad_s[l, i] = -sum_k e,  acc[l, j] += e,  e = 2 d (s_i - t_j) / gamma_l,
+ *     acc[L m + l] -= sum_k d theta_ij / gamma_l,
+ * theta_ij being the solver's logit exactly as band_logits forms it (from the float64 reference
+ * sd, td, f0, g0, gd, floored, rounded to T). acc holds grad_t (L, m), then grad_gamma (L). */
+void FN(implicit_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                       const T *p, const T *g, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                       const T *u, const T *v, const T *s, const T *t, const T *gamma,
+                       const double *sd, const double *td, const double *f0, const double *g0,
+                       const double *gd, double floor, T *grad_s, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        const T gl = gamma[l];
+        const double gdl = gd[l];
+        double dg = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T *pr = p + r * W, *gr = g + r * W, *vs = v + j0, *ts = t + j0;
+            const double *tds = td + j0, *g0s = g0 + j0;
+            const T ui = u[r], si = s[r];
+            const double sdi = sd[r], f0i = f0[r];
+            T *ac = acc + j0;
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T es = 0;
+            double ds = 0;
+#pragma omp simd reduction(+:es, ds)
+            for (int64_t k = a; k < b; ++k) {
+                const T d = pr[k] * (gr[k] - ui - vs[k]);
+                const T e = d * (T)2 * (si - ts[k]) / gl;
+                es += e;
+                ac[k] += e;
+                const double x = sdi - tds[k];
+                double th = -((x * x - f0i) - g0s[k]) / gdl;
+                th = th > floor ? th : floor;
+                ds += (double)d * (double)(T)th;
+            }
+            grad_s[r] = -es;
+            dg += ds;
+        }
+        acc[L * m + l] -= (T)(dg / (double)gl);
+    }
+}
+
 /* Path preconditioner: place yr, yc at their staircase positions (z, length N = n + m), solve
  * the path Laplacian with cut weights 1 / inv_cut (N - 1) by two running sums, centre, and add
  * the diagonal part: xr = x[row_pos] + yr * inv_r, xc = x[col_pos] + yc * inv_c. (The inverse

@@ -38,6 +38,8 @@ _SIGNATURES = {
     "band_cut_diff": "iiiiii" + "ppppp" + "r" + "ppp",
     "path_precondition": "iii" + "ppppppppppp",
     "laplacian_finish": "iii" + "ppppppp",
+    "product_sums": "iiiiii" + "ppppppp",
+    "implicit_grad": "iiiiii" + "pppppppppp" + "ppppp" + "d" + "pp",
     "cg_step": "iii" + "ppppppppp",
     "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
