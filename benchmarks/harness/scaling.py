@@ -108,6 +108,7 @@ def time_step(kind: str, n: int, cfg: ScalingConfig, temperature: str, gamma: fl
             runs.append(times)
         info = {"nnz": plan.nnz, "band_halfwidth": int(plan.band_halfwidth.max()),
                 "iterations": plan.iterations, "converged": bool(plan.converged.all())}
+        del plan, loss  # as the training loop does: a step's plan is gone before the next solve
         if times["step_s"] > cfg.max_step_s:  # too slow to repeat: report the one run
             runs = runs or [times]
             break

@@ -51,6 +51,8 @@ class _PairsLoss(torch.nn.Module):
         self.outputs: list = []
 
     def forward(self, gamma: float) -> torch.Tensor:
+        # the last step's plans go first: a new solve never shares the memory with the old ones
+        self.outputs = []
         self.outputs = [self.tasks[k].forward(gamma) for k in self.owned]
         return sum(out.loss for out in self.outputs) * self.scale
 
