@@ -84,8 +84,6 @@ class BlockedExpectation(torch.autograd.Function):
 
 
 GramFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
-_GATHER_MAX_DIM = 4  # points of this many coordinates gather their window pairs
-_GATHER_BLOCK = 1 << 17  # gathered coordinates per block
 
 
 def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tensor, row_start: Tensor,
@@ -98,9 +96,7 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
     product, :math:`X_{\text{rows}} Y_{\text{run}}^\top`, from which the windows are
     read; the ``L n W`` pairs of ``d``-dimensional points are never gathered. A block whose run
     is more than twice as long as its rows and window (``m >> n``) takes the inner
-    products of its window pairs instead, and so do points of at most four coordinates
-    (on the sphere, ``d = 3``), in blocks of about ``2^17`` gathered coordinates: there
-    a small matrix product costs more to call than to compute. ``perm_s``, ``perm_t``, ``row_start`` are
+    products of its window pairs instead. ``perm_s``, ``perm_t``, ``row_start`` are
     those of :class:`~glass_pyg.ot.TransportPlan`; ``gram(sq_x, sq_y, inner)`` maps
     broadcastable tensors to costs. The cancellation in, e.g.,
     :math:`\lVert x\rVert^2 + \lVert y\rVert^2 - 2\langle x, y\rangle` costs about
@@ -110,19 +106,10 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
     L, n = perm_s.shape
     out = x_s.new_empty(L, n, width)
     k = torch.arange(width, device=x_s.device)
-    dim = x_s.shape[1]
     for sl in range(L):
         xs, xt = x_s[perm_s[sl]], x_t[perm_t[sl]]
         sq_s, sq_t = (xs * xs).sum(-1), (xt * xt).sum(-1)
         start = row_start[sl]
-        if dim <= _GATHER_MAX_DIM:
-            rows = max(block_rows, _GATHER_BLOCK // (width * dim))
-            for i0 in range(0, n, rows):
-                i1 = min(i0 + rows, n)
-                cols = start[i0:i1].unsqueeze(-1) + k
-                inner = (xs[i0:i1].unsqueeze(1) * xt[cols]).sum(-1)
-                out[sl, i0:i1] = gram(sq_s[i0:i1].unsqueeze(-1), sq_t[cols], inner)
-            continue
         for i0 in range(0, n, block_rows):
             i1 = min(i0 + block_rows, n)
             st = start[i0:i1]
