@@ -84,6 +84,7 @@ class BlockedExpectation(torch.autograd.Function):
 
 
 GramFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
+_WINDOW_MAX_DIM = 4
 
 
 def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tensor, row_start: Tensor,
@@ -96,7 +97,9 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
     product, :math:`X_{\text{rows}} Y_{\text{run}}^\top`, from which the windows are
     read; the ``L n W`` pairs of ``d``-dimensional points are never gathered. A block whose run
     is more than twice as long as its rows and window (``m >> n``) takes the inner
-    products of its window pairs instead. ``perm_s``, ``perm_t``, ``row_start`` are
+    products of its window pairs instead. Points of at most four coordinates (the sphere's
+    three) take their inner products coordinate by coordinate from windows of the sorted
+    targets, which are rows of a strided view, in blocks of about ``2^17`` gathered values. ``perm_s``, ``perm_t``, ``row_start`` are
     those of :class:`~glass_pyg.ot.TransportPlan`; ``gram(sq_x, sq_y, inner)`` maps
     broadcastable tensors to costs. The cancellation in, e.g.,
     :math:`\lVert x\rVert^2 + \lVert y\rVert^2 - 2\langle x, y\rangle` costs about
@@ -110,6 +113,17 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
         xs, xt = x_s[perm_s[sl]], x_t[perm_t[sl]]
         sq_s, sq_t = (xs * xs).sum(-1), (xt * xt).sum(-1)
         start = row_start[sl]
+        if xs.shape[1] <= _WINDOW_MAX_DIM:
+            # few coordinates: each one's windows are rows of a strided view (no pair is gathered)
+            xt_c = xt.t().contiguous()
+            sq_t2 = sq_t.unsqueeze(0)
+            for blk in row_blocks(1, n, width * xs.shape[1], xs.device):
+                st = start[blk].unsqueeze(0)
+                inner = xs[blk, 0].unsqueeze(-1) * window_gather(xt_c[0:1], st, width)[0]
+                for c in range(1, xs.shape[1]):
+                    inner.addcmul_(xs[blk, c].unsqueeze(-1), window_gather(xt_c[c:c + 1], st, width)[0])
+                out[sl, blk] = gram(sq_s[blk].unsqueeze(-1), window_gather(sq_t2, st, width)[0], inner)
+            continue
         for i0 in range(0, n, block_rows):
             i1 = min(i0 + block_rows, n)
             st = start[i0:i1]
