@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from ..geometry.sphere import _safe_norm, normalize, project_tangent
+from ..ot import native
 from ..ot._row_blocks import row_blocks
 
 _GATE_MODES = ("fixed", "tie", "learn")
@@ -160,7 +162,11 @@ class SphereProjection(torch.nn.Module):
             squash = torch.where(norm > 1e-12, R * torch.tanh(norm / R) / norm.clamp_min(1e-12),
                                  torch.ones_like(norm))
             return (self.gates(x) * (squash * v * u).sum(-1)).sum(-1)
-        # in row blocks of about 2^17 (point, anchor) pairs on CPU, each recomputed in the backward, so the
+        logw = self.log_width.to(x.dtype).expand(self.slices, self.K)
+        if native.usable(x.detach(), a.detach(), u.detach(), logw.detach()) and self.K <= 32:
+            # one compiled pass forward, and one for the gradient of every input (no graph is recorded)
+            return _ChartScores.apply(x, a, u, logw, R)
+        # in row blocks of about 2^17 (point, anchor) pairs, each recomputed in the backward, so the
         # temporaries stay in cache instead of being kept at full size for autograd
         blocks = row_blocks(1, x.size(0), self.slices * self.K, x.device)
         if len(blocks) == 1:
@@ -185,6 +191,23 @@ class SphereProjection(torch.nn.Module):
         return (f"{self.__class__.__name__}(K={self.K}, slices={self.slices}, "
                 f"chart_radius_deg={self.chart_radius_deg:g}, gate_mode={self.gate_mode!r}, "
                 f"gate_c_per_sqrtk_deg={self.gate_c_per_sqrtk_deg:g}, geometry={self.geometry!r})")
+
+
+class _ChartScores(torch.autograd.Function):
+    r""":meth:`SphereProjection._chart_scores` by the compiled kernels, with their analytic gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, u: Tensor, logw: Tensor, radius: float) -> Tensor:
+        ctx.save_for_backward(x, a, u, logw)
+        ctx.radius = radius
+        return native.chart_scores(x.detach(), a.detach(), u.detach(), logw.detach(), radius)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, a, u, logw = ctx.saved_tensors
+        gx, ga, gu, gw = native.chart_scores_backward(x, a, u, logw, ctx.radius, grad, ctx.needs_input_grad[0])
+        return gx, ga, gu, gw, None
 
 
 class LearnedRotation(torch.nn.Module):

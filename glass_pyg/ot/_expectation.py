@@ -99,9 +99,9 @@ def band_costs_from_gram(x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tenso
     is more than twice as long as its rows and window (``m >> n``) takes the inner
     products of its window pairs instead. Points of at most four coordinates (the sphere's
     three) take their inner products coordinate by coordinate from windows of the sorted
-    targets, which are rows of a strided view, in blocks of about ``2^17`` gathered values. ``perm_s``, ``perm_t``, ``row_start`` are
-    those of :class:`~glass_pyg.ot.TransportPlan`; ``gram(sq_x, sq_y, inner)`` maps
-    broadcastable tensors to costs. The cancellation in, e.g.,
+    targets, which are rows of a strided view, in blocks of about ``2^17`` gathered values.
+    ``perm_s``, ``perm_t``, ``row_start`` are those of :class:`~glass_pyg.ot.TransportPlan`;
+    ``gram(sq_x, sq_y, inner)`` maps broadcastable tensors to costs. The cancellation in, e.g.,
     :math:`\lVert x\rVert^2 + \lVert y\rVert^2 - 2\langle x, y\rangle` costs about
     :math:`\epsilon \lVert x\rVert^2` absolute in the points' dtype. Not
     differentiable in the points (the caller checks that they need no gradient).

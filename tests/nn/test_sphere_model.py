@@ -150,8 +150,11 @@ def test_projection_equals_the_chart_formula_with_log_maps_and_its_gradient():
 
 
 def test_projection_in_row_blocks_gives_the_one_block_values_and_gradients(monkeypatch):
+    # the torch route (accelerators, no compiler): row blocks recomputed in the backward
     import glass_pyg.ot._row_blocks as blocks
     from glass_pyg.geometry.sphere import normalize
+    from glass_pyg.ot import native
+    monkeypatch.setattr(native, "usable", lambda *tensors: False)
     proj = SphereProjection(K=4, slices=2, gate_mode="learn", generator=torch.Generator().manual_seed(0)).double()
     x = normalize(torch.randn(100, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     w = torch.randn(100, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -169,3 +172,36 @@ def test_projection_in_row_blocks_gives_the_one_block_values_and_gradients(monke
         torch.testing.assert_close(p, q, atol=1e-14, rtol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(proj(x), whole, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gate_mode", ["tie", "learn", "fixed"])
+def test_compiled_projection_and_its_analytic_gradient_against_autograd(dtype, gate_mode):
+    # the compiled pass and its hand-written gradient against torch's formula under autograd, with
+    # points on anchors, at antipodes and next to anchors (the factor's and the norm's branches)
+    from glass_pyg.geometry.sphere import normalize
+    from glass_pyg.ot import native
+    proj = SphereProjection(K=8, slices=3, gate_mode=gate_mode, generator=torch.Generator().manual_seed(0)).to(dtype)
+    a = proj.anchors.detach().reshape(-1, 3).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([normalize(torch.randn(1000, 3, generator=g, dtype=torch.float64)), a[:4], -a[4:8],
+                   normalize(a[8:12] + 1e-9 * torch.randn(4, 3, generator=g, dtype=torch.float64))]).to(dtype)
+    w = torch.randn(x.shape[0], 3, generator=g, dtype=torch.float64).to(dtype)
+
+    def run():
+        xr = x.clone().requires_grad_(True)
+        out = proj(xr)
+        return [out.detach(), *torch.autograd.grad((out * w).sum(), [xr, *proj.parameters()])]
+
+    got = run()
+    with native.disabled():
+        want = run()
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for p, q in zip(got, want):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol * float(q.abs().max()))
+    # more anchors than the compiled pass takes: the torch route, same numbers
+    wide = SphereProjection(K=33, slices=1, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with native.disabled():
+        want = wide(x)
+    torch.testing.assert_close(wide(x), want, rtol=0, atol=0)

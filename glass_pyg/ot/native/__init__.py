@@ -29,6 +29,7 @@ from .build import _library, _state, disabled, status, usable
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
            "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "laplacian_finish", "cg_step",
            "product_sums", "implicit_grad",
+           "chart_scores", "chart_scores_backward",
            "cg_direction", "sorted_search", "band_extent",
            "compact_offsets", "votes_topk"]
 
@@ -356,6 +357,56 @@ def implicit_grad(p: Tensor, g: Tensor, start: Tensor, width: int, lo: Tensor, h
           *(_ptr(x) for x in vecs), ctypes.c_double(floor), _ptr(grad_s), accumulators=list(acc))
     acc = acc.sum(0)
     return grad_s, acc[:L * m].view(L, m), acc[L * m:]
+
+
+def _chart_args(x: Tensor, a: Tensor, u: Tensor, logw: Tensor) -> tuple[int, int, int, list[Tensor]]:
+    N = x.shape[0]
+    L, K = a.shape[:2]
+    dtype = x.dtype
+    for name, v, shape in (("x", x, (N, 3)), ("a", a, (L, K, 3)), ("u", u, (L, K, 3)), ("logw", logw, (L, K))):
+        if v.shape != shape or v.dtype != dtype or v.device.type != "cpu":
+            raise ValueError(f"{name} must be a {dtype} CPU tensor of shape {shape}, got {v.dtype} {tuple(v.shape)}")
+    if K > 32:
+        raise ValueError(f"the compiled chart scores take at most 32 anchors per slice, got {K}")
+    return N, L, K, [v.contiguous() for v in (x, a, u, logw)]
+
+
+def _split_points(fn, N: int, L: int, K: int, accumulators: list[Tensor] | None, *args) -> None:
+    threads = len(accumulators) if accumulators is not None else (
+        1 if N * L * K < _PARALLEL_MIN_ENTRIES // 8 else max(1, min(torch.get_num_threads(), N)))
+    bounds = [N * k // threads for k in range(threads + 1)]
+    _parallel([(fn, N, L, K, lo, hi, *args, *((_ptr(accumulators[k]),) if accumulators is not None else ()))
+               for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))])
+
+
+def chart_scores(x: Tensor, a: Tensor, u: Tensor, logw: Tensor, radius: float) -> Tensor:
+    r"""Gated chart scores of :class:`~glass_pyg.nn.SphereProjection`, ``(N, L)``, in one pass:
+    points ``x`` ``(N, 3)``, anchors ``a`` and tangent directions ``u`` ``(L, K, 3)``, log gate
+    widths ``logw`` ``(L, K)``, chart radius ``radius`` (radians)."""
+    N, L, K, (x, a, u, logw) = _chart_args(x, a, u, logw)
+    out = x.new_empty(N, L)
+    fn = getattr(_library(), "chart_scores_" + _suffix(x.dtype))
+    _split_points(fn, N, L, K, None, _ptr(x), _ptr(a), _ptr(u), _ptr(logw), float(radius), _ptr(out))
+    return out
+
+
+def chart_scores_backward(x: Tensor, a: Tensor, u: Tensor, logw: Tensor, radius: float, grad: Tensor,
+                          need_x: bool = True) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    r"""Gradients of :math:`\sum_{il} G_{il}\,\mathrm{out}_{il}` (:func:`chart_scores`) with
+    respect to ``x`` (None unless ``need_x``), ``a``, ``u`` and ``logw``."""
+    N, L, K, (x, a, u, logw) = _chart_args(x, a, u, logw)
+    if grad.shape != (N, L):
+        raise ValueError(f"grad must have shape {(N, L)}, got {tuple(grad.shape)}")
+    grad = grad.to(x.dtype).contiguous()
+    gx = x.new_empty(N, 3) if need_x else None
+    threads = 1 if N * L * K < _PARALLEL_MIN_ENTRIES // 8 else max(1, min(torch.get_num_threads(), N))
+    acc = x.new_zeros(threads, 7 * L * K)
+    fn = getattr(_library(), "chart_scores_backward_" + _suffix(x.dtype))
+    _split_points(fn, N, L, K, list(acc), _ptr(x), _ptr(a), _ptr(u), _ptr(logw), float(radius), _ptr(grad),
+                  _ptr(gx))
+    acc = acc.sum(0)
+    P = L * K
+    return gx, acc[:3 * P].view(L, K, 3), acc[3 * P:6 * P].view(L, K, 3), acc[6 * P:].view(L, K)
 
 
 def _vectors(L: int, n: int, m: int, rows: tuple[Tensor, ...], cols: tuple[Tensor, ...],

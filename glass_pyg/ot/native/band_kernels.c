@@ -25,9 +25,19 @@
 double exp(double);
 #pragma omp declare simd notinbranch
 float expf(float);
+#pragma omp declare simd notinbranch
+double atan2(double, double);
+#pragma omp declare simd notinbranch
+float atan2f(float, float);
+#pragma omp declare simd notinbranch
+double tanh(double);
+#pragma omp declare simd notinbranch
+float tanhf(float);
 #endif
 
 #define CHUNK 512
+#define CHART_MAX_K 32
+#define CHART_BLOCK 32
 
 /* First and one-past-last window offsets of row r's extent. */
 static inline void row_extent(const int64_t *start, const int64_t *lo, const int64_t *hi, int64_t r,
@@ -50,11 +60,15 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define FN(name) name##_f64
 #define EXP exp
 #define LOG log
+#define SQRT sqrt
+#define ATAN2 atan2
+#define TANH tanh
 #define LO (-700.0)
 #define HI 700.0
 #define SAFE_LO 1e-250
 #define SAFE_HI 1e250
 #include "band_kernels_impl.h"
+#include "sphere_chart_impl.h"
 #define P double
 #define PFN(name) name##_f64
 #include "band_plan_impl.h"
@@ -70,6 +84,9 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #undef FN
 #undef EXP
 #undef LOG
+#undef SQRT
+#undef ATAN2
+#undef TANH
 #undef LO
 #undef HI
 #undef SAFE_LO
@@ -79,11 +96,15 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define FN(name) name##_f32
 #define EXP expf
 #define LOG logf
+#define SQRT sqrtf
+#define ATAN2 atan2f
+#define TANH tanhf
 #define LO (-87.0f)
 #define HI 87.0f
 #define SAFE_LO 1e-20f
 #define SAFE_HI 1e20f
 #include "band_kernels_impl.h"
+#include "sphere_chart_impl.h"
 #define P float
 #define PFN(name) name##_f32
 #include "band_plan_impl.h"
