@@ -25,10 +25,26 @@ def inverse_permutation(perm: Tensor) -> Tensor:
     return torch.empty_like(perm).scatter_(-1, perm, idx)
 
 
+class _BandDot(torch.autograd.Function):
+    r""":math:`\sum_{ik} V_{lik} D_{lik}` per slice: forward a batched product (no band-sized
+    temporary), backward one scaled copy per input that needs it (the batched product's own
+    backward is a rank-one matrix product, many times slower)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, d: Tensor) -> Tensor:
+        ctx.save_for_backward(values, d)
+        L = values.shape[0]
+        return torch.bmm(values.reshape(L, 1, -1), d.reshape(L, -1, 1)).view(L)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, d = ctx.saved_tensors
+        g = grad.view(-1, 1, 1)
+        return (d * g if ctx.needs_input_grad[0] else None, values * g if ctx.needs_input_grad[1] else None)
+
+
 def _band_dot(values: Tensor, d: Tensor) -> Tensor:
-    r""":math:`\sum_{ik} V_{lik} D_{lik}` per slice, as a batched product (no band-sized temporary)."""
-    L = values.shape[0]
-    return torch.bmm(values.reshape(L, 1, -1), d.reshape(L, -1, 1)).view(L)
+    return _BandDot.apply(values, d)
 
 
 @dataclass(frozen=True)

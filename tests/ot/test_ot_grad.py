@@ -114,3 +114,18 @@ def test_strided_scores_give_the_same_plan_and_gradients(gen):
         out.append((P.to_dense(), s.grad, t.grad))
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_expectation_gradients_in_the_plan_and_in_a_learned_cost(gen):
+    # <P, D> for a cost on index pairs that depends on a parameter: both gradients against
+    # finite differences (gradcheck), through the solver's implicit backward
+    s = torch.randn(2, 40, generator=gen, dtype=torch.float64).requires_grad_(True)
+    t = torch.randn(2, 35, generator=gen, dtype=torch.float64)
+    scale = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    base = torch.rand(40, 35, generator=gen, dtype=torch.float64)
+
+    def f(s, scale):
+        plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=1e-12)
+        return plan.expectation(lambda rows, cols: scale * base[rows, cols] ** 2)
+
+    assert torch.autograd.gradcheck(f, (s, scale), eps=1e-6, atol=1e-5, rtol=1e-4)
