@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._limits import DENSE_PAIRS
+from . import native
 from ._expectation import BlockedExpectation, band_costs_from_gram
 
 _DENSE_MERGE = DENSE_PAIRS  # n * m up to which (or up to 8 stored entries per cell) slices merge densely
@@ -23,6 +24,17 @@ def inverse_permutation(perm: Tensor) -> Tensor:
     r"""``inv`` with ``inv[l, perm[l, i]] = i`` for permutations ``perm`` (L, n): a scatter, O(n)."""
     idx = torch.arange(perm.shape[-1], device=perm.device).expand_as(perm)
     return torch.empty_like(perm).scatter_(-1, perm, idx)
+
+
+def _shipped_cost(cost) -> str | None:
+    """The name of a cost of :mod:`glass_pyg.losses` that the compiled window costs compute, else None."""
+    from .. import losses  # imported here: losses builds on this module
+    pair = getattr(cost, "pair", None)
+    shipped = (("squared_euclidean", losses._sq_euclidean_pairs), ("squared_geodesic", losses._sq_geodesic_pairs))
+    for name, fn in shipped:
+        if pair is fn:
+            return name
+    return None
 
 
 class _BandDot(torch.autograd.Function):
@@ -198,8 +210,14 @@ class TransportPlan:
         gram = getattr(cost, "gram", None)
         if points is not None and gram is not None and not (
                 torch.is_grad_enabled() and (points[0].requires_grad or points[1].requires_grad)):
-            # fixed points (graph features): the band's costs from blocks of inner products
-            d = band_costs_from_gram(*points, self.perm_s, self.perm_t, self.row_start, self.width, gram)
+            # fixed points (graph features): the band's costs in one compiled pass for the shipped
+            # costs, else from blocks of inner products
+            x_s, x_t = points
+            kind = _shipped_cost(cost)
+            if kind is not None and native.usable(x_s, x_t) and (kind != "squared_geodesic" or x_s.shape[-1] == 3):
+                d = native.window_costs(x_s[self.perm_s], x_t[self.perm_t], self.row_start, self.width, kind)
+            else:
+                d = band_costs_from_gram(x_s, x_t, self.perm_s, self.perm_t, self.row_start, self.width, gram)
             return self._out(_band_dot(self.values, d.to(self.values.dtype)))
         rows, cols = self.index_pairs()
         if points is not None:  # per-point geometry: visit the pairs in row blocks

@@ -237,3 +237,37 @@ def test_squared_geodesic_band_costs_from_inner_products_match_the_pairs(dtype):
     x_t.requires_grad_(True)  # the pairs' path
     torch.testing.assert_close(plan.expectation(cost).detach(),
                                plan.expectation(losses.squared_geodesic(x_s, x_t)).detach(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_window_costs_match_the_pairs(dtype):
+    # the compiled costs of the shipped losses on a band's windows against their pair functions, and
+    # the expectation takes them (with the gram route and the pairs' route agreeing)
+    from glass_pyg import losses
+    from glass_pyg.geometry import normalize
+    from glass_pyg.ot import native
+    from glass_pyg.ot._expectation import band_costs_from_gram
+
+    g = torch.Generator().manual_seed(9)
+    x_s = normalize(torch.randn(500, 3, generator=g, dtype=torch.float64)).to(dtype)
+    x_t = torch.cat([x_s[:100], -x_s[100:120], normalize(torch.randn(380, 3, generator=g, dtype=torch.float64)
+                                                        ).to(dtype)])
+    plan = sinkhorn_banded(x_s[:, 2].unsqueeze(0).repeat(2, 1), x_t[:, 1].unsqueeze(0).repeat(2, 1) * 1.1,
+                           gamma=1.0, temperature="rank")
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for make, name in ((losses.squared_geodesic, "squared_geodesic"), (losses.squared_euclidean, "squared_euclidean")):
+        cost = make(x_s, x_t)
+        got = native.window_costs(x_s[plan.perm_s], x_t[plan.perm_t], plan.row_start, plan.width, name)
+        torch.testing.assert_close(got, cost(*plan.index_pairs()), **tol)
+        gram = band_costs_from_gram(x_s, x_t, plan.perm_s, plan.perm_t, plan.row_start, plan.width, cost.gram)
+        torch.testing.assert_close(plan.expectation(cost), (plan.values * gram).sum((-2, -1)),
+                                   rtol=1e-10 if dtype == torch.float64 else 1e-4, atol=0)
+    wide = torch.randn(500, 7, generator=g, dtype=dtype), torch.randn(500, 7, generator=g, dtype=dtype)
+    got = native.window_costs(wide[0][plan.perm_s], wide[1][plan.perm_t], plan.row_start, plan.width,
+                              "squared_euclidean")
+    torch.testing.assert_close(got, losses.squared_euclidean(*wide)(*plan.index_pairs()), **tol)
+    with pytest.raises(ValueError, match="kind"):
+        native.window_costs(x_s[plan.perm_s], x_t[plan.perm_t], plan.row_start, plan.width, "cosine")
+    with pytest.raises(ValueError, match="d = 3"):
+        native.window_costs(wide[0][plan.perm_s], wide[1][plan.perm_t], plan.row_start, plan.width,
+                            "squared_geodesic")

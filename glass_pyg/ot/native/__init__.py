@@ -29,7 +29,7 @@ from .build import _library, _state, disabled, status, usable
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
            "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "laplacian_finish", "cg_step",
            "product_sums", "implicit_grad",
-           "chart_scores", "chart_scores_backward",
+           "chart_scores", "chart_scores_backward", "window_costs",
            "cg_direction", "sorted_search", "band_extent",
            "compact_offsets", "votes_topk"]
 
@@ -357,6 +357,28 @@ def implicit_grad(p: Tensor, g: Tensor, start: Tensor, width: int, lo: Tensor, h
           *(_ptr(x) for x in vecs), ctypes.c_double(floor), _ptr(grad_s), accumulators=list(acc))
     acc = acc.sum(0)
     return grad_s, acc[:L * m].view(L, m), acc[L * m:]
+
+
+WINDOW_COSTS = {"squared_euclidean": 0, "squared_geodesic": 1}
+
+
+def window_costs(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str) -> Tensor:
+    r"""Costs of a band's window pairs, ``(L, n, W)``: ``out[l, i, k] = c(xs[l, i], xt[l, start[l, i] + k])``
+    for points in the plan's sorted order, ``xs`` ``(L, n, d)``, ``xt`` ``(L, m, d)`` of one dtype;
+    ``kind`` ``"squared_euclidean"`` or ``"squared_geodesic"`` (unit vectors, ``d = 3``,
+    :math:`\operatorname{atan2}(\lVert x\times y\rVert, x\cdot y)^2`)."""
+    if kind not in WINDOW_COSTS:
+        raise ValueError(f"kind must be one of {sorted(WINDOW_COSTS)}, got {kind!r}")
+    L, n, d = xs.shape
+    m = xt.shape[1]
+    if xt.shape != (L, m, d) or xt.dtype != xs.dtype or (kind == "squared_geodesic" and d != 3):
+        raise ValueError(f"xt must be {xs.dtype} of shape (L, m, {d}) (d = 3 for squared_geodesic), "
+                         f"got {xt.dtype} {tuple(xt.shape)}")
+    xs, xt, start = xs.contiguous(), xt.contiguous(), _windows(start, width, m)
+    out = xs.new_empty(L, n, width)
+    _rows("window_costs", xs.dtype, L, n, m, width, d, WINDOW_COSTS[kind], _ptr(xs), _ptr(xt), _ptr(start),
+          _ptr(out))
+    return out
 
 
 def _chart_args(x: Tensor, a: Tensor, u: Tensor, logw: Tensor) -> tuple[int, int, int, list[Tensor]]:

@@ -69,6 +69,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define SAFE_HI 1e250
 #include "band_kernels_impl.h"
 #include "sphere_chart_impl.h"
+#include "window_costs_impl.h"
 #define P double
 #define PFN(name) name##_f64
 #include "band_plan_impl.h"
@@ -105,6 +106,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define SAFE_HI 1e20f
 #include "band_kernels_impl.h"
 #include "sphere_chart_impl.h"
+#include "window_costs_impl.h"
 #define P float
 #define PFN(name) name##_f32
 #include "band_plan_impl.h"

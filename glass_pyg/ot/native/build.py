@@ -20,7 +20,8 @@ from ..._atomic import atomic_path
 
 _DIR = Path(__file__).parent
 _SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h",
-            _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h")
+            _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h",
+            _DIR / "window_costs_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -39,6 +40,7 @@ _SIGNATURES = {
     "path_precondition": "iii" + "ppppppppppp",
     "laplacian_finish": "iii" + "ppppppp",
     "product_sums": "iiiiii" + "ppppppp",
+    "window_costs": "iiiiii" + "ii" + "pppp",
     "chart_scores": "iiiii" + "pppp" + "r" + "p",
     "chart_scores_backward": "iiiii" + "pppp" + "r" + "ppp",
     "implicit_grad": "iiiiii" + "pppppppppp" + "ppppp" + "d" + "pp",
