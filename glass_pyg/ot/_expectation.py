@@ -83,6 +83,44 @@ class BlockedExpectation(torch.autograd.Function):
         return g_values, g_s, g_t, None, None, None
 
 
+class WindowExpectation(torch.autograd.Function):
+    r""":math:`\sum_{ik} V_{lik}\, c(x^s_{\pi_l(i)}, x^t_{\sigma_l(s_{li} + k)})` per slice for a
+    shipped cost (``kind`` of :func:`~glass_pyg.ot.native.window_costs`), by the compiled
+    kernels: ``values`` ``(L, n, W)`` on the windows ``row_start`` of the sorted scores,
+    ``perm_s``, ``perm_t`` the sorting permutations, points ``(n_s, d)``, ``(n_t, d)`` of the
+    values' dtype. Differentiable once in the values and in both point sets.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tensor,
+                row_start: Tensor, kind: str) -> Tensor:
+        """The expectation per slice; the window's costs are kept (the gradient for the values)."""
+        xs, xt = x_s.detach()[perm_s], x_t.detach()[perm_t]
+        cost = native.window_costs(xs, xt, row_start, values.shape[-1], kind)
+        L = values.shape[0]
+        out = torch.bmm(values.detach().reshape(L, 1, -1), cost.reshape(L, -1, 1)).view(L)
+        ctx.save_for_backward(values, xs, xt, perm_s, perm_t, row_start, cost)
+        ctx.kind, ctx.shapes = kind, (x_s.shape, x_t.shape)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        """Gradients of the values (the costs, scaled) and of the points (one compiled pass)."""
+        values, xs, xt, perm_s, perm_t, row_start, cost = ctx.saved_tensors
+        need_v, need_s, need_t = ctx.needs_input_grad[:3]
+        g_values = cost * grad.view(-1, 1, 1) if need_v else None
+        g_s = g_t = None
+        if need_s or need_t:
+            gxs, gxt = native.window_costs_grad(xs, xt, row_start, values.shape[-1], ctx.kind, values, grad)
+            d = xs.shape[-1]
+            if need_s:
+                g_s = xs.new_zeros(ctx.shapes[0]).index_add_(0, perm_s.reshape(-1), gxs.reshape(-1, d))
+            if need_t:
+                g_t = xt.new_zeros(ctx.shapes[1]).index_add_(0, perm_t.reshape(-1), gxt.reshape(-1, d))
+        return g_values, g_s, g_t, None, None, None, None
+
+
 GramFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
 _WINDOW_MAX_DIM = 4
 

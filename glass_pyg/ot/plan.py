@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .._limits import DENSE_PAIRS
 from . import native
-from ._expectation import BlockedExpectation, band_costs_from_gram
+from ._expectation import BlockedExpectation, WindowExpectation, band_costs_from_gram
 
 _DENSE_MERGE = DENSE_PAIRS  # n * m up to which (or up to 8 stored entries per cell) slices merge densely
 
@@ -219,6 +219,14 @@ class TransportPlan:
             else:
                 d = band_costs_from_gram(x_s, x_t, self.perm_s, self.perm_t, self.row_start, self.width, gram)
             return self._out(_band_dot(self.values, d.to(self.values.dtype)))
+        if points is not None:
+            x_s, x_t = points
+            kind = _shipped_cost(cost)
+            if kind is not None and native.usable(self.values.detach(), x_s.detach(), x_t.detach()) and (
+                    kind != "squared_geodesic" or x_s.shape[-1] == 3):
+                # a shipped cost: forward and gradients in compiled passes over the windows
+                return self._out(WindowExpectation.apply(self.values, x_s, x_t, self.perm_s, self.perm_t,
+                                                         self.row_start, kind))
         rows, cols = self.index_pairs()
         if points is not None:  # per-point geometry: visit the pairs in row blocks
             x_s, x_t = points

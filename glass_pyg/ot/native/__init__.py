@@ -30,6 +30,7 @@ __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "
            "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "laplacian_finish", "cg_step",
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
+           "window_costs_grad",
            "cg_direction", "sorted_search", "band_extent",
            "compact_offsets", "votes_topk"]
 
@@ -379,6 +380,30 @@ def window_costs(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str) -
     _rows("window_costs", xs.dtype, L, n, m, width, d, WINDOW_COSTS[kind], _ptr(xs), _ptr(xt), _ptr(start),
           _ptr(out))
     return out
+
+
+def window_costs_grad(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str, v: Tensor,
+                      g: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Gradients of :math:`\sum_l g_l \sum_{ik} v_{lik}\, \mathrm{out}_{lik}` (:func:`window_costs`)
+    with respect to ``xs`` ``(L, n, d)`` and ``xt`` ``(L, m, d)``; ``v`` ``(L, n, W)`` and ``g``
+    ``(L,)`` share the points' dtype."""
+    if kind not in WINDOW_COSTS:
+        raise ValueError(f"kind must be one of {sorted(WINDOW_COSTS)}, got {kind!r}")
+    L, n, d = xs.shape
+    m = xt.shape[1]
+    if xt.shape != (L, m, d) or xt.dtype != xs.dtype or (kind == "squared_geodesic" and d != 3):
+        raise ValueError(f"xt must be {xs.dtype} of shape (L, m, {d}) (d = 3 for squared_geodesic), "
+                         f"got {xt.dtype} {tuple(xt.shape)}")
+    if v.shape != (L, n, width) or v.dtype != xs.dtype or g.shape != (L,):
+        raise ValueError(f"v must be {xs.dtype} of shape {(L, n, width)} and g of shape {(L,)}, got "
+                         f"{v.dtype} {tuple(v.shape)} and {tuple(g.shape)}")
+    xs, xt, start = xs.contiguous(), xt.contiguous(), _windows(start, width, m)
+    v, g = v.contiguous(), g.to(xs.dtype).contiguous()
+    gxs = xs.new_empty(L, n, d)
+    acc = xs.new_zeros(_threads(L, n, width), L, m, d)
+    _rows("window_costs_grad", xs.dtype, L, n, m, width, d, WINDOW_COSTS[kind], _ptr(xs), _ptr(xt), _ptr(start),
+          _ptr(v), _ptr(g), _ptr(gxs), accumulators=list(acc))
+    return gxs, acc.sum(0)
 
 
 def _chart_args(x: Tensor, a: Tensor, u: Tensor, logw: Tensor) -> tuple[int, int, int, list[Tensor]]:

@@ -41,6 +41,7 @@ _SIGNATURES = {
     "laplacian_finish": "iii" + "ppppppp",
     "product_sums": "iiiiii" + "ppppppp",
     "window_costs": "iiiiii" + "ii" + "pppp",
+    "window_costs_grad": "iiiiii" + "ii" + "ppppppp",
     "chart_scores": "iiiii" + "pppp" + "r" + "p",
     "chart_scores_backward": "iiiii" + "pppp" + "r" + "ppp",
     "implicit_grad": "iiiiii" + "pppppppppp" + "ppppp" + "d" + "pp",
