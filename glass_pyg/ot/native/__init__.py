@@ -1,8 +1,13 @@
-r"""Compiled CPU kernels for the band passes of the banded solver (and the graph refinement's votes).
+r"""Compiled CPU kernels for the band passes of the banded solver and the work around it.
 
 Each reduction over the band (the row and column ``logsumexp`` of a sweep, the
-plan's ``exp``, the Laplacian's products, its preconditioner) is one pass in C
-instead of gathers, band-sized temporaries and reductions in torch. They visit
+plan's ``exp``, the Laplacian's products, its preconditioner, the conjugate
+gradient's vector updates, the implicit gradient's two passes) is one pass in C
+instead of gathers, band-sized temporaries and reductions in torch. So are the
+costs of the shipped losses on the band's windows and their gradients
+(:class:`~glass_pyg.ot._expectation.WindowExpectation`), the sphere
+projection's chart scores with their analytic gradient, and the graph
+refinement's neighbourhood votes. The band kernels visit
 only each row's extent in the band (about half the padded window) and need no
 column layout: column reductions scatter from the row layout. The source
 ships with the package and is compiled on first use with the system C compiler
