@@ -25,3 +25,19 @@ def pot_plan(s, t, a, b, gamma):
     P = ot.sinkhorn(a.double().numpy(), b.double().numpy(), C, float(gamma), method="sinkhorn_log",
                     numItermax=30000, stopThr=1e-10, warn=False)
     return torch.from_numpy(np.asarray(P))
+
+
+def staircase_band(n, m, gamma, extra, seed=0):
+    """Sorted scores of 2 slices, their staircase and reference dual, and a band ``extra`` columns wider
+    than the staircase."""
+    from glass_pyg.ot._band import make_band, reference_dual, staircase
+    g = torch.Generator().manual_seed(seed)
+    s = torch.sort(torch.randn(2, n, generator=g, dtype=torch.float64)).values
+    t = torch.sort(torch.randn(2, m, generator=g, dtype=torch.float64).exp()).values
+    a = torch.full((2, n), 1.0 / n, dtype=torch.float64)
+    b = torch.full((2, m), 1.0 / m, dtype=torch.float64)
+    stair = staircase(a, b)
+    gam = torch.tensor([gamma, 3 * gamma], dtype=torch.float64)
+    f0, g0 = reference_dual(s, t, stair, gam)
+    band = make_band((stair.lo - extra).clamp(min=0), (stair.hi + extra).clamp(max=m - 1), m)
+    return s, t, gam, band, stair, f0, g0

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import staircase_band
 
 from glass_pyg.ot import native, sinkhorn_banded
 from glass_pyg.ot._iterations import _lse_windows
@@ -140,67 +141,6 @@ def test_solver_same_with_and_without_kernels(temperature, gamma):
     torch.testing.assert_close(got.values, ref.values, rtol=0, atol=1e-9 / 3000)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_implicit_backward_same_with_and_without_kernels(dtype):
-    # the compiled pass of the implicit gradient (the sums of P G, then the scores' and gamma's
-    # gradients with the logits formed again in the kernel) against the torch row blocks
-    g = torch.Generator().manual_seed(2)
-    s = torch.randn(2, 2000, generator=g, dtype=torch.float64).to(dtype)
-    t = torch.randn(2, 1700, generator=g, dtype=torch.float64).exp().to(dtype)
-    a = torch.rand(2, 2000, generator=g, dtype=torch.float64).to(dtype) + 0.5
-    b = (torch.rand(2, 1700, generator=g, dtype=torch.float64).to(dtype) + 0.5)
-    b = b * (a.sum(-1, keepdim=True) / b.sum(-1, keepdim=True))
-    weights = torch.randn(2, 2000, 3, generator=g, dtype=torch.float64).to(dtype)
-
-    def grads():
-        x, y, wa, wb = (v.clone().requires_grad_(True) for v in (s, t, a, b))
-        plan = sinkhorn_banded(x, y, wa, wb, gamma=1.0, temperature="rank", tol=1e-4 if dtype == torch.float32
-                               else 1e-9)
-        # an upstream gradient that differs on every entry: the plan's values against a pattern
-        pattern = torch.sin(torch.arange(plan.values.numel(), dtype=dtype)).view_as(plan.values)
-        loss = (plan.values * pattern).sum() + plan.transport_cost().sum() + (weights[..., 0] * x).sum()
-        loss.backward()
-        return x.grad, y.grad, wa.grad, wb.grad
-
-    got = grads()
-    with native.disabled():
-        ref = grads()
-    tol = 1e-7 if dtype == torch.float64 else 2e-3
-    for x, r in zip(got, ref):
-        assert torch.isfinite(x).all()
-        torch.testing.assert_close(x, r, rtol=tol, atol=tol * float(r.abs().max()))
-
-
-def test_implicit_gradient_kernels_against_torch_blocks():
-    from glass_pyg.ot._band import logit_floor
-    from glass_pyg.ot._certificate import Reference
-    from glass_pyg.ot._implicit import _product_sums, _score_grads
-    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=9)
-    L, n, m = band.shape
-    g = torch.Generator().manual_seed(9)
-    cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
-    inside = (cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1))
-    p = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) * inside
-    grad = torch.randn(L, n, band.width, generator=g, dtype=torch.float64)
-    qr, qc = native.product_sums(p, grad, band.row_start, band.width, m, band.row_lo, band.row_hi)
-    ref_r, ref_c = _product_sums(p, grad, band)
-    torch.testing.assert_close(qr, ref_r, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(qc, ref_c, rtol=1e-12, atol=1e-12)
-    s = torch.sort(torch.randn(L, n, generator=g, dtype=torch.float64)).values
-    t = torch.sort(torch.randn(L, m, generator=g, dtype=torch.float64)).values
-    gamma = torch.tensor([0.3, 2.0][:L], dtype=torch.float64)
-    u, v = torch.randn(L, n, generator=g, dtype=torch.float64), torch.randn(L, m, generator=g, dtype=torch.float64)
-    f0, g0 = torch.randn(L, n, generator=g, dtype=torch.float64), torch.randn(L, m, generator=g, dtype=torch.float64)
-    ref = Reference(s, t, gamma, f0, g0)
-    got = native.implicit_grad(p, grad, band.row_start, band.width, band.row_lo, band.row_hi, u, v, s, t, gamma,
-                               s, t, f0, g0, gamma, logit_floor(torch.float64))
-    want = _score_grads(p, grad, u, v, s, t, gamma, band, ref)
-    for x, r in zip(got, want):
-        torch.testing.assert_close(x, r, rtol=1e-10, atol=1e-10 * float(r.abs().max()))
-    with pytest.raises(ValueError, match="must match the plan"):
-        native.product_sums(p, grad[:, :-1], band.row_start, band.width, m, band.row_lo, band.row_hi)
-
-
 def test_autograd_takes_the_torch_path():
     x, start, lo, hi, theta = _band(1, 50, 80, 6, torch.float64)
     theta.requires_grad_(True)
@@ -227,24 +167,10 @@ def test_without_a_compiler_the_solver_falls_back(tmp_path, monkeypatch):
     assert plan.converged.all()
 
 
-def _staircase_band(n, m, gamma, extra, seed=0):
-    from glass_pyg.ot._band import make_band, reference_dual, staircase
-    g = torch.Generator().manual_seed(seed)
-    s = torch.sort(torch.randn(2, n, generator=g, dtype=torch.float64)).values
-    t = torch.sort(torch.randn(2, m, generator=g, dtype=torch.float64).exp()).values
-    a = torch.full((2, n), 1.0 / n, dtype=torch.float64)
-    b = torch.full((2, m), 1.0 / m, dtype=torch.float64)
-    stair = staircase(a, b)
-    gam = torch.tensor([gamma, 3 * gamma], dtype=torch.float64)
-    f0, g0 = reference_dual(s, t, stair, gam)
-    band = make_band((stair.lo - extra).clamp(min=0), (stair.hi + extra).clamp(max=m - 1), m)
-    return s, t, gam, band, stair, f0, g0
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logits_bitwise_as_torch_in_both_layouts(dtype):
     from glass_pyg.ot._band import band_logits
-    s, t, gam, band, _, f0, g0 = _staircase_band(700, 500, 1e-5, 9)
+    s, t, gam, band, _, f0, g0 = staircase_band(700, 500, 1e-5, 9)
     rows, cols = band_logits(s, t, gam, band, f0, g0, dtype), band_logits(s, t, gam, band, f0, g0, dtype, "col")
     with native.disabled():
         rows_ref = band_logits(s, t, gam, band, f0, g0, dtype)
@@ -266,7 +192,7 @@ def test_logits_bitwise_as_torch_in_both_layouts(dtype):
 
 def test_operator_as_torch(monkeypatch):
     from glass_pyg.ot._laplacian import band_operator
-    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=2)
+    _, _, _, band, stair, _, _ = staircase_band(900, 1100, 1e-3, 6, seed=2)
     L, n, m = band.shape
     g = torch.Generator().manual_seed(5)
     p_row = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) ** 8
@@ -305,77 +231,10 @@ def test_operator_as_torch(monkeypatch):
     torch.testing.assert_close(yc3, yc, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_conjugate_gradient_vector_kernels_against_torch(dtype):
-    # each fused update against the torch expressions it replaces, inner products included
-    g = torch.Generator().manual_seed(7)
-    L, n, m = 3, 1000, 1300
-
-    def vec(k: int) -> torch.Tensor:
-        return torch.randn(L, k, generator=g, dtype=torch.float64).to(dtype)
-
-    pr, pc, qr, qc, rs, cs = vec(n), vec(m), vec(n), vec(m), vec(n).abs(), vec(m).abs()
-    want_qr, want_qc = rs * pr - qr, cs * pc - qc
-    dot = native.laplacian_finish(rs, cs, pr, pc, qr, qc)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(qr, want_qr, **tol)
-    torch.testing.assert_close(qc, want_qc, **tol)
-    torch.testing.assert_close(dot, (pr.double() * want_qr.double()).sum(-1).to(dtype)
-                               + (pc.double() * want_qc.double()).sum(-1).to(dtype), **tol)
-    xr, xc, rr, rc = vec(n), vec(m), vec(n), vec(m)
-    alpha = torch.tensor([0.5, -2.0, 0.0], dtype=dtype)
-    want = (xr + alpha[:, None] * pr, xc + alpha[:, None] * pc, rr - alpha[:, None] * qr, rc - alpha[:, None] * qc)
-    rr2 = native.cg_step(alpha, xr, xc, rr, rc, pr, pc, qr, qc)
-    for got, ref in zip((xr, xc, rr, rc), want):
-        torch.testing.assert_close(got, ref, **tol)
-    norm2 = (want[2].double() ** 2).sum(-1).to(dtype) + (want[3].double() ** 2).sum(-1).to(dtype)
-    torch.testing.assert_close(rr2, norm2, **tol)
-    beta = torch.tensor([1.5, 0.0, -1.0], dtype=dtype)
-    zr, zc = vec(n), vec(m)
-    want = (beta[:, None] * pr + zr, beta[:, None] * pc + zc)
-    native.cg_direction(beta, pr, pc, zr, zc)
-    torch.testing.assert_close(pr, want[0], **tol)
-    torch.testing.assert_close(pc, want[1], **tol)
-    with pytest.raises(ValueError, match="contiguous"):  # raw pointers: a wrong vector is refused
-        native.cg_direction(beta, pr, pc[:, :-1], zr, zc)
-    with pytest.raises(ValueError, match="shape"):
-        native.cg_step(alpha[:2], xr, xc, rr, rc, pr, pc, qr, qc)
-
-
-def test_conjugate_gradient_solve_compiled_as_torch():
-    # the same Laplacian solve with the fused compiled updates and with torch's
-    from glass_pyg.ot._laplacian import band_operator, solve_laplacian
-    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=4)
-    L, n, m = band.shape
-    g = torch.Generator().manual_seed(8)
-    cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
-    p_row = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) + 0.1
-    p_row = p_row * ((cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1)))
-    dense = torch.zeros(L, n, m, dtype=torch.float64).scatter_(2, cols, p_row)
-    rows = band.col_start.unsqueeze(-1) + torch.arange(band.col_width)
-    inside = (rows >= band.col_lo.unsqueeze(-1)) & (rows <= band.col_hi.unsqueeze(-1))
-    p_col = torch.gather(dense.transpose(1, 2), 2, rows) * inside
-    yr = torch.randn(L, n, generator=g, dtype=torch.float64)
-    yc = torch.randn(L, m, generator=g, dtype=torch.float64)
-    xr, xc, info = solve_laplacian(band_operator(band, stair, p_row, p_col), yr, yc, 1e-10, 300)
-    with native.disabled():
-        ref_r, ref_c, ref_info = solve_laplacian(band_operator(band, stair, p_row, lambda: p_col), yr, yc, 1e-10, 300)
-    assert bool((info.residual <= 1e-10).all()) and abs(info.iterations - ref_info.iterations) <= 2
-    scale = float(ref_r.abs().max())
-    torch.testing.assert_close(xr, ref_r, rtol=0, atol=1e-7 * scale)
-    torch.testing.assert_close(xc, ref_c, rtol=0, atol=1e-7 * scale)
-    # and the solution solves the system (the right-hand side less its mean)
-    shift = (yr.sum(-1) + yc.sum(-1)) / (n + m)
-    lr = dense.sum(-1) * xr - (dense @ xc.unsqueeze(-1)).squeeze(-1)
-    lc = dense.sum(1) * xc - (dense.transpose(1, 2) @ xr.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(lr, yr - shift[:, None], rtol=0, atol=1e-7)
-    torch.testing.assert_close(lc, yc - shift[:, None], rtol=0, atol=1e-7)
-
-
 def test_compact_float32_plan_and_its_operator():
     # Newton's operator: the plan's extents only, stored in float32, products in float64
     from glass_pyg.ot._laplacian import band_operator
-    _, _, _, band, stair, _, _ = _staircase_band(900, 1100, 1e-3, 6, seed=3)
+    _, _, _, band, stair, _, _ = staircase_band(900, 1100, 1e-3, 6, seed=3)
     L, n, m = band.shape
     g = torch.Generator().manual_seed(6)
     x = torch.randn(L, n, generator=g, dtype=torch.float64) - 3.0
@@ -431,7 +290,7 @@ def test_sorted_search_is_searchsorted(dtype, right):
 
 def test_band_extent_is_the_bisection():
     from glass_pyg.ot._band import search_extent
-    s, t, gam, band, stair, f0, g0 = _staircase_band(400, 350, 2e-3, 0, seed=6)
+    s, t, gam, band, stair, f0, g0 = staircase_band(400, 350, 2e-3, 0, seed=6)
     phi, psi = 3.0 * s, -2.0 * t  # smooth potentials keep each row unimodal
     ca, cb = torch.full((2, 400), -6.0, dtype=torch.float64), torch.full((2, 350), -5.8, dtype=torch.float64)
     for terms, thr in (((None, None, None, None), -30.0), ((phi, psi, ca, cb), -14.0)):

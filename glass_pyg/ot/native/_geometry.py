@@ -10,11 +10,7 @@ from . import _PARALLEL_MIN_ENTRIES, _library, _parallel, _ptr, _rows, _suffix, 
 WINDOW_COSTS = {"squared_euclidean": 0, "squared_geodesic": 1}
 
 
-def window_costs(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str) -> Tensor:
-    r"""Costs of a band's window pairs, ``(L, n, W)``: ``out[l, i, k] = c(xs[l, i], xt[l, start[l, i] + k])``
-    for points in the plan's sorted order, ``xs`` ``(L, n, d)``, ``xt`` ``(L, m, d)`` of one dtype;
-    ``kind`` ``"squared_euclidean"`` or ``"squared_geodesic"`` (unit vectors, ``d = 3``,
-    :math:`\operatorname{atan2}(\lVert x\times y\rVert, x\cdot y)^2`)."""
+def _window_points(xs: Tensor, xt: Tensor, kind: str) -> tuple[int, int, int, int]:
     if kind not in WINDOW_COSTS:
         raise ValueError(f"kind must be one of {sorted(WINDOW_COSTS)}, got {kind!r}")
     L, n, d = xs.shape
@@ -22,6 +18,15 @@ def window_costs(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str) -
     if xt.shape != (L, m, d) or xt.dtype != xs.dtype or (kind == "squared_geodesic" and d != 3):
         raise ValueError(f"xt must be {xs.dtype} of shape (L, m, {d}) (d = 3 for squared_geodesic), "
                          f"got {xt.dtype} {tuple(xt.shape)}")
+    return L, n, m, d
+
+
+def window_costs(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: str) -> Tensor:
+    r"""Costs of a band's window pairs, ``(L, n, W)``: ``out[l, i, k] = c(xs[l, i], xt[l, start[l, i] + k])``
+    for points in the plan's sorted order, ``xs`` ``(L, n, d)``, ``xt`` ``(L, m, d)`` of one dtype;
+    ``kind`` ``"squared_euclidean"`` or ``"squared_geodesic"`` (unit vectors, ``d = 3``,
+    :math:`\operatorname{atan2}(\lVert x\times y\rVert, x\cdot y)^2`)."""
+    L, n, m, d = _window_points(xs, xt, kind)
     xs, xt, start = xs.contiguous(), xt.contiguous(), _windows(start, width, m)
     out = xs.new_empty(L, n, width)
     _rows("window_costs", xs.dtype, L, n, m, width, d, WINDOW_COSTS[kind], _ptr(xs), _ptr(xt), _ptr(start),
@@ -34,13 +39,7 @@ def window_costs_grad(xs: Tensor, xt: Tensor, start: Tensor, width: int, kind: s
     r"""Gradients of :math:`\sum_l g_l \sum_{ik} v_{lik}\, \mathrm{out}_{lik}` (:func:`window_costs`)
     with respect to ``xs`` ``(L, n, d)`` and ``xt`` ``(L, m, d)``; ``v`` ``(L, n, W)`` and ``g``
     ``(L,)`` share the points' dtype."""
-    if kind not in WINDOW_COSTS:
-        raise ValueError(f"kind must be one of {sorted(WINDOW_COSTS)}, got {kind!r}")
-    L, n, d = xs.shape
-    m = xt.shape[1]
-    if xt.shape != (L, m, d) or xt.dtype != xs.dtype or (kind == "squared_geodesic" and d != 3):
-        raise ValueError(f"xt must be {xs.dtype} of shape (L, m, {d}) (d = 3 for squared_geodesic), "
-                         f"got {xt.dtype} {tuple(xt.shape)}")
+    L, n, m, d = _window_points(xs, xt, kind)
     if v.shape != (L, n, width) or v.dtype != xs.dtype or g.shape != (L,):
         raise ValueError(f"v must be {xs.dtype} of shape {(L, n, width)} and g of shape {(L,)}, got "
                          f"{v.dtype} {tuple(v.shape)} and {tuple(g.shape)}")
