@@ -218,11 +218,14 @@ def match_points(pos_s: Tensor, pos_t: Tensor, *, candidates: int = 8, retry: bo
 
 
 def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
-                    candidates: int = 8) -> tuple[Tensor, Tensor]:
+                    candidates: int = 8, match: bool = True) -> tuple[Tensor, Tensor | None]:
     r"""Rounds of (assignment of the aligned sets, Kabsch on the matched pairs), then a last assignment.
 
     Converges from within about one point spacing of the truth. Returns
-    ``(R, perm)``; stops early when the matching repeats.
+    ``(R, perm)``; stops early when the matching repeats. Without ``match``
+    the last assignment (of the final rotation) is not made and ``perm`` is
+    None: beyond the dense limit each assignment is a sparse solve, the
+    longest part of the polish.
 
     Args:
         pos_s (Tensor): ``(n, 3)`` source unit vectors.
@@ -230,6 +233,7 @@ def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
         R (Tensor): ``(3, 3)`` starting rotation, ``pos_t ≈ pos_s @ R.T``.
         rounds (int): most assignment-Kabsch rounds. Default ``3``.
         candidates (int): as in :func:`match_points`. Default ``8``.
+        match (bool): also return the matching of the final rotation. Default ``True``.
 
     Example:
         >>> import torch
@@ -255,6 +259,8 @@ def polish_rotation(pos_s: Tensor, pos_t: Tensor, R: Tensor, *, rounds: int = 3,
             if torch.equal(new, perm):
                 break
             perm = new
+    if not match:
+        return R, None
     if x.size(0) * y.size(0) <= _DENSE_LIMIT:
         return R, perm  # the matching of the final R, exact
     return R, match_points(x, y @ R, candidates=candidates)
@@ -329,7 +335,7 @@ def align_sphere(pos_s: Tensor, pos_t: Tensor, *, top: int = 3, steps: int = 100
     R_best = R[best]
     perm = None
     if polish_rounds:
-        R_best, perm = polish_rotation(x, y, R_best, rounds=polish_rounds)
+        R_best, perm = polish_rotation(x, y, R_best, rounds=polish_rounds, match=match)
     elif match:
         perm = match_points(x, y @ R_best)
     return SphereAlignment(rotation=R_best.to(device), perm=None if not match else perm.to(device),

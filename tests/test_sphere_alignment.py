@@ -198,3 +198,23 @@ def test_match_points_sparse_path_equals_dense_assignment(monkeypatch):
     d2 = pairwise_geodesic_distance(x, y) ** 2
     ar = torch.arange(400)
     assert float(d2[ar, sparse].sum()) == pytest.approx(float(d2[ar, dense].sum()), rel=1e-9)
+
+
+def test_polish_without_the_matching_makes_no_last_assignment(monkeypatch):
+    # the rotation stage wants the rotation only: the polish then skips the assignment of the final
+    # rotation (beyond the dense limit, a sparse solve) and returns the same rotation
+    import glass_pyg.sphere_alignment as A
+    from glass_pyg.sphere_alignment import polish_rotation
+    x, y, R, _ = _pair(400, 5)
+    monkeypatch.setattr(A, "_DENSE_LIMIT", 100)  # the sparse path, as beyond 2^22 pairs
+    calls = []
+    real = A.match_points
+    monkeypatch.setattr(A, "match_points", lambda *a, **k: calls.append(1) or real(*a, **k))
+    R_full, perm = polish_rotation(x, y, R)
+    with_match = len(calls)
+    calls.clear()
+    R_only, none = polish_rotation(x, y, R, match=False)
+    assert none is None and perm is not None
+    assert len(calls) == with_match - 1
+    torch.testing.assert_close(R_only, R_full, rtol=0, atol=0)
+    assert float(rotation_error_deg(R_only, R)) < 1.0
