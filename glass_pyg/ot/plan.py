@@ -204,29 +204,24 @@ class TransportPlan:
         and returns costs of that shape; no ``n x m`` matrix is built. A cost
         that also has ``points = (x_s, x_t)`` and ``pair(x, y)`` (the costs of
         :mod:`glass_pyg.losses`) is evaluated in row blocks instead, forward
-        and backward (:class:`~glass_pyg.ot._expectation.BlockedExpectation`).
+        and backward (:class:`~glass_pyg.ot._expectation.BlockedExpectation`);
+        the two shipped costs on CPU in compiled passes over the band's windows
+        (:class:`~glass_pyg.ot._expectation.WindowExpectation`).
         """
         points = getattr(cost, "points", None)
         gram = getattr(cost, "gram", None)
-        if points is not None and gram is not None and not (
-                torch.is_grad_enabled() and (points[0].requires_grad or points[1].requires_grad)):
-            # fixed points (graph features): the band's costs in one compiled pass for the shipped
-            # costs, else from blocks of inner products
-            x_s, x_t = points
-            kind = _shipped_cost(cost)
-            if kind is not None and native.usable(x_s, x_t) and (kind != "squared_geodesic" or x_s.shape[-1] == 3):
-                d = native.window_costs(x_s[self.perm_s], x_t[self.perm_t], self.row_start, self.width, kind)
-            else:
-                d = band_costs_from_gram(x_s, x_t, self.perm_s, self.perm_t, self.row_start, self.width, gram)
-            return self._out(_band_dot(self.values, d.to(self.values.dtype)))
         if points is not None:
             x_s, x_t = points
             kind = _shipped_cost(cost)
             if kind is not None and native.usable(self.values.detach(), x_s.detach(), x_t.detach()) and (
                     kind != "squared_geodesic" or x_s.shape[-1] == 3):
-                # a shipped cost: forward and gradients in compiled passes over the windows
+                # a shipped cost: its values (and the points' gradients) in compiled passes over the windows
                 return self._out(WindowExpectation.apply(self.values, x_s, x_t, self.perm_s, self.perm_t,
                                                          self.row_start, kind))
+            if gram is not None and not (torch.is_grad_enabled() and (x_s.requires_grad or x_t.requires_grad)):
+                # fixed points (graph features): the band's costs from blocks of inner products
+                d = band_costs_from_gram(x_s, x_t, self.perm_s, self.perm_t, self.row_start, self.width, gram)
+                return self._out(_band_dot(self.values, d.to(self.values.dtype)))
         rows, cols = self.index_pairs()
         if points is not None:  # per-point geometry: visit the pairs in row blocks
             x_s, x_t = points
