@@ -118,10 +118,25 @@ def test_slices_and_dtypes(dtype, gen):
         assert (one.to_dense() - ref).abs().sum() < 1e-6
 
 
-def test_float32_large_problem_runs_in_float32(gen):
+def test_float32_inputs_solve_in_float64_by_default(gen):
+    """A float32 problem of any size takes the float64 Newton solve (few iterations) and
+    returns float32 results equal to the float64 problem's."""
+    n = 1 << 16
+    s = torch.randn(n, generator=gen, dtype=torch.float64)
+    t = torch.randn(n, generator=gen, dtype=torch.float64) + 0.5
+    plan = sinkhorn_banded(s.float(), t.float(), gamma=1.0, temperature="rank", tol=1e-4)
+    ref = sinkhorn_banded(s.float().double(), t.float().double(), gamma=1.0, temperature="rank", tol=1e-4)
+    assert plan.values.dtype == torch.float32 and bool(plan.converged)
+    assert plan.newton_steps > 0 and plan.iterations <= 10
+    torch.testing.assert_close(plan.values, ref.values.float(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(plan.cost, ref.cost.float())
+
+
+def test_float32_compute_on_request(gen):
     s = torch.randn(20000, generator=gen)
     t = torch.randn(20000, generator=gen) + 1.0
-    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=2e-4, max_iter=400)
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank", tol=2e-4, max_iter=400,
+                           compute_dtype=torch.float32)
     assert plan.values.dtype == torch.float32 and bool(plan.converged)
     assert torch.isfinite(plan.values).all()
     assert plan.width < 200
