@@ -338,3 +338,32 @@ def test_a_wide_absolute_plan_on_a_large_problem_is_reported_once(tmp_path, monk
         run(cfg, quiet=True)
     wide = [w for w in caught if "on the absolute scale is wide" in str(w.message)]
     assert len(wide) == (1 if warns else 0), [str(w.message) for w in caught]
+
+
+def test_only_the_answers_decoding_warnings_reach_the_user(monkeypatch):
+    """The raw plan's diagnostic decoders report by their numbers; the answer's decoding still warns."""
+    import warnings
+
+    from glass_pyg import metrics
+    from glass_pyg.experiments.tasks import build_tasks
+
+    _, tasks = build_tasks(load_config("manifold_s2_small", ["data.n=64"]))
+    task = tasks[0]
+    out = task.forward(0.05)
+    real_perm_accuracy, real_to_permutation = metrics.perm_accuracy, metrics.to_permutation
+
+    def perm_accuracy(*args, **kwargs):
+        warnings.warn("diagnostic decoding fell back", metrics.DecodingWarning, stacklevel=2)
+        return real_perm_accuracy(*args, **kwargs)
+
+    def to_permutation(*args, **kwargs):
+        warnings.warn("answer decoding fell back", metrics.DecodingWarning, stacklevel=2)
+        return real_to_permutation(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "perm_accuracy", perm_accuracy)
+    monkeypatch.setattr(metrics, "to_permutation", to_permutation)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = task.evaluate(out, full=True)
+    assert [str(w.message) for w in caught if w.category is metrics.DecodingWarning] == ["answer decoding fell back"]
+    assert 0 <= row["perm_acc"] <= 1 and 0 <= row["perm_acc_hungarian"] <= 1 and 0 <= row["accuracy"] <= 1
