@@ -202,12 +202,16 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
     steps = cg_total = 0
     a = st.log_a.exp()
     limit = max(1e3, tol / (16 * torch.finfo(st.phi.dtype).eps))
+    # the path preconditioner's cuts carry rounding of order eps * max(cut) (band_operator): a
+    # floor of 1e-9 holds in float64; in float32 it divided rounding by rounding (CG diverged
+    # wherever the plan's couplings underflow), so the floor stays 1e3 eps above it
+    cut_floor = max(1e-9, 1e3 * torch.finfo(st.phi.dtype).eps)
     for _ in range(max_steps):
         todo = err > tol
         if not bool(todo.any()):
             break
         p_row, row_sum, log_scale, offsets = newton_plan(st)
-        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=1e-9,
+        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=cut_floor,
                            in_place=True, dtype=st.phi.dtype, offsets=offsets)
         row_sum = op.row_sum if row_sum is None else row_sum
         # the operator is the scaled Laplacian: scale the right-hand side alike

@@ -122,11 +122,11 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             a preconditioned CG solve) or ``"sinkhorn"`` (sweeps only).
         init: warm start ``(f, g)`` in score units, original order.
         compute_dtype: internal dtype, float64 by default for every input dtype (the
-            results come back in the input's). ``torch.float32`` halves the band's memory
-            but its Newton steps do not converge: the solve then rests on plain
-            sweeps, whose marginal error stalls near ``1e-4`` at large ``n``. Logits
-            are always formed in float64 relative to the exact 1-D dual, so float32
-            iterations carry only corrections of order ``log n``.
+            results come back in the input's). ``torch.float32`` halves the band's memory,
+            but its marginal error bottoms out near ``1e-5`` to ``1e-4`` at large ``n``,
+            where Newton stalls and sweeps take over: slower than float64 at every measured
+            size. Logits are always formed in float64 relative to the exact 1-D dual, so
+            float32 iterations carry only corrections of order ``log n``.
         check_every: sweeps between host reads of the convergence test.
         max_band_rounds: most solves on a widened band before the certificate must hold.
         newton_warmup: Sinkhorn sweeps before the first Newton step (``method="newton"``).
@@ -173,9 +173,8 @@ def _prepare(s: Tensor, t: Tensor, a: Tensor | None, b: Tensor | None, gamma: fl
     batched = s.dim() == 2 or t.dim() == 2
     in_dtype = torch.promote_types(s2.dtype, t2.dtype)
     L = s2.shape[0]
-    # float64 unless asked: the Newton steps need it (with float32 iterations the plan's couplings
-    # underflow, its Laplacian splits and CG diverges: plain sweeps are left, 7x slower at n = 2^17
-    # and stalled near 2e-4); the results come back in the caller's dtype
+    # float64 unless asked: float32 iterations bottom out near the tolerances users ask for, and
+    # Newton then stalls (2-5x slower than float64 here); the results come back in the caller's dtype
     dt = torch.float64 if compute_dtype is None else compute_dtype
     a2, b2 = V.matched_weights(a, b, s2, t2, dt)
     gamma_t = V.gamma_per_slice(gamma, L, dt, s2.device)
