@@ -44,7 +44,7 @@ class BandOperator:
     cut: Tensor  # (L, n + m - 1) path preconditioner weights
     inv_row_sum: Tensor  # (L, n) diagonal preconditioner, 0 on empty rows
     inv_col_sum: Tensor  # (L, m)
-    inv_cut: Tensor  # (L, n + m - 1)
+    inv_cut: Tensor  # (L, n + m - 1), 0 where a cut is rigid (below the floor)
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
     tiny: float = 0.0  # entries of p_row below it are read as zeros (compiled kernels)
     #: buffers of the compiled kernels' results in matvec_dot and precondition (overwritten by the next call)
@@ -93,7 +93,7 @@ class BandOperator:
         z.scatter_(1, self.row_pos, yr)
         z.scatter_(1, self.col_pos, yc)
         flux = torch.cumsum(z, -1)[:, :-1]
-        steps = -flux / self.cut
+        steps = -flux * self.inv_cut
         x = torch.cat([z.new_zeros(L, 1), torch.cumsum(steps, -1)], -1)
         x = x - x.mean(-1, keepdim=True)
         xr = torch.gather(x, 1, self.row_pos) + yr * self.inv_row_sum
@@ -134,13 +134,17 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     ``offsets``), which must hold no entries below its dtype's normal range
     (:func:`~glass_pyg.ot.native.exp_rows` with a ``floor`` makes it so).
 
-    ``cut_floor`` bounds the path preconditioner's cut weights below, relative to the
-    largest. The running sum that forms the cuts carries rounding of order
-    ``eps * max(cut)``, so in decoupled stretches of the path (distribution tails at
-    rank temperature) a cut at that level divides rounding by rounding. The adjoint
-    solve of the backward keeps ``1e-12`` (the size of the step along such a stretch
-    does not reach the gradient: it shifts ``u`` and ``-v`` together); Newton takes
-    ``1e-9``, since its step there would move the weak couplings by ``exp`` of noise.
+    ``cut_floor``, relative to the largest cut weight, is where the path preconditioner
+    stops trusting a cut: the running sum that forms the cuts carries rounding of order
+    ``eps * max(cut)``, so a cut near that level (decoupled stretches of the path:
+    distribution tails at rank temperature) is rounding, and dividing the flux across it
+    (itself rounding) by it put arbitrary jumps into the preconditioned residual. The
+    flux across the Laplacian's near-null block shifts is then never resolved and CG
+    stalls with an error in every mode: the implicit gradient of ``transport_cost()`` at
+    ``n = 2^18`` came out 1000x off. Cuts below the floor are taken as rigid instead
+    (no jump across them; the preconditioner stays symmetric positive definite with its
+    diagonal part), which leaves the weak couplings to CG. The backward keeps ``1e-12``;
+    Newton takes ``1e-9`` (``1e3`` eps of the dtype in float32).
     Entries in the subnormal range of products are dropped: the compiled kernels read them
     as zeros (the plan is neither copied nor changed); torch zeroes them in a copy, or, with
     ``in_place``, in ``p_row`` and ``p_col`` themselves.
@@ -184,9 +188,10 @@ def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None,
               tiny: float = 0.0) -> BandOperator:
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
-    cut = torch.maximum(cut, floor)
+    # a cut below the floor is rounding: rigid (no jump across it) rather than divided by
+    inv_cut = torch.where(cut > floor, 1.0 / torch.maximum(cut, floor), torch.zeros_like(cut))
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
-                        _safe_inverse(row_sum), _safe_inverse(col_sum), 1.0 / cut, offsets, tiny)
+                        _safe_inverse(row_sum), _safe_inverse(col_sum), inv_cut, offsets, tiny)
 
 
 @dataclass(frozen=True)
