@@ -32,7 +32,7 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
-           "band_matvec", "band_cut_diff", "row_cost", "path_precondition", "laplacian_finish", "cg_step",
+           "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
@@ -266,6 +266,28 @@ def band_matvec(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo
     return yr, yc.sum(0) if yc.shape[0] > 1 else yc[0]
 
 
+def band_laplacian(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor, lo: Tensor | None = None,
+                   hi: Tensor | None = None, offsets: Tensor | None = None, tiny: float = 0.0,
+                   workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The bipartite Laplacian of the band ``p`` applied to ``(x_r, x_c)`` in difference form,
+    :math:`q_{r,i} = \sum_j p_{ij}(x_{r,i} - x_{c,j})`, :math:`q_{c,j} = \sum_i p_{ij}(x_{c,j} - x_{r,i})`,
+    and the quadratic form :math:`\sum_{ij} p_{ij}(x_{r,i} - x_{c,j})^2` per slice, in one pass
+    (layouts as :func:`band_matvec`): ``(L, n), (L, m), (L,)``. With a ``workspace`` dict the
+    results lie in its buffers, which the next call with it overwrites."""
+    L, n = start.shape
+    m, W = xc.shape[1], width
+    start, xr, xc = _windows(start, width, m), xr.contiguous(), xc.contiguous()
+    lo, hi = _extents(lo, hi)
+    offsets = _plan_layout(p, L, n, width, offsets, lo)
+    qr = _scratch(workspace, "laplacian_r", (L, n), xr)
+    # per thread: the columns' sums, then the slices' quadratic forms
+    acc = _scratch(workspace, "laplacian_acc", (_threads(L, n, W), L * m + L), xc, zero=True)
+    _rows("band_laplacian", _plan_suffix(xr.dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
+          _ptr(hi), _ptr(offsets), float(tiny), _ptr(xr), _ptr(xc), _ptr(qr), accumulators=list(acc))
+    total = acc.sum(0) if acc.shape[0] > 1 else acc[0]
+    return qr, total[:L * m].view(L, m), total[L * m:]
+
+
 def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
                   lo: Tensor | None = None, hi: Tensor | None = None,
                   dtype: torch.dtype | None = None, offsets: Tensor | None = None,
@@ -395,5 +417,5 @@ def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx:
 
 # the passes around the solver, in their own modules (they use the helpers above)
 from ._adjoint import implicit_grad, product_sums  # noqa: E402
-from ._cg import cg_direction, cg_step, laplacian_finish  # noqa: E402
+from ._cg import cg_direction, cg_step  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402

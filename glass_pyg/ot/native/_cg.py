@@ -19,19 +19,6 @@ def _vectors(L: int, n: int, m: int, rows: tuple[Tensor, ...], cols: tuple[Tenso
     return dtype
 
 
-def laplacian_finish(row_sum: Tensor, col_sum: Tensor, pr: Tensor, pc: Tensor, qr: Tensor,
-                     qc: Tensor) -> Tensor:
-    r"""The Laplacian's product from its off-diagonal part, in place: :math:`q_r \leftarrow
-    r \odot p_r - q_r`, :math:`q_c \leftarrow c \odot p_c - q_c`; returns
-    :math:`\langle p, q\rangle` per slice ``(L,)``. Row vectors ``(L, n)``, column ``(L, m)``."""
-    (L, n), m = pr.shape, pc.shape[1]
-    dtype = _vectors(L, n, m, (row_sum, pr, qr), (col_sum, pc, qc))
-    dot = pr.new_empty(L)
-    getattr(_library(), "laplacian_finish_" + _suffix(dtype))(
-        L, n, m, _ptr(row_sum), _ptr(col_sum), _ptr(pr), _ptr(pc), _ptr(qr), _ptr(qc), _ptr(dot))
-    return dot
-
-
 def cg_step(alpha: Tensor, xr: Tensor, xc: Tensor, rr: Tensor, rc: Tensor, pr: Tensor, pc: Tensor,
             qr: Tensor, qc: Tensor) -> Tensor:
     r"""One conjugate-gradient update in place, :math:`x \mathrel{+}= \alpha p`,

@@ -248,28 +248,8 @@ void FN(path_precondition)(int64_t L, int64_t n, int64_t m, const int64_t *row_p
 /* Vector work of one conjugate-gradient iteration on the bipartite Laplacian, each a single
  * pass over the row (length n) and column (length m) vectors of every slice, with inner
  * products summed in double:
- * laplacian_finish: q = diag(sums) p - q (q holds the off-diagonal products P p_c, P^T p_r),
- *     dot[l] = <p, q>;
  * cg_step: x += alpha p, r -= alpha q, dot[l] = <r, r>;
  * cg_direction: p = beta p + z. */
-static inline double FN(finish_part)(int64_t len, const T *sum, const T *p, T *q) {
-    double d = 0;
-#pragma omp simd reduction(+:d)
-    for (int64_t k = 0; k < len; ++k) {
-        const T v = sum[k] * p[k] - q[k];
-        q[k] = v;
-        d += (double)p[k] * (double)v;
-    }
-    return d;
-}
-
-void FN(laplacian_finish)(int64_t L, int64_t n, int64_t m, const T *row_sum, const T *col_sum,
-                          const T *pr, const T *pc, T *qr, T *qc, T *dot) {
-    for (int64_t l = 0; l < L; ++l)
-        dot[l] = (T)(FN(finish_part)(n, row_sum + l * n, pr + l * n, qr + l * n)
-                     + FN(finish_part)(m, col_sum + l * m, pc + l * m, qc + l * m));
-}
-
 static inline double FN(step_part)(int64_t len, T alpha, T *x, T *r, const T *p, const T *q) {
     double d = 0;
 #pragma omp simd reduction(+:d)

@@ -67,6 +67,43 @@ void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, in
     }
 }
 
+/* The bipartite Laplacian in difference form, in one pass over the row layout:
+ * qr[l, i] = sum_k p (xr_i - xc_j), acc[l, j] -= p (xr_i - xc_j) (j = start + k; columns
+ * accumulate), acc[L m + l] += sum p (xr_i - xc_j)^2, the quadratic form. The products
+ * diag(sums) x - P x cancel to a small fraction of x when x is smooth along the staircase (the
+ * adjoint's solution at large n), and their rounding then stalls CG; the differences do not
+ * cancel, and the quadratic form is a sum of squares, never negative. Entries below tiny count
+ * as zeros. */
+void PFN(band_laplacian)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                         const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                         const int64_t *offsets, T tiny, const T *xr, const T *xc, T *qr, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        double form = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T *xs = xc + j0;
+            T *ys = acc + j0;
+            const T xi = xr[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const P *pr = p + row_base(offsets, r, W, a);
+            T s = 0, f = 0;
+#pragma omp simd reduction(+:s, f)
+            for (int64_t k = a; k < b; ++k) {
+                const T pk = (T)pr[k] >= tiny ? (T)pr[k] : 0;
+                const T d = xi - xs[k];
+                const T e = pk * d;
+                s += e;
+                f += e * d;
+                ys[k] -= e;
+            }
+            qr[r] = s;
+            form += f;
+        }
+        acc[L * m + l] += (T)form;
+    }
+}
+
 /* Path cut differences: entry (i, j) of p adds p * |pos_i - pos_j| at min(pos_i, pos_j) and
  * subtracts it at max(pos_i, pos_j) of diff[l, :] (length n + m, accumulated); entries below
  * tiny count as zeros. */

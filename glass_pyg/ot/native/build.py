@@ -37,8 +37,8 @@ _SIGNATURES = {
     "band_logits": "iiiiii" + "pppppppp" + "idp",
     "band_matvec": "iiiiii" + "ppppp" + "r" + "pppp",
     "band_cut_diff": "iiiiii" + "ppppp" + "r" + "ppp",
+    "band_laplacian": "iiiiii" + "ppppp" + "r" + "pppp",
     "path_precondition": "iii" + "ppppppppppp",
-    "laplacian_finish": "iii" + "ppppppp",
     "product_sums": "iiiiii" + "ppppppp",
     "window_costs": "iiiiii" + "ii" + "pppp",
     "window_costs_grad": "iiiiii" + "ii" + "ppppppp",
@@ -51,7 +51,7 @@ _SIGNATURES = {
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
-_MIXED = ("exp_rows", "band_matvec", "band_cut_diff", "row_cost")
+_MIXED = ("exp_rows", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost")
 
 
 def _cpu_flags() -> list[str]:
