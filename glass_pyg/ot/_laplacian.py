@@ -51,14 +51,14 @@ class BandOperator:
     scratch: dict = field(default_factory=dict, compare=False, repr=False)
 
     def matvec(self, xr: Tensor, xc: Tensor) -> tuple[Tensor, Tensor]:
-        """The operator applied to a row and a column vector."""
+        """The operator applied to a row and a column vector (fresh tensors)."""
         b = self.band
         if self.p_col is None:
-            pxc, ptxr = native.band_matvec(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
-                                           self.offsets, self.tiny)
-        else:
-            pxc = window_dot(self.p_row, xc, b.row_start, b.width)
-            ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
+            qr, qc, _ = native.band_laplacian(self.p_row, b.row_start, b.width, xr, xc, b.row_lo, b.row_hi,
+                                              self.offsets, self.tiny)
+            return qr, qc
+        pxc = window_dot(self.p_row, xc, b.row_start, b.width)
+        ptxr = window_dot(self.p_col, xr, b.col_start, b.col_width)
         # in place on the fresh products: no band-length temporaries
         return pxc.neg_().addcmul_(self.row_sum, xr), ptxr.neg_().addcmul_(self.col_sum, xc)
 
