@@ -131,11 +131,12 @@ def test_expectation_gradients_in_the_plan_and_in_a_learned_cost(gen):
     assert torch.autograd.gradcheck(f, (s, scale), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("temperature", ["absolute", "rank"])
-def test_implicit_gradient_at_scale_matches_finite_differences(temperature, gen):
-    """At n = 16384 the tails of normal scores decouple the plan into nearly separate blocks (at
-    rank temperature): the adjoint solve must still give the gradient in every direction."""
-    n = 16384
+@pytest.mark.parametrize("temperature, n, rtol", [("absolute", 16384, 1e-4), ("rank", 16384, 1e-4),
+                                                  ("absolute", 1 << 18, 2e-2)])
+def test_implicit_gradient_at_scale_matches_finite_differences(temperature, n, rtol, gen):
+    """At n >= 16384 the tails of normal scores decouple the plan into nearly separate blocks (at
+    rank temperature): the adjoint solve must still give the gradient in every direction. The
+    sensitivity grows about as n^2: at 2^18 the gradient holds to about 1% (it was off 1000x)."""
     s = torch.randn(n, generator=gen, dtype=torch.float64)
     t = torch.randn(n, generator=gen, dtype=torch.float64) + 0.5
     v = torch.randn(n, generator=gen, dtype=torch.float64)
@@ -151,4 +152,4 @@ def test_implicit_gradient_at_scale_matches_finite_differences(temperature, gen)
     analytic = float((x.grad * v).sum() + (y.grad * w).sum())
     eps = 1e-5
     numeric = (float(cost(s + eps * v, t + eps * w)) - float(cost(s - eps * v, t - eps * w))) / (2 * eps)
-    assert abs(analytic - numeric) < 1e-4 * abs(numeric)
+    assert abs(analytic - numeric) < rtol * abs(numeric)
