@@ -191,7 +191,7 @@ def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None,
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     # a cut below the floor is rounding: rigid (no jump across it) rather than divided by
-    inv_cut = torch.where(cut > floor, 1.0 / torch.maximum(cut, floor), torch.zeros_like(cut))
+    inv_cut = _safe_inverse(torch.where(cut > floor, cut, torch.zeros_like(cut)))
     return BandOperator(band, p_row, p_col, row_sum, col_sum, stair.row_pos, stair.col_pos, cut,
                         _safe_inverse(row_sum), _safe_inverse(col_sum), inv_cut, offsets, tiny)
 
