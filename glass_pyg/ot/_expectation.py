@@ -28,6 +28,21 @@ from ._row_blocks import add_to_columns, row_blocks, window_gather
 PairFunction = Callable[[Tensor, Tensor], Tensor]
 
 
+def _blocked_costs(values: Tensor, x_s: Tensor, x_t: Tensor, rows: Tensor, cols: Tensor,
+                   pair: PairFunction) -> tuple[Tensor, Tensor]:
+    """The expectation per slice and the costs on the nonzero entries (zero elsewhere), in row blocks."""
+    L, n, W = values.shape
+    out = values.new_zeros(L)
+    cost = torch.zeros_like(values)
+    with torch.no_grad():
+        for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
+            stored = values[:, sl] != 0
+            block = cost[:, sl]
+            block[stored] = pair(x_s[rows[:, sl][stored]], x_t[cols[:, sl][stored]]).to(values.dtype)
+            out += (values[:, sl] * block).sum((-2, -1))
+    return out, cost
+
+
 class BlockedExpectation(torch.autograd.Function):
     r""":math:`\sum_{ik} V_{lik}\, c(x_{r_{lik}}, y_{c_{lik}})` per slice ``l``, in row blocks.
 
@@ -41,27 +56,21 @@ class BlockedExpectation(torch.autograd.Function):
     def forward(ctx, values: Tensor, x_s: Tensor, x_t: Tensor, rows: Tensor, cols: Tensor,
                 pair: PairFunction) -> Tensor:
         """The expectation per slice, visiting the pairs in row blocks."""
-        L, n, W = values.shape
-        out = values.new_zeros(L)
-        cost = torch.zeros_like(values)
-        for sl in row_blocks(L, n, W * x_s.shape[1], values.device):
-            stored = values[:, sl] != 0
-            block = cost[:, sl]
-            block[stored] = pair(x_s[rows[:, sl][stored]], x_t[cols[:, sl][stored]]).to(values.dtype)
-            out += (values[:, sl] * block).sum((-2, -1))
-        ctx.save_for_backward(values, x_s, x_t, rows, cols, cost)
-        ctx.pair = pair
+        out, cost = _blocked_costs(values, x_s, x_t, rows, cols, pair)
+        ctx.save_for_backward(values, x_s, x_t, rows, cols)
+        ctx.pair, ctx.cost = pair, cost
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         """Gradients of the plan values and of both point sets, in row blocks."""
-        values, x_s, x_t, rows, cols, cost = ctx.saved_tensors
+        values, x_s, x_t, rows, cols = ctx.saved_tensors
         L, n, W = values.shape
         need_v, need_s, need_t = ctx.needs_input_grad[:3]
         g = grad.view(L, 1, 1)
-        g_values = cost * g if need_v else None
+        g_values = _scaled_costs(ctx, g, lambda: _blocked_costs(values, x_s, x_t, rows, cols, ctx.pair)[1]) \
+            if need_v else None
         g_s = torch.zeros_like(x_s) if need_s else None
         g_t = torch.zeros_like(x_t) if need_t else None
         if not (need_s or need_t):
@@ -99,17 +108,19 @@ class WindowExpectation(torch.autograd.Function):
         cost = native.window_costs(xs, xt, row_start, values.shape[-1], kind)
         L = values.shape[0]
         out = torch.bmm(values.detach().reshape(L, 1, -1), cost.reshape(L, -1, 1)).view(L)
-        ctx.save_for_backward(values, xs, xt, perm_s, perm_t, row_start, cost)
-        ctx.kind, ctx.shapes = kind, (x_s.shape, x_t.shape)
+        ctx.save_for_backward(values, xs, xt, perm_s, perm_t, row_start)
+        ctx.kind, ctx.shapes, ctx.cost = kind, (x_s.shape, x_t.shape), cost
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         """Gradients of the values (the costs, scaled) and of the points (one compiled pass)."""
-        values, xs, xt, perm_s, perm_t, row_start, cost = ctx.saved_tensors
+        values, xs, xt, perm_s, perm_t, row_start = ctx.saved_tensors
         need_v, need_s, need_t = ctx.needs_input_grad[:3]
-        g_values = cost * grad.view(-1, 1, 1) if need_v else None
+        W = values.shape[-1]
+        g_values = _scaled_costs(ctx, grad.view(-1, 1, 1),
+                                 lambda: native.window_costs(xs, xt, row_start, W, ctx.kind)) if need_v else None
         g_s = g_t = None
         if need_s or need_t:
             gxs, gxt = native.window_costs_grad(xs, xt, row_start, values.shape[-1], ctx.kind, values, grad)
@@ -119,6 +130,17 @@ class WindowExpectation(torch.autograd.Function):
             if need_t:
                 g_t = xt.new_zeros(ctx.shapes[1]).index_add_(0, perm_t.reshape(-1), gxt.reshape(-1, d))
         return g_values, g_s, g_t, None, None, None, None
+
+
+def _scaled_costs(ctx, g: Tensor, costs: Callable[[], Tensor]) -> Tensor:
+    r"""The gradient with respect to the values, :math:`g_l D_{lik}`, scaled in the storage of the
+    costs kept from the forward: a fresh plan-sized tensor is page-faulted in at the cost of
+    several passes over it. The kept costs serve the first backward; another (``retain_graph``)
+    forms them again with ``costs()``."""
+    cost, ctx.cost = ctx.cost, None
+    if cost is None:
+        cost = costs()
+    return cost.mul_(g)
 
 
 GramFunction = Callable[[Tensor, Tensor, Tensor], Tensor]

@@ -308,3 +308,39 @@ def test_compiled_lifted_expectation_and_its_gradients_match_the_pairs(dtype, na
     for p, q, tol in zip(got, want, tols):
         assert torch.isfinite(p).all()
         torch.testing.assert_close(p, q, rtol=tol, atol=tol * float(q.abs().max()))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_second_backward_of_an_expectation_gives_the_same_gradients(compiled):
+    # the first backward scales the costs kept from the forward in place (no fresh plan-sized
+    # gradient); a second one, with retain_graph, must form them again, not scale them twice
+    from contextlib import nullcontext
+
+    from glass_pyg import losses
+    from glass_pyg.geometry import normalize
+    from glass_pyg.ot import native
+
+    g = torch.Generator().manual_seed(12)
+    x_s = normalize(torch.randn(300, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    x_t = normalize(torch.randn(300, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    s = torch.randn(2, 300, generator=g, dtype=torch.float64).requires_grad_(True)
+    t = torch.randn(2, 300, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    with nullcontext() if compiled else native.disabled():
+        out = sinkhorn_banded(s, t, gamma=1.0, temperature="rank").expectation(losses.squared_geodesic(x_s, x_t))
+        first = torch.autograd.grad((out * w).sum(), [s, x_s, x_t], retain_graph=True)
+        second = torch.autograd.grad((out * w).sum(), [s, x_s, x_t])
+        # the values' gradient alone: the costs times the upstream gradient, whatever it is
+        plan = sinkhorn_banded(s.detach(), t, gamma=1.0, temperature="rank")
+        values = plan.values.detach().requires_grad_(True)
+        plan = dataclasses.replace(plan, values=values)
+        grad_v, = torch.autograd.grad((plan.expectation(losses.squared_geodesic(x_s, x_t)) * w).sum(), values)
+    for a, b in zip(first, second):
+        assert torch.isfinite(a).all() and a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+    rows, cols = plan.index_pairs()
+    dense = losses.squared_geodesic(x_s.detach(), x_t.detach())(rows, cols)
+    # on the plan's nonzero entries (elsewhere the solver's backward multiplies it by zero)
+    stored = values.detach() != 0
+    want = dense * w.view(-1, 1, 1)
+    torch.testing.assert_close(grad_v[stored], want[stored], rtol=1e-10, atol=1e-12)
