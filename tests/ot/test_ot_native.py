@@ -75,6 +75,27 @@ def test_plan_entries_on_the_extent(dtype):
     assert (got[~inside] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_entries_below_the_floor_are_exact_zeros(dtype):
+    # arguments from far below exp's underflow point up to 0: the kernel clamps them to the floor
+    # before exp (in a loop of its own), and entries at or below the floor are exactly zero
+    L, n, m, W = 2, 300, 900, 40
+    y, start, lo, hi, _ = _band(L, n, m, W, dtype, seed=4)
+    g = torch.Generator().manual_seed(5)
+    theta = (-torch.rand(L, n, W, generator=g, dtype=torch.float64) * 1500).to(dtype)
+    x = torch.zeros(L, n, dtype=dtype)
+    floor = -60.0
+    got = native.exp_rows(x, y, start, W, theta, lo, hi, floor=floor)
+    j = start.unsqueeze(-1) + torch.arange(W)
+    inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+    v = torch.gather(y, 1, j.flatten(1)).view(L, n, W) + theta
+    kept = inside & (v > floor)
+    assert kept.any() and (inside & ~kept).any()
+    assert (got[~kept] == 0).all()
+    rtol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(got[kept], torch.exp(v[kept]), rtol=rtol, atol=0.0)
+
+
 def test_underflow_and_minus_infinity():
     # a row far below exp's underflow point, a row of -inf (zero weights), a partly -inf row
     L, n, m, W = 1, 4, 10, 5

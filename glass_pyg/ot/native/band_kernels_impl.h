@@ -1,5 +1,21 @@
 /* Kernels over the band for one real type T (see band_kernels.c). */
 
+/* Sum of exp(buf[k]) over k < len, arguments at most fl counting as zeros; buf must hold
+ * arguments already clamped to fl or above, in another loop: clamped and exponentiated in one
+ * loop, the compiler folds the clamp into a select after exp and evaluates exp on the raw
+ * argument, and the vectorised exp leaves its fast path below its underflow point (about 15x
+ * slower; every entry of a far-off guess or warm start). */
+static inline T FN(exp_sum_clamped)(const T *buf, int64_t len, T fl) {
+    T s = 0;
+#pragma omp simd reduction(+:s)
+    for (int64_t k = 0; k < len; ++k) {
+        const T u = buf[k];
+        const T e = EXP(u);
+        s += u > fl ? e : 0;
+    }
+    return s;
+}
+
 /* Exact log-sum-exp of v_k = xs[k] + th[k] over k in [a, b): running maximum in chunks. */
 static T FN(lse_exact)(const T *xs, const T *th, int64_t a, int64_t b) {
     T buf[CHUNK];
@@ -18,25 +34,29 @@ static T FN(lse_exact)(const T *xs, const T *th, int64_t a, int64_t b) {
             mx = cm;
         }
         if (!(mx > -INFINITY)) continue;
-#pragma omp simd reduction(+:s)
+#pragma omp simd
         for (int64_t k = 0; k < len; ++k) {
             const T v = buf[k] - mx;
-            const T e = EXP(v > LO ? v : LO);
-            s += v > LO ? e : 0;
+            buf[k] = v > LO ? v : LO;
         }
+        s += FN(exp_sum_clamped)(buf, len, LO);
     }
     return mx > -INFINITY ? mx + LOG(s) : mx;
 }
 
 /* sum_k exp(xs[k] + th[k] - sh) over [a, b), arguments clamped to [LO, HI]. */
 static inline T FN(shifted_sum)(const T *xs, const T *th, T sh, int64_t a, int64_t b) {
+    T buf[CHUNK];
     T s = 0;
-#pragma omp simd reduction(+:s)
-    for (int64_t k = a; k < b; ++k) {
-        T v = (xs[k] + th[k]) - sh;
-        v = v < HI ? v : HI;
-        const T e = EXP(v > LO ? v : LO);
-        s += v > LO ? e : 0;
+    for (int64_t c = a; c < b; c += CHUNK) {
+        const int64_t len = b - c < CHUNK ? b - c : CHUNK;
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) {
+            T v = (xs[c + k] + th[c + k]) - sh;
+            v = v < HI ? v : HI;
+            buf[k] = v > LO ? v : LO;
+        }
+        s += FN(exp_sum_clamped)(buf, len, LO);
     }
     return s;
 }
@@ -75,14 +95,23 @@ void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
             const int64_t r = l * n + i, j0 = l * m + start[r];
             const T xi = x[r], *th = theta + r * W, *sh = shift + j0;
             T *ac = acc + j0;
+            T buf[CHUNK];
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
+            for (int64_t c = a; c < b; c += CHUNK) {  /* clamp, then exp: see exp_sum_clamped */
+                const int64_t len = b - c < CHUNK ? b - c : CHUNK;
 #pragma omp simd
-            for (int64_t k = a; k < b; ++k) {
-                T v = (xi + th[k]) - sh[k];
-                v = v < HI ? v : HI;
-                const T e = EXP(v > LO ? v : LO);
-                ac[k] += v > LO ? e : 0;
+                for (int64_t k = 0; k < len; ++k) {
+                    T v = (xi + th[c + k]) - sh[c + k];
+                    v = v < HI ? v : HI;
+                    buf[k] = v > LO ? v : LO;
+                }
+#pragma omp simd
+                for (int64_t k = 0; k < len; ++k) {
+                    const T u = buf[k];
+                    const T e = EXP(u);
+                    ac[c + k] += u > LO ? e : 0;
+                }
             }
         }
     }

@@ -23,14 +23,22 @@ void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
             P *o = out + row_base(offsets, r, W, a);
             if (!offsets)
                 for (int64_t k = 0; k < a; ++k) o[k] = 0;
-            T s = 0;
+            T s = 0, buf[CHUNK];
+            for (int64_t c = a; c < b; c += CHUNK) {  /* clamp, then exp: see exp_sum_clamped */
+                const int64_t len = b - c < CHUNK ? b - c : CHUNK;
+#pragma omp simd
+                for (int64_t k = 0; k < len; ++k) {
+                    const T v = xi + ys[c + k] + th[c + k];
+                    buf[k] = v > fl ? v : fl;
+                }
 #pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
-                const T v = xi + ys[k] + th[k];
-                const T e = EXP(v > fl ? v : fl);
-                const T pe = v > fl ? e : 0;
-                o[k] = (P)pe;
-                s += pe;
+                for (int64_t k = 0; k < len; ++k) {
+                    const T u = buf[k];
+                    const T e = EXP(u);
+                    const T pe = u > fl ? e : 0;
+                    o[c + k] = (P)pe;
+                    s += pe;
+                }
             }
             if (!offsets)
                 for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
