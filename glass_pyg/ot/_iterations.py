@@ -167,23 +167,30 @@ def plan_col(st: SolverState, log_scale: Tensor | None = None, reuse: bool = Fal
     return exp_windows(st.psi, phi, b.col_start, b.col_width, st.theta_col, out)
 
 
-def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int) -> tuple[int, Tensor]:
-    r"""Plain Sinkhorn sweeps from ``st.phi`` (updates ``st`` in place).
+def first_sweep(st: SolverState, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""One sweep from ``phi``: the column update :math:`\psi(\phi)`, the next row potentials and the
+    marginal error of ``phi`` ``(L,)`` (what :func:`sweeps` takes as ``first``)."""
+    psi = col_update(st, phi, st.psi)
+    phi_next = row_update(st, psi, phi)
+    return psi, phi_next, row_error(st, phi, phi_next)
+
+
+def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int,
+           first: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[int, Tensor]:
+    r"""Plain Sinkhorn sweeps from ``st.phi`` (updates ``st`` in place); ``first``, when given, is
+    :func:`first_sweep` of ``st.phi``, already computed.
 
     Returns the number of sweeps and the final marginal error per slice. The
     error is read on the host every ``check_every`` sweeps only.
     """
     phi = st.phi
-    psi = col_update(st, phi, st.psi)
-    err = torch.full_like(phi[:, 0], float("inf"))
+    psi, phi_next, err = first_sweep(st, phi) if first is None else first
     it = 0
-    while True:
-        phi_next = row_update(st, psi, phi)
-        err = row_error(st, phi, phi_next)
-        if it >= max_iter or (it % check_every == 0 and bool((err <= tol).all())):
-            break
+    while not (it >= max_iter or (it % check_every == 0 and bool((err <= tol).all()))):
         phi = phi_next
         psi = col_update(st, phi, psi)
+        phi_next = row_update(st, psi, phi)
+        err = row_error(st, phi, phi_next)
         it += 1
     st.phi, st.psi = phi, psi
     return it, err

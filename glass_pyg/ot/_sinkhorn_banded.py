@@ -21,7 +21,7 @@ from ._band import Band, Staircase, band_logits, make_band, reference_dual, stai
 from ._certificate import Reference, certify, extent, is_full, widen
 from ._expectation import BandCost
 from ._implicit import FixedPointPlan
-from ._iterations import SolverState, col_update, newton, plan_row, row_error, row_update, sweeps
+from ._iterations import SolverState, first_sweep, newton, plan_row, sweeps
 from ._row_blocks import blockwise
 from ._validation import ConvergenceWarning
 from .plan import TransportPlan, inverse_permutation
@@ -206,21 +206,24 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     band = make_band(*extent(ref, p.stair, m, log_eps - math.log(max(n, m)) - 1.0), m)
     st = SolverState(band, *p.logits(band), log_a, log_b, torch.zeros_like(ad).to(dt),
                      torch.zeros_like(bd).to(dt))
+    first = None
     if init is not None:
         # a warm start helps only while the scores have moved less than the band: keep it per
         # slice where one sweep from it leaves a smaller marginal error than one from the exact dual
         f_in = torch.gather(_check_init(init[0], L, n, "init[0]").double(), 1, p.perm_s)
         _check_init(init[1], L, m, "init[1]")  # g follows from f by a column update
         phi_w = ((f_in - ref.f0) / ref.gamma.unsqueeze(-1)).to(dt)
-        e_cold = row_error(st, st.phi, row_update(st, col_update(st, st.phi)))
-        e_warm = row_error(st, phi_w, row_update(st, col_update(st, phi_w)))
-        use = (torch.isfinite(e_warm) & (e_warm < e_cold)).unsqueeze(-1)
-        st.phi = torch.where(use, phi_w, st.phi)
+        cold, warm = first_sweep(st, st.phi), first_sweep(st, phi_w)
+        use = torch.isfinite(warm[2]) & (warm[2] < cold[2])
+        st.phi = torch.where(use.unsqueeze(-1), phi_w, st.phi)
+        # the chosen start's sweep is the first of the warm-up
+        first = tuple(torch.where(use.view(-1, *[1] * (c.dim() - 1)), w, c) for c, w in zip(cold, warm))
     phi0, psi0 = st.phi, st.psi
     total_iter = newton_steps = 0
     for _ in range(max_band_rounds):
         left = max(max_iter - total_iter, 0)
-        it, err = sweeps(st, min(left, newton_warmup) if method == "newton" else left, tol, check_every)
+        it, err = sweeps(st, min(left, newton_warmup) if method == "newton" else left, tol, check_every, first)
+        first = None
         total_iter += it
         if method == "newton" and bool((err > tol).any()):
             k, _, err = newton(st, p.stair, max_newton, tol, err, cg_max_iter)

@@ -213,3 +213,19 @@ def test_unconverged_is_reported(gen):
     assert not bool(plan.converged)
     assert float(plan.marginal_error) > 1e-12
     assert torch.isfinite(plan.values).all()
+
+
+def test_warm_start_is_chosen_per_slice(gen):
+    """A slice warm-started from its own solution needs no iteration; a slice whose warm start is
+    worse than the cold one takes the cold one (the chosen start's sweep is the warm-up's first)."""
+    s = torch.randn(2, 500, generator=gen, dtype=torch.float64)
+    t = torch.randn(2, 500, generator=gen, dtype=torch.float64) + 1.0
+    cold = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9)
+    again = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9, init=(cold.f, cold.g))
+    assert again.iterations == 0 and bool(again.converged.all())
+    torch.testing.assert_close(again.values, cold.values, rtol=1e-10, atol=1e-15)
+    junk = torch.randn(500, generator=gen, dtype=torch.float64) * 50
+    mixed = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9, init=(torch.stack([cold.f[0], junk]), cold.g))
+    assert bool(mixed.converged.all())
+    assert (mixed.to_dense() - cold.to_dense()).abs().sum((-2, -1)).max() < 1e-7
+    torch.testing.assert_close(mixed.values[0], cold.values[0], rtol=1e-6, atol=1e-12)
