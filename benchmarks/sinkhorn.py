@@ -11,6 +11,8 @@ import sys
 from glass_pyg.cli import main
 
 if __name__ == "__main__":
+    from glass_pyg.experiments.memory import retain_freed_memory
+    retain_freed_memory()  # as the glass-pyg command does: freed band-sized buffers are reused
     argv = sys.argv[1:]
     if "--sizes" not in argv and "--n" not in argv:
         argv = ["--sizes", *[str(2**k) for k in (10, 12, 14, 16, 18, 20)], *argv]

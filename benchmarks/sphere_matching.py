@@ -56,4 +56,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from glass_pyg.experiments.memory import retain_freed_memory
+    retain_freed_memory()  # as the glass-pyg command does: freed band-sized buffers are reused
     sys.exit(main())

@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    if argv is None:  # run as the command: the process is ours (not a caller's Python session)
+        from .experiments.memory import retain_freed_memory
+        retain_freed_memory()
     import warnings
     shown = warnings.formatwarning
     # the library's warnings (a wide plan, a decoding outside the support) as one line each, not a traceback line
