@@ -135,42 +135,41 @@ def reference_dual(s: Tensor, t: Tensor, st: Staircase, gamma: Tensor) -> tuple[
     f, g = exact_dual(s, t, st)
     L, n = s.shape
     m = t.shape[1]
-    gam = gamma.view(-1, 1)
-    one = torch.ones_like(s[:, :1])
-    a_start, b_start = st.a_start, st.b_start
-    a_end = torch.cat([a_start[:, 1:], one], -1)
-    b_end = torch.cat([b_start[:, 1:], one], -1)
-    # rows: parent column p (latest start strictly before; none for row 0), alternative q = p + 1
-    p = _row_parent(st) - 1
-    q = p + 1
-    ok_r = (p >= 0) & (q < m)
-    p_, q_ = p.clamp(0, m - 1), q.clamp(0, m - 1)
-    prev = torch.cat([a_start[:, :1], a_start[:, :-1]], -1)
-    eps_r = (torch.gather(b_end, 1, p_) - a_start).clamp(min=0.0)
-    m1_r = a_start - torch.maximum(prev, torch.gather(b_start, 1, p_))
-    m2_r = torch.minimum(a_end, torch.gather(b_end, 1, q_)) - torch.gather(b_start, 1, q_)
-    ds = torch.cat([torch.zeros_like(s[:, :1]), s[:, 1:] - s[:, :-1]], -1)
-    gap_r = 2 * ds * (torch.gather(t, 1, q_) - torch.gather(t, 1, p_))
-    x_r = torch.where(ok_r & (m1_r > 0) & (m2_r > 0),
-                      _log_link_relaxation(eps_r, m1_r, m2_r, gap_r, gam), torch.zeros_like(s))
-    # columns j >= 1: parent row r (latest start at or before), alternative row r + 1
-    r = _col_parent(st) - 1
-    ok_c = (r >= 0) & (r + 1 < n) & (torch.arange(m, device=s.device) > 0)
-    r_, r1 = r.clamp(0, n - 1), (r + 1).clamp(0, n - 1)
-    prev_b = torch.cat([b_start[:, :1], b_start[:, :-1]], -1)
-    eps_c = (torch.gather(a_end, 1, r_) - b_start).clamp(min=0.0)
-    m1_c = b_start - torch.maximum(prev_b, torch.gather(a_start, 1, r_))
-    m2_c = torch.minimum(b_end, torch.gather(a_end, 1, r1)) - torch.gather(a_start, 1, r1)
-    dt = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], -1)
-    gap_c = 2 * (torch.gather(s, 1, r1) - torch.gather(s, 1, r_)) * dt
-    x_c = torch.where(ok_c & (m1_c > 0) & (m2_c > 0),
-                      _log_link_relaxation(eps_c, m1_c, m2_c, gap_c, gam), torch.zeros_like(t))
+    # rows: the latest column starting strictly before; columns: the latest row starting at or before
+    x_r = _relaxed_links(s, t, st.a_start, st.b_start, _row_parent(st) - 1, gamma)
+    x_c = _relaxed_links(t, s, st.b_start, st.a_start, _col_parent(st) - 1, gamma)
     # cumulative shift along the path: rows down, columns up
     shift = s.new_zeros(L, n + m)
     shift.scatter_(1, st.row_pos, x_r)
     shift.scatter_(1, st.col_pos, -x_c)
     shift = torch.cumsum(shift, -1)
     return f - torch.gather(shift, 1, st.row_pos), g + torch.gather(shift, 1, st.col_pos)
+
+
+def _relaxed_links(x: Tensor, y: Tensor, x_start: Tensor, y_start: Tensor, parent: Tensor,
+                   gamma: Tensor) -> Tensor:
+    r"""Reduced cost of each node's link, 0 where it has none: node ``i`` of one side (scores ``x``,
+    cells from ``x_start``) links the other side's cells ``p = parent_i`` and ``q = p + 1`` (scores
+    ``y``, cells from ``y_start``); its own cell has mass :math:`\varepsilon` in ``p``'s and
+    follows heavy cells of masses ``m1``, ``m2``. In one compiled pass where the kernels take it."""
+    found = native.link_relaxation(x, y, x_start, y_start, parent, gamma)
+    if found is not None:
+        return found
+    n, m = x.shape[1], y.shape[1]
+    one = torch.ones_like(x[:, :1])
+    x_end = torch.cat([x_start[:, 1:], one], -1)
+    y_end = torch.cat([y_start[:, 1:], one], -1)
+    p, q = parent, parent + 1
+    ok = (p >= 0) & (q < m) & (torch.arange(n, device=x.device) > 0)
+    p_, q_ = p.clamp(0, m - 1), q.clamp(0, m - 1)
+    prev = torch.cat([x_start[:, :1], x_start[:, :-1]], -1)
+    eps = (torch.gather(y_end, 1, p_) - x_start).clamp(min=0.0)
+    m1 = x_start - torch.maximum(prev, torch.gather(y_start, 1, p_))
+    m2 = torch.minimum(x_end, torch.gather(y_end, 1, q_)) - torch.gather(y_start, 1, q_)
+    dx = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], -1)
+    gap = 2 * dx * (torch.gather(y, 1, q_) - torch.gather(y, 1, p_))
+    return torch.where(ok & (m1 > 0) & (m2 > 0), _log_link_relaxation(eps, m1, m2, gap, gamma.view(-1, 1)),
+                       torch.zeros_like(x))
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,40 @@ def test_newton_starts_in_its_quadratic_basin_at_rank_temperature():
     plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
     assert bool(plan.converged)
     assert plan.newton_steps <= 4, plan.newton_steps
+
+
+def test_compiled_link_relaxation_matches_torch():
+    # the relaxed links in one compiled pass against the torch route: uniform weights (every
+    # boundary a link), random weights, n != m, tied scores, two slices, several temperatures
+    import pytest
+
+    from glass_pyg.ot import native
+
+    if native.link_relaxation(*[torch.zeros(1, 1, dtype=torch.float64)] * 4, torch.zeros(1, 1, dtype=torch.int64),
+                              torch.ones(1, dtype=torch.float64)) is None:
+        pytest.skip(native.status())
+    g = torch.Generator().manual_seed(7)
+    cases = []
+    for n, m, uniform in [(300, 300, True), (300, 200, False), (57, 411, False)]:
+        s = torch.sort(torch.randn(2, n, generator=g, dtype=torch.float64), -1).values
+        t = torch.sort(torch.randn(2, m, generator=g, dtype=torch.float64) + 0.4, -1).values
+        s[:, 10:14] = s[:, 10:11]  # ties
+        if uniform:
+            a, b = torch.full((2, n), 1.0 / n, dtype=torch.float64), torch.full((2, m), 1.0 / m, dtype=torch.float64)
+        else:
+            a = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.1
+            b = torch.rand(2, m, generator=g, dtype=torch.float64) + 0.1
+            a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+        cases.append((s, t, a, b))
+    relaxed = 0.0
+    for s, t, a, b in cases:
+        st = staircase(a, b)
+        for gamma in (1e-6, 1e-3, 0.1, 10.0):
+            gam = torch.tensor([gamma, 3 * gamma], dtype=torch.float64)
+            got = reference_dual(s, t, st, gam)
+            with native.disabled():
+                want = reference_dual(s, t, st, gam)
+            relaxed = max(relaxed, float((got[0] - exact_dual(s, t, st)[0]).abs().max()))
+            for x, y in zip(got, want):
+                torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13 * float(y.abs().max()))
+    assert relaxed > 1e-3  # links are relaxed: the comparison is not of two exact duals

@@ -180,4 +180,45 @@ void band_extent(int64_t L, int64_t n, int64_t m, const double *s, const double 
     }
 }
 
+/* torch.logaddexp's scalar formula. */
+static inline double logaddexp_f64(double a, double b) {
+    if (isinf(a) && a == b) return a;
+    const double mx = a > b ? a : b;
+    return mx + log1p(exp(-fabs(a - b)));
+}
+
+/* The reduced cost of each node's staircase link for temperature gamma (the torch route:
+ * glass_pyg.ot._band._relaxed_links; the same operations in the same order). Node i of one side
+ * (scores x (L, n), cells starting at xs, ending at the next start or 1) links to the other side's
+ * cells p = parent[l, i] and q = p + 1 (scores y (L, m), starts ys); out[l, i] is 0 where there is
+ * no link. */
+void link_relaxation(int64_t L, int64_t n, int64_t m, const double *x, const double *y, const double *xs,
+                     const double *ys, const int64_t *parent, const double *gamma, double *out) {
+    const double log4 = 1.3862943611198906, log2 = 0.6931471805599453;  /* Python's math.log(4), log(2) */
+    for (int64_t l = 0; l < L; ++l) {
+        const double g = gamma[l];
+        const double *xl = x + l * n, *yl = y + l * m, *xsl = xs + l * n, *ysl = ys + l * m;
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t r = l * n + i, p = parent[r], q = p + 1;
+            out[r] = 0.0;
+            if (i == 0 || p < 0 || q >= m) continue;
+            const double x_end = i + 1 < n ? xsl[i + 1] : 1.0, p_end = ysl[q], q_end = q + 1 < m ? ysl[q + 1] : 1.0;
+            double eps = p_end - xsl[i];
+            eps = eps < 0.0 ? 0.0 : eps;
+            const double m1 = xsl[i] - (xsl[i - 1] > ysl[p] ? xsl[i - 1] : ysl[p]);
+            const double m2 = (x_end < q_end ? x_end : q_end) - ysl[q];
+            if (!(m1 > 0.0) || !(m2 > 0.0)) continue;
+            const double gap = 2.0 * (xl[i] - xl[i - 1]) * (yl[q] - yl[p]);
+            const double log_e = log(eps) - 0.5 * (log(m1) + log(m2));
+            const double log_c = -gap / g;
+            const double log_root = 0.5 * logaddexp_f64(2.0 * log_e, log_c + log4);
+            const double log_u = logaddexp_f64(log_e, log_root) - log2;
+            double v = -g * log_u;
+            if (isnan(v) || v == -INFINITY) v = 0.0;
+            v = v < 0.0 ? 0.0 : v;
+            out[r] = v < 0.5 * gap ? v : 0.5 * gap;
+        }
+    }
+}
+
 #include "graph_votes_impl.h"

@@ -154,6 +154,7 @@ def _bind(lib: ctypes.CDLL) -> None:
             getattr(lib, f"{name}_f64p32").argtypes = [kinds.get(c, ctypes.c_double) for c in sig]
     lib.band_extent.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_double] + [
         ctypes.c_void_p] * 4
+    lib.link_relaxation.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7
     lib.votes_topk.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 10
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
