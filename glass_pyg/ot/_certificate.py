@@ -75,6 +75,10 @@ def certify(st: SolverState, ref: Reference, b: Tensor) -> tuple[Tensor, Tensor]
     must widen.
     """
     band = st.band
+    found = native.certify_band(ref.s, ref.t, ref.f0, ref.g0, ref.gamma, st.phi, st.psi, st.log_a, st.log_b, b,
+                                band.row_lo, band.row_hi)
+    if found is not None:
+        return found
     t = ref.t
     m = t.shape[1]
     b = b.double()

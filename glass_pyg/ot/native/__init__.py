@@ -36,7 +36,7 @@ __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
-           "cg_direction", "sorted_search", "band_extent", "link_relaxation",
+           "cg_direction", "sorted_search", "band_extent", "link_relaxation", "certify_band",
            "compact_offsets", "votes_topk"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
@@ -418,5 +418,5 @@ def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx:
 # the passes around the solver, in their own modules (they use the helpers above)
 from ._adjoint import implicit_grad, product_sums  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
-from ._dual import link_relaxation  # noqa: E402
+from ._dual import certify_band, link_relaxation  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402

@@ -221,4 +221,60 @@ void link_relaxation(int64_t L, int64_t n, int64_t m, const double *x, const dou
     }
 }
 
+/* log(P_ij / (a_i b_j)) from the potentials (glass_pyg.ot._certificate.Reference.log_density). */
+static inline double log_density(const double *s, const double *t, const double *f0, const double *g0, double g,
+                                 const double *phi, const double *psi, const double *log_a, const double *log_b,
+                                 int64_t r, int64_t c) {
+    const double d = s[r] - t[c];
+    const double theta = -((d * d - f0[r]) - g0[c]) / g;
+    return (((phi[r] + psi[c]) + theta) - log_a[r]) - log_b[c];
+}
+
+/* The band's certificate (glass_pyg.ot._certificate.certify): per slice, the bound on the mass
+ * outside the band and whether it holds. Row i keeps the columns lo..hi; past each edge the
+ * first omitted density must not exceed that of the nearest kept column with a strictly smaller
+ * (right edge) or larger (left edge) score, and then bounds every omitted entry of the row.
+ * first, last, cum (L, m) are scratch. */
+void certify_band(int64_t L, int64_t n, int64_t m, const double *s, const double *t, const double *f0,
+                  const double *g0, const double *gamma, const double *phi, const double *psi,
+                  const double *log_a, const double *log_b, const double *b, const int64_t *lo,
+                  const int64_t *hi, int64_t *first, int64_t *last, double *cum, double *bound,
+                  int64_t *ok) {
+    for (int64_t l = 0; l < L; ++l) {
+        const int64_t c0 = l * m;
+        const double g = gamma[l];
+        double acc = 0.0;
+        for (int64_t j = 0; j < m; ++j) {  /* tie groups of the sorted scores, running sums of b */
+            first[c0 + j] = j > 0 && t[c0 + j] == t[c0 + j - 1] ? first[c0 + j - 1] : j;
+            acc += b[c0 + j];
+            cum[c0 + j] = acc;
+        }
+        for (int64_t j = m - 1; j >= 0; --j)
+            last[c0 + j] = j + 1 < m && t[c0 + j] == t[c0 + j + 1] ? last[c0 + j + 1] : j;
+        double total = 0.0;
+        int64_t holds = 1;
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t r = l * n + i, start = lo[r], end = hi[r];
+            const double a = exp(log_a[r]);
+            if (end < m - 1) {
+                const int64_t out = end + 1, in = first[c0 + out] - 1;
+                const double d_out = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
+                const double d_in = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + (in > 0 ? in : 0));
+                if (!(d_out <= d_in && in >= start)) holds = 0;
+                total += exp(d_out) * a * (cum[c0 + m - 1] - cum[c0 + end]);
+            }
+            if (start > 0) {
+                const int64_t out = start - 1, in = last[c0 + out] + 1;
+                const double d_out = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
+                const double d_in = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r,
+                                                c0 + (in < m - 1 ? in : m - 1));
+                if (!(d_out <= d_in && in <= end)) holds = 0;
+                total += exp(d_out) * a * (cum[c0 + start] - b[c0 + start]);
+            }
+        }
+        bound[l] = total;
+        ok[l] = holds;
+    }
+}
+
 #include "graph_votes_impl.h"

@@ -155,6 +155,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.band_extent.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_double] + [
         ctypes.c_void_p] * 4
     lib.link_relaxation.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7
+    lib.certify_band.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 17
     lib.votes_topk.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 10
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
