@@ -221,17 +221,8 @@ void link_relaxation(int64_t L, int64_t n, int64_t m, const double *x, const dou
     }
 }
 
-/* log(P_ij / (a_i b_j)) from the potentials (glass_pyg.ot._certificate.Reference.log_density). */
-static inline double log_density(const double *s, const double *t, const double *f0, const double *g0, double g,
-                                 const double *phi, const double *psi, const double *log_a, const double *log_b,
-                                 int64_t r, int64_t c) {
-    const double d = s[r] - t[c];
-    const double theta = -((d * d - f0[r]) - g0[c]) / g;
-    return (((phi[r] + psi[c]) + theta) - log_a[r]) - log_b[c];
-}
-
 /* The band's certificate (glass_pyg.ot._certificate.certify): per slice, the bound on the mass
- * outside the band and whether it holds. Row i keeps the columns lo..hi; past each edge the
+ * outside the band and whether it holds; log(P_ij / (a_i b_j)) is band_value's. Row i keeps the columns lo..hi; past each edge the
  * first omitted density must not exceed that of the nearest kept column with a strictly smaller
  * (right edge) or larger (left edge) score, and then bounds every omitted entry of the row.
  * first, last, cum (L, m) are scratch. */
@@ -258,15 +249,15 @@ void certify_band(int64_t L, int64_t n, int64_t m, const double *s, const double
             const double a = exp(log_a[r]);
             if (end < m - 1) {
                 const int64_t out = end + 1, in = first[c0 + out] - 1;
-                const double d_out = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
-                const double d_in = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + (in > 0 ? in : 0));
+                const double d_out = band_value(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
+                const double d_in = band_value(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + (in > 0 ? in : 0));
                 if (!(d_out <= d_in && in >= start)) holds = 0;
                 total += exp(d_out) * a * (cum[c0 + m - 1] - cum[c0 + end]);
             }
             if (start > 0) {
                 const int64_t out = start - 1, in = last[c0 + out] + 1;
-                const double d_out = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
-                const double d_in = log_density(s, t, f0, g0, g, phi, psi, log_a, log_b, r,
+                const double d_out = band_value(s, t, f0, g0, g, phi, psi, log_a, log_b, r, c0 + out);
+                const double d_in = band_value(s, t, f0, g0, g, phi, psi, log_a, log_b, r,
                                                 c0 + (in < m - 1 ? in : m - 1));
                 if (!(d_out <= d_in && in <= end)) holds = 0;
                 total += exp(d_out) * a * (cum[c0 + start] - b[c0 + start]);
