@@ -10,12 +10,21 @@ weights :math:`P_{ij}`:
     \mathrm{diag}(c) \end{pmatrix}.
 
 Newton steps of the solver and the implicit backward both solve
-:math:`\mathcal{L} x = y` (with :math:`\mathbf{1}^\top y = 0`). Sorted 1-D
-plans make that graph a thickened path, so the preconditioner is the
-Laplacian of the path through the ``n + m`` nodes in staircase order, with
-each cut weighted by the plan mass that crosses it times its span (a path
-Laplacian is solved exactly by two cumulative sums), plus the inverse
-diagonal, which carries wide, well-mixed bands.
+:math:`\mathcal{L} x = y` (with :math:`\mathbf{1}^\top y = 0`) by
+preconditioned conjugate gradients. Sorted 1-D plans make that graph a
+thickened path through the ``n + m`` nodes in staircase order, whose
+couplings fall off fast with the distance along the path. The compiled
+kernels precondition with the Laplacian of the couplings between nodes at
+most :data:`~glass_pyg.ot.native.STAIRCASE_WIDTH` apart, eliminated exactly
+in staircase order (a banded factor, O(n) to form and to apply); it leaves
+out only far couplings (it lies below the Laplacian, and the preconditioned
+spectrum grows from 1 with their share), and where they hold little mass CG
+needs a handful of iterations where the path preconditioner below needs
+forty. Wide bands (most of the mass farther apart than the bandwidth:
+absolute temperatures, large rank ones) and the torch route (accelerators)
+take the Laplacian of the path itself, each cut weighted by the plan mass
+that crosses it times its span (solved exactly by two cumulative sums),
+plus the inverse diagonal, which carries wide, well-mixed bands.
 """
 from __future__ import annotations
 
@@ -29,6 +38,10 @@ from . import native
 from ._band import Band, Staircase
 from ._row_blocks import blockwise, row_blocks, window_gather
 
+#: the staircase factor preconditions where pairs farther apart than its bandwidth hold at most
+#: this share of a slice's mass; wider bands (absolute temperatures, large rank ones) take the path
+STAIRCASE_FAR_SHARE = 0.05
+
 
 @dataclass(frozen=True)
 class BandOperator:
@@ -41,12 +54,14 @@ class BandOperator:
     col_sum: Tensor  # (L, m)
     row_pos: Tensor  # (L, n) node order along the staircase
     col_pos: Tensor  # (L, m)
-    cut: Tensor  # (L, n + m - 1) path preconditioner weights
+    cut: Tensor | None  # (L, n + m - 1) path preconditioner weights (torch route)
     inv_row_sum: Tensor  # (L, n) diagonal preconditioner, 0 on empty rows
     inv_col_sum: Tensor  # (L, m)
-    inv_cut: Tensor  # (L, n + m - 1), 0 where a cut is rigid (below the floor)
+    inv_cut: Tensor | None  # (L, n + m - 1), 0 where a cut is rigid (below the floor)
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
     tiny: float = 0.0  # entries of p_row below it are read as zeros (compiled kernels)
+    #: staircase factor of the compiled kernels: ratios (L, N, K), inverse pivots and grounded nodes (L, N)
+    factor: tuple[Tensor, Tensor, Tensor] | None = None
     #: buffers of the compiled kernels' results in matvec_dot and precondition (overwritten by the next call)
     scratch: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -77,16 +92,20 @@ class BandOperator:
         return qr, qc, _dot(xr, xc, qr, qc)
 
     def precondition(self, yr: Tensor, yc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        r"""Additive preconditioner: the path Laplacian's inverse plus the diagonal's. Returns
-        ``x = M^{-1} y`` and :math:`\langle y, x\rangle` per slice.
+        r"""``x = M^{-1} y`` and :math:`\langle y, x\rangle` per slice.
 
-        The path captures the long-range, low-frequency coupling of a narrow
-        band (where a diagonal alone stalls); the diagonal captures the
-        well-mixed coupling of a wide band (where the path's cut weights are
-        dominated by long edges and its inverse alone needs hundreds of CG
-        iterations). Their sum is symmetric positive definite on the range. With the compiled
-        kernels ``x`` lies in buffers that the next call overwrites.
+        The staircase factor's solve (see the module), plus the inverse diagonal at the nodes
+        it grounds; otherwise (torch, wide bands) the path Laplacian's inverse plus the
+        diagonal's. With the compiled kernels ``x`` lies in buffers that the next call
+        overwrites. The path captures the
+        long-range, low-frequency coupling of a narrow band (where a diagonal alone stalls);
+        the diagonal captures the well-mixed coupling of a wide band (where the path's cut
+        weights are dominated by long edges and its inverse alone needs hundreds of CG
+        iterations). Their sum is symmetric positive definite on the range.
         """
+        if self.factor is not None:
+            return native.staircase_precondition(*self.factor, self.row_pos, self.col_pos, yr, yc,
+                                                 self.inv_row_sum, self.inv_col_sum, self.scratch)
         if self.p_col is None:
             return native.path_precondition(self.row_pos, self.col_pos, yr, yc, self.inv_cut,
                                             self.inv_row_sum, self.inv_col_sum, self.scratch)
@@ -162,9 +181,18 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
                                               torch.ones_like(stair.a_start, dtype=dtype),
                                               torch.ones_like(stair.b_start, dtype=dtype),
                                               band.row_lo, band.row_hi, offsets, tiny)
+        w, far = native.staircase_weights(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
+                                          band.row_lo, band.row_hi, dtype, offsets, tiny)
+        if bool((far <= STAIRCASE_FAR_SHARE).all()):
+            floor = torch.maximum(row_sum.amax(-1), col_sum.amax(-1)).clamp_min(torch.finfo(dtype).tiny) * cut_floor
+            inv_pivot, ground = native.staircase_factor(w, floor)
+            return BandOperator(band, p_row, None, row_sum, col_sum, stair.row_pos, stair.col_pos, None,
+                                _safe_inverse(row_sum), _safe_inverse(col_sum), None, offsets, tiny,
+                                factor=(w, inv_pivot, ground))
+        del w
         diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
                                     band.row_lo, band.row_hi, dtype, offsets, tiny)
-        return _operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor, offsets, tiny)
+        return _path_operator(band, stair, p_row, None, row_sum, col_sum, diff, cut_floor, offsets, tiny)
     if dtype != p_row.dtype or offsets is not None:
         raise ValueError(f"a {'compact ' if offsets is not None else ''}{p_row.dtype} plan with {dtype} "
                          "vectors needs the compiled kernels")
@@ -182,12 +210,12 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
         w = p_row[:, sl] * (hi - lo).to(p_row.dtype)
         diff.scatter_add_(1, lo.reshape(L, -1), w.reshape(L, -1))
         diff.scatter_add_(1, hi.reshape(L, -1), -w.reshape(L, -1))
-    return _operator(band, stair, p_row, p_col, p_row.sum(-1), p_col.sum(-1), diff, cut_floor)
+    return _path_operator(band, stair, p_row, p_col, p_row.sum(-1), p_col.sum(-1), diff, cut_floor)
 
 
-def _operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None, row_sum: Tensor,
-              col_sum: Tensor, diff: Tensor, cut_floor: float, offsets: Tensor | None = None,
-              tiny: float = 0.0) -> BandOperator:
+def _path_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | None, row_sum: Tensor,
+                   col_sum: Tensor, diff: Tensor, cut_floor: float, offsets: Tensor | None = None,
+                   tiny: float = 0.0) -> BandOperator:
     cut = torch.cumsum(diff, -1)[:, :-1]
     floor = cut.amax(-1, keepdim=True).clamp_min(torch.finfo(cut.dtype).tiny) * cut_floor
     # a cut below the floor is rounding: rigid (no jump across it) rather than divided by

@@ -37,7 +37,8 @@ __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
            "cg_direction", "sorted_search", "band_extent", "link_relaxation", "certify_band",
-           "compact_offsets", "votes_topk"]
+           "compact_offsets", "votes_topk", "staircase_weights", "staircase_factor",
+           "staircase_precondition"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
 
@@ -420,3 +421,4 @@ from ._adjoint import implicit_grad, product_sums  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
 from ._dual import certify_band, link_relaxation  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402
+from ._staircase import STAIRCASE_WIDTH, staircase_factor, staircase_precondition, staircase_weights  # noqa: E402

@@ -36,6 +36,8 @@ float tanhf(float);
 #endif
 
 #define CHUNK 512
+/* bandwidth of the staircase preconditioner */
+#define STAIR_K 16
 #define CHART_MAX_K 32
 #define CHART_BLOCK 32
 
@@ -70,6 +72,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #include "band_kernels_impl.h"
 #include "sphere_chart_impl.h"
 #include "window_costs_impl.h"
+#include "staircase_impl.h"
 #define P double
 #define PFN(name) name##_f64
 #include "band_plan_impl.h"
@@ -107,6 +110,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #include "band_kernels_impl.h"
 #include "sphere_chart_impl.h"
 #include "window_costs_impl.h"
+#include "staircase_impl.h"
 #define P float
 #define PFN(name) name##_f32
 #include "band_plan_impl.h"

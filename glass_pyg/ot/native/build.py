@@ -21,7 +21,7 @@ from ..._atomic import atomic_path
 _DIR = Path(__file__).parent
 _SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h",
             _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h",
-            _DIR / "window_costs_impl.h")
+            _DIR / "window_costs_impl.h", _DIR / "staircase_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -48,10 +48,13 @@ _SIGNATURES = {
     "cg_step": "iii" + "ppppppppp",
     "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
+    "staircase_weights": "iiiiii" + "ppppp" + "r" + "pppp",
+    "staircase_factor": "iiii" + "pppp",
+    "staircase_precondition": "iiiii" + "ppppppppppppp",
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
-_MIXED = ("exp_rows", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost")
+_MIXED = ("exp_rows", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights")
 
 
 def _cpu_flags() -> list[str]:

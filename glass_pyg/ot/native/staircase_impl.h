@@ -1,0 +1,116 @@
+/* Factor and solve of the staircase preconditioner, for a real type T of the vectors (see
+ * glass_pyg/ot/_laplacian.py): the Laplacian of the plan's couplings between nodes at most
+ * STAIR_K apart in staircase order, eliminated in that order.
+ *
+ * Elimination keeps the weights, never a diagonal: node p's pivot is the sum of its remaining
+ * weights to later nodes, and eliminating it adds w_pq w_pr / pivot to the weight between
+ * q and r (the Schur complement of a Laplacian is the Laplacian of these weights). All terms
+ * are positive, so nothing cancels and weak couplings keep their relative accuracy. */
+
+/* In place on w (L, N, STAIR_K): row p becomes the ratios w_{p, p+d} / pivot_p; inv_pivot[l, p]
+ * = 1 / pivot_p. A pivot below floor[l] is not trusted: the node is tied
+ * rigidly to the next (ratio 1 to it, inv_pivot 0) and marked in ground[l, p] (its diagonal
+ * inverse is added in the solve). The last node has no later nodes: inv_pivot 0 grounds the
+ * Laplacian's null space. Slices l0 <= l < l1. */
+void FN(staircase_factor)(int64_t L, int64_t N, int64_t l0, int64_t l1, T *w, const T *floor,
+                          T *inv_pivot, T *ground) {
+    (void)L;
+    for (int64_t l = l0; l < l1; ++l) {
+        T *wl = w + l * N * STAIR_K;
+        T *ip = inv_pivot + l * N, *gr = ground + l * N;
+        for (int64_t p = 0; p < N; ++p) {
+            T *wp = wl + p * STAIR_K;
+            const int64_t kk = N - 1 - p < STAIR_K ? N - 1 - p : STAIR_K;
+            T piv = 0;
+            for (int64_t d = 0; d < kk; ++d) piv += wp[d];
+            if (!(piv >= floor[l]) || kk == 0) {
+                for (int64_t d = 0; d < STAIR_K; ++d) wp[d] = 0;
+                if (kk > 0) wp[0] = 1;
+                ip[p] = 0;
+                gr[p] = kk > 0 ? 1 : 0;
+                continue;
+            }
+            const T inv = 1 / piv;
+            T orig[STAIR_K];
+            for (int64_t d = 0; d < STAIR_K; ++d) {
+                orig[d] = wp[d];
+                wp[d] *= inv;
+            }
+            for (int64_t d1 = 0; d1 + 1 < kk; ++d1) {
+                const T c = orig[d1];
+                if (c == 0) continue;
+                T *wq = wl + (p + d1 + 1) * STAIR_K - d1 - 1;  /* wq[d2]: weight to node p + d2 + 1 */
+#pragma omp simd
+                for (int64_t d2 = d1 + 1; d2 < kk; ++d2) wq[d2] += c * wp[d2];
+            }
+            ip[p] = inv;
+            gr[p] = 0;
+        }
+    }
+}
+
+/* x = M^+ y for the factor above: place yr, yc at their staircase positions (z, N + STAIR_K: the
+ * tail stays zero, so every node's loops run the full bandwidth), solve forward (unit lower
+ * factor), scale by the inverse pivots, solve backward, centre, and add the diagonal inverse at
+ * the grounded nodes: xr = x[row_pos] + ground yr inv_r (and the columns alike). dot[l] (when
+ * not NULL) = <y, x>, summed in double. Slices l0 <= l < l1, interleaved node by node: each
+ * slice's substitution is a chain of dependent steps, and independent chains overlap. */
+void FN(staircase_precondition)(int64_t L, int64_t n, int64_t m, int64_t l0, int64_t l1,
+                                const T *ratio, const T *inv_pivot, const T *ground,
+                                const int64_t *row_pos, const int64_t *col_pos, const T *yr,
+                                const T *yc, const T *inv_r, const T *inv_c, T *z, T *xr, T *xc,
+                                T *dot) {
+    (void)L;
+    const int64_t N = n + m, Z = N + STAIR_K;
+    for (int64_t l = l0; l < l1; ++l) {
+        T *zl = z + l * Z;
+        const int64_t *rp = row_pos + l * n, *cp = col_pos + l * m;
+        for (int64_t i = 0; i < n; ++i) zl[rp[i]] = yr[l * n + i];
+        for (int64_t j = 0; j < m; ++j) zl[cp[j]] = yc[l * m + j];
+        for (int64_t d = 0; d < STAIR_K; ++d) zl[N + d] = 0;
+    }
+    for (int64_t p = 0; p < N; ++p) {
+        for (int64_t l = l0; l < l1; ++l) {
+            T *zl = z + l * Z;
+            const T zp = zl[p];
+            const T *rw = ratio + (l * N + p) * STAIR_K;
+            T *zn = zl + p + 1;
+#pragma omp simd
+            for (int64_t d = 0; d < STAIR_K; ++d) zn[d] += rw[d] * zp;
+            zl[p] = zp * inv_pivot[l * N + p];
+        }
+    }
+    for (int64_t l = l0; l < l1; ++l)
+        for (int64_t d = 0; d < STAIR_K; ++d) z[l * Z + N + d] = 0;
+    for (int64_t p = N - 1; p >= 0; --p) {
+        for (int64_t l = l0; l < l1; ++l) {
+            T *zl = z + l * Z;
+            const T *rw = ratio + (l * N + p) * STAIR_K;
+            const T *zn = zl + p + 1;
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t d = 0; d < STAIR_K; ++d) s += rw[d] * zn[d];
+            zl[p] += s;
+        }
+    }
+    for (int64_t l = l0; l < l1; ++l) {
+        T *zl = z + l * Z;
+        const T *gr = ground + l * N;
+        const int64_t *rp = row_pos + l * n, *cp = col_pos + l * m;
+        T total = 0;
+        for (int64_t p = 0; p < N; ++p) total += zl[p];
+        const T mean = total / (T)N;
+        double d = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const T v = (zl[rp[i]] - mean) + gr[rp[i]] * yr[l * n + i] * inv_r[l * n + i];
+            xr[l * n + i] = v;
+            d += (double)yr[l * n + i] * (double)v;
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            const T v = (zl[cp[j]] - mean) + gr[cp[j]] * yc[l * m + j] * inv_c[l * m + j];
+            xc[l * m + j] = v;
+            d += (double)yc[l * m + j] * (double)v;
+        }
+        if (dot) dot[l] = (T)d;
+    }
+}
