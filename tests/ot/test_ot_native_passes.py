@@ -130,9 +130,12 @@ def test_conjugate_gradient_vector_kernels_against_torch(dtype):
         native.cg_step(alpha[:2], xr, xc, rr, rc, pr, pc, qr, qc)
 
 
-def test_conjugate_gradient_solve_compiled_as_torch():
-    # the same Laplacian solve with the fused compiled updates and with torch's
+def test_conjugate_gradient_solve_compiled_as_torch(monkeypatch):
+    # the same Laplacian solve with the fused compiled updates and with torch's (the same
+    # preconditioner: the path)
+    import glass_pyg.ot._laplacian as laplacian
     from glass_pyg.ot._laplacian import band_operator, solve_laplacian
+    monkeypatch.setattr(laplacian, "STAIRCASE_FAR_SHARE", -1.0)
     _, _, _, band, stair, _, _ = staircase_band(900, 1100, 1e-3, 6, seed=4)
     L, n, m = band.shape
     g = torch.Generator().manual_seed(8)

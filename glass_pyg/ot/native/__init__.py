@@ -37,7 +37,7 @@ __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
            "cg_direction", "sorted_search", "band_extent", "link_relaxation", "certify_band",
-           "compact_offsets", "votes_topk", "staircase_weights", "staircase_factor",
+           "compact_offsets", "votes_topk", "STAIRCASE_WIDTH", "staircase_weights", "staircase_factor",
            "staircase_precondition"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16

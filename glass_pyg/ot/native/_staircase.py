@@ -5,20 +5,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import (_extents, _library, _parallel, _plan_layout, _plan_suffix, _ptr, _rows, _scratch, _suffix, _threads,
-               _windows)
+from . import (
+    _extents,
+    _library,
+    _parallel,
+    _plan_layout,
+    _plan_suffix,
+    _ptr,
+    _rows,
+    _scratch,
+    _suffix,
+    _threads,
+    _windows,
+)
 
 #: bandwidth of the staircase factor (STAIR_K in the C source)
 STAIRCASE_WIDTH = 16
 
 
-def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
+def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor, scale: Tensor,
                       lo: Tensor | None = None, hi: Tensor | None = None, dtype: torch.dtype | None = None,
                       offsets: Tensor | None = None, tiny: float = 0.0) -> tuple[Tensor, Tensor]:
     r"""The plan's couplings between staircase nodes at most :data:`STAIRCASE_WIDTH` positions
-    apart: ``w[l, q, d - 1]`` joins the nodes at positions ``q`` and ``q + d``,
-    ``(L, n + m, STAIRCASE_WIDTH)`` in ``dtype`` (default ``p``'s). Entries below ``tiny`` and
-    farther pairs are left out. ``p`` is padded (L, n, W), or compact with ``offsets``.
+    apart, divided by ``scale`` (L,): ``w[l, q, d - 1]`` joins the nodes at positions ``q`` and
+    ``q + d``, float32 ``(L, n + m, STAIRCASE_WIDTH)``. Entries below ``tiny``, scaled ones below
+    ``1e-30`` and farther pairs are left out. ``p`` is padded (L, n, W), or compact with
+    ``offsets``; ``dtype`` is the vectors' (default ``p``'s).
     Also returns the share of each slice's mass that the farther pairs hold, ``(L,)``."""
     L, n = start.shape
     m, W = col_pos.shape[1], width
@@ -27,10 +39,12 @@ def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col
     offsets = _plan_layout(p, L, n, width, offsets, lo)
     row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
     dtype = p.dtype if dtype is None else dtype
-    w = torch.zeros(L, n + m, STAIRCASE_WIDTH, dtype=dtype, device=p.device)
+    scale = scale.to(dtype).contiguous()
+    w = torch.zeros(L, n + m, STAIRCASE_WIDTH, dtype=torch.float32, device=p.device)
     acc = torch.zeros(_threads(L, n, W), L, 2, dtype=dtype)
     _rows("staircase_weights", _plan_suffix(dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
-          _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), _ptr(w), accumulators=list(acc))
+          _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), _ptr(scale), _ptr(w),
+          accumulators=list(acc))
     total, far = acc.sum(0).unbind(-1)
     return w, torch.where(total > 0, far / total.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(far))
 
@@ -41,36 +55,38 @@ def _slices(L: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def staircase_factor(w: Tensor, floor: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Eliminate the staircase Laplacian of the weights ``w`` ((L, N, K), from
-    :func:`staircase_weights`) in node order, in place: ``w`` becomes the unit lower factor's
-    ratios. Returns the inverse pivots and the grounded nodes (pivots below ``floor`` (L,),
-    tied rigidly to the next node), ``(L, N)`` each."""
+def staircase_factor(w: Tensor, floor: Tensor, scale: Tensor, dtype: torch.dtype = torch.float64
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Eliminate the staircase Laplacian of the scaled weights ``w`` (float32 (L, N, K), from
+    :func:`staircase_weights` with ``scale``) in node order, in place: ``w`` becomes the unit
+    lower factor's ratios. Returns each node's first ratio as the solve reads it (1 less the
+    others: the solve moves residuals on whole), the inverse pivots (unscaled) and the grounded
+    nodes (scaled pivots below ``floor`` (L,), tied rigidly to the next node), ``(L, N)`` each
+    in ``dtype``."""
     L, N, K = w.shape
-    if K != STAIRCASE_WIDTH or w.dtype not in (torch.float32, torch.float64) or not w.is_contiguous() \
-            or w.device.type != "cpu":
-        raise ValueError(f"w must be a contiguous float CPU tensor of shape (L, N, {STAIRCASE_WIDTH})")
-    floor = floor.to(w.dtype).contiguous()
-    inv_pivot, ground = torch.empty(L, N, dtype=w.dtype), torch.empty(L, N, dtype=w.dtype)
-    fn = getattr(_library(), "staircase_factor_" + _suffix(w.dtype))
-    _parallel([(fn, L, N, l0, l1, _ptr(w), _ptr(floor), _ptr(inv_pivot), _ptr(ground))
+    if K != STAIRCASE_WIDTH or w.dtype != torch.float32 or not w.is_contiguous() or w.device.type != "cpu":
+        raise ValueError(f"w must be a contiguous float32 CPU tensor of shape (L, N, {STAIRCASE_WIDTH})")
+    floor, scale = floor.to(dtype).contiguous(), scale.to(dtype).contiguous()
+    first, inv_pivot, ground = (torch.empty(L, N, dtype=dtype) for _ in range(3))
+    fn = getattr(_library(), "staircase_factor_" + _suffix(dtype))
+    _parallel([(fn, L, N, l0, l1, _ptr(w), _ptr(floor), _ptr(scale), _ptr(first), _ptr(inv_pivot), _ptr(ground))
                for l0, l1 in _slices(L)])
-    return inv_pivot, ground
+    return first, inv_pivot, ground
 
 
-def staircase_precondition(ratio: Tensor, inv_pivot: Tensor, ground: Tensor, row_pos: Tensor, col_pos: Tensor,
-                           yr: Tensor, yc: Tensor, inv_r: Tensor, inv_c: Tensor,
+def staircase_precondition(ratio: Tensor, first: Tensor, inv_pivot: Tensor, ground: Tensor, row_pos: Tensor,
+                           col_pos: Tensor, yr: Tensor, yc: Tensor, inv_r: Tensor, inv_c: Tensor,
                            workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r""":math:`x = M^{+} y` for the factor of :func:`staircase_factor` plus the diagonal inverse
     (``inv_r``, ``inv_c``) at the grounded nodes: ``(x_r, x_c)`` and :math:`\langle y, x\rangle`
     per slice. With a ``workspace`` dict ``x`` lies in its buffers (the next call overwrites them)."""
     L, n = yr.shape
     m = yc.shape[1]
-    args = [v.contiguous() for v in (inv_pivot, ground, row_pos, col_pos, yr, yc, inv_r, inv_c)]
-    if args[2].dtype != torch.int64 or args[3].dtype != torch.int64:
+    args = [v.contiguous() for v in (first, inv_pivot, ground, row_pos, col_pos, yr, yc, inv_r, inv_c)]
+    if args[3].dtype != torch.int64 or args[4].dtype != torch.int64:
         raise ValueError("row_pos and col_pos must be int64")
-    if ratio.shape != (L, n + m, STAIRCASE_WIDTH) or ratio.dtype != yr.dtype or not ratio.is_contiguous():
-        raise ValueError(f"ratio must be a contiguous {yr.dtype} tensor of shape {(L, n + m, STAIRCASE_WIDTH)}")
+    if ratio.shape != (L, n + m, STAIRCASE_WIDTH) or ratio.dtype != torch.float32 or not ratio.is_contiguous():
+        raise ValueError(f"ratio must be a contiguous float32 tensor of shape {(L, n + m, STAIRCASE_WIDTH)}")
     z = _scratch(workspace, "staircase", (L, n + m + STAIRCASE_WIDTH), yr)
     xr, xc = _scratch(workspace, "precondition_r", (L, n), yr), _scratch(workspace, "precondition_c", (L, m), yc)
     dot = yr.new_empty(L)

@@ -36,8 +36,10 @@ float tanhf(float);
 #endif
 
 #define CHUNK 512
-/* bandwidth of the staircase preconditioner */
+/* bandwidth of the staircase preconditioner, and the smallest weight (relative to the largest
+ * row or column sum) it keeps in its float storage */
 #define STAIR_K 16
+#define STAIR_MIN 1e-30
 #define CHART_MAX_K 32
 #define CHART_BLOCK 32
 

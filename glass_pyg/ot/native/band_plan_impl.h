@@ -170,17 +170,19 @@ void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
 }
 
 /* Near couplings of the staircase: entry (i, j) of p whose nodes lie 1 <= d <= STAIR_K apart on
- * the staircase (positions row_pos, col_pos) is written to w[l, min(pos_i, pos_j), d - 1]
- * (w (L, n + m, STAIR_K), zero-initialised by the caller; every pair of nodes is one entry, so
- * rows can be split between threads). Entries below tiny and farther pairs are left out; acc
- * (2 L, per thread) accumulates each slice's total mass and the mass of the farther pairs. */
+ * the staircase (positions row_pos, col_pos) is written, divided by scale[l], to
+ * w[l, min(pos_i, pos_j), d - 1] (float w (L, n + m, STAIR_K), zero-initialised by the caller;
+ * every pair of nodes is one entry, so rows can be split between threads). Entries below tiny,
+ * scaled ones below STAIR_MIN and farther pairs are left out; acc (2 L, per thread)
+ * accumulates each slice's total mass and the mass of the farther pairs. */
 void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                             const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
                             const int64_t *offsets, T tiny, const int64_t *row_pos,
-                            const int64_t *col_pos, T *w, T *acc) {
+                            const int64_t *col_pos, const T *scale, float *w, T *acc) {
     const int64_t N = n + m;
     for (int64_t l = 0; l < L; ++l) {
-        T *wl = w + l * N * STAIR_K;
+        float *wl = w + l * N * STAIR_K;
+        const double inv = 1 / (double)scale[l];
         double total = 0, far = 0;
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t r = l * n + i, pr = row_pos[r];
@@ -192,8 +194,12 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
                 const int64_t d = pc[k] > pr ? pc[k] - pr : pr - pc[k];
                 if (pi[k] == 0 || (T)pi[k] < tiny) continue;
                 total += (double)pi[k];
-                if (d > STAIR_K) far += (double)pi[k];
-                else if (d > 0) wl[(pc[k] < pr ? pc[k] : pr) * STAIR_K + d - 1] = (T)pi[k];
+                if (d > STAIR_K) {
+                    far += (double)pi[k];
+                } else if (d > 0) {
+                    const double v = (double)pi[k] * inv;
+                    if (v >= STAIR_MIN) wl[(pc[k] < pr ? pc[k] : pr) * STAIR_K + d - 1] = (float)v;
+                }
             }
         }
         acc[2 * l] += (T)total;

@@ -48,9 +48,9 @@ _SIGNATURES = {
     "cg_step": "iii" + "ppppppppp",
     "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
-    "staircase_weights": "iiiiii" + "ppppp" + "r" + "pppp",
-    "staircase_factor": "iiii" + "pppp",
-    "staircase_precondition": "iiiii" + "ppppppppppppp",
+    "staircase_weights": "iiiiii" + "ppppp" + "r" + "ppppp",
+    "staircase_factor": "iiii" + "pppppp",
+    "staircase_precondition": "iiiii" + "pppppppppppppp",
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)

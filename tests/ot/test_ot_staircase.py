@@ -1,0 +1,116 @@
+"""The staircase preconditioner of the compiled kernels: the exact inverse of the Laplacian of the
+plan's couplings between nodes at most STAIRCASE_WIDTH apart on the staircase, symmetric and
+positive on the range where weak couplings are grounded."""
+import torch
+from conftest import staircase_band
+
+from glass_pyg.ot import native
+from glass_pyg.ot._laplacian import band_operator
+
+
+def _plan(n, m, seed, extra=4):
+    _, _, _, band, stair, _, _ = staircase_band(n, m, 1e-3, extra, seed=seed)
+    L = band.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
+    inside = (cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1))
+    p_row = (torch.rand(L, n, band.width, generator=g, dtype=torch.float64) + 0.1) * inside / n
+    return band, stair, p_row, cols, inside
+
+
+def _near_laplacian(band, stair, p_row, cols, inside):
+    # the reference: a dense Laplacian over the staircase positions of the pairs 1..K apart
+    L, n, m = band.shape
+    N, K = n + m, native.STAIRCASE_WIDTH
+    M = torch.zeros(L, N, N, dtype=torch.float64)
+    for l in range(L):
+        pr = stair.row_pos[l].unsqueeze(-1).expand_as(cols[l])[inside[l]]
+        pc = stair.col_pos[l][cols[l][inside[l]]]
+        w = p_row[l][inside[l]]
+        near = (pr - pc).abs() <= K
+        M[l].index_put_((pr[near], pc[near]), -w[near], accumulate=True)
+        M[l].index_put_((pc[near], pr[near]), -w[near], accumulate=True)
+        M[l] -= torch.diag(M[l].sum(-1))
+    return M
+
+
+def _apply(op, stair, y):
+    # y in staircase order (L, N) -> the preconditioner's x in staircase order
+    yr = torch.gather(y, 1, stair.row_pos).contiguous()
+    yc = torch.gather(y, 1, stair.col_pos).contiguous()
+    xr, xc, dot = op.precondition(yr, yc)
+    x = torch.empty_like(y)
+    x.scatter_(1, stair.row_pos, xr)
+    x.scatter_(1, stair.col_pos, xc)
+    return x, dot
+
+
+def test_staircase_preconditioner_inverts_the_near_laplacian():
+    band, stair, p_row, cols, inside = _plan(300, 350, seed=3)
+    op = band_operator(band, stair, p_row, None)
+    assert op.factor is not None  # a narrow band: the staircase factor
+    assert float(op.factor[3].sum()) == 0  # every coupling trusted: nothing grounded
+    M = _near_laplacian(band, stair, p_row, cols, inside)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, M.shape[1], generator=g, dtype=torch.float64)
+    y -= y.mean(-1, keepdim=True)
+    x, dot = _apply(op, stair, y)
+    ref = (torch.linalg.pinv(M) @ y.unsqueeze(-1)).squeeze(-1)
+    # the factor is stored in float32
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(dot, (x * y).sum(-1), rtol=1e-12, atol=0)
+    # the residual it leaves on the near Laplacian, relative
+    res = (M @ x.unsqueeze(-1)).squeeze(-1) - y
+    assert float((res.norm(dim=-1) / y.norm(dim=-1)).max()) < 1e-4
+    # each node's residual moves on whole: the ratios the solve reads sum to 1 to float64 rounding
+    # (the float32 ratios' own sum is 1 only to float32 rounding, and a weak pivot divides the loss)
+    ratio, first = op.factor[0], op.factor[1]
+    total = first[:, :-1] + ratio[:, :-1, 1:].double().sum(-1)
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=4e-16)
+    assert float((ratio[:, :-1].double().sum(-1) - 1).abs().max()) > 1e-12  # which float32 alone misses
+
+
+def test_weak_couplings_are_grounded_and_the_preconditioner_stays_positive_on_the_range():
+    band, stair, p_row, cols, inside = _plan(40, 50, seed=4, extra=2)
+    p_row[:, 15:18] *= 1e-15  # three rows that barely couple: below the floor of trusted pivots
+    op = band_operator(band, stair, p_row, None)
+    assert op.factor is not None
+    assert float(op.factor[3].sum()) >= 1  # some nodes tied rigidly to the next
+    N = 90
+    eye = torch.eye(N, dtype=torch.float64)
+    P = torch.stack([_apply(op, stair, e.unsqueeze(0).expand(2, N).contiguous())[0] for e in eye], -1)
+    Q, _ = torch.linalg.qr(torch.cat([torch.ones(N, 1, dtype=torch.float64), eye[:, :N - 1]], 1))
+    B = Q[:, 1:]  # an orthonormal basis of the range (sums zero)
+    for l in range(2):  # P[l]: column k = M^+ e_k
+        Pl = P[l]
+        torch.testing.assert_close(Pl, Pl.T, rtol=0, atol=1e-9 * float(Pl.abs().max()))
+        ev = torch.linalg.eigvalsh(B.T @ ((Pl + Pl.T) / 2) @ B)
+        assert float(ev.min()) > 0, float(ev.min())
+
+
+def test_staircase_and_path_solve_the_same_system():
+    # the adjoint solve of a narrow band with either preconditioner: the same solution where the
+    # system determines it (the fluxes P_ij (x_i - x_j) that the gradients read)
+    import glass_pyg.ot._laplacian as laplacian
+    from glass_pyg.ot._laplacian import solve_laplacian
+    from glass_pyg.ot._row_blocks import window_gather
+    band, stair, p_row, cols, inside = _plan(2000, 2300, seed=5)
+    g = torch.Generator().manual_seed(1)
+    yr = torch.randn(2, 2000, generator=g, dtype=torch.float64)
+    yc = torch.randn(2, 2300, generator=g, dtype=torch.float64)
+    stair_op = band_operator(band, stair, p_row, None)
+    saved = laplacian.STAIRCASE_FAR_SHARE
+    try:
+        laplacian.STAIRCASE_FAR_SHARE = -1.0
+        path_op = band_operator(band, stair, p_row, None)
+    finally:
+        laplacian.STAIRCASE_FAR_SHARE = saved
+    assert stair_op.factor is not None and path_op.factor is None
+    xs = solve_laplacian(stair_op, yr, yc, 1e-12, 300)
+    xp = solve_laplacian(path_op, yr, yc, 1e-12, 300)
+    assert xs[2].iterations < xp[2].iterations / 2, (xs[2].iterations, xp[2].iterations)
+
+    def flux(xr, xc):
+        return p_row * (xr.unsqueeze(-1) - window_gather(xc, band.row_start, band.width))
+    fs, fp = flux(xs[0], xs[1]), flux(xp[0], xp[1])
+    torch.testing.assert_close(fs, fp, rtol=0, atol=1e-9 * float(fp.abs().max()))
