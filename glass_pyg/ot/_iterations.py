@@ -209,9 +209,10 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
     steps = cg_total = 0
     a = st.log_a.exp()
     limit = max(1e3, tol / (16 * torch.finfo(st.phi.dtype).eps))
-    # the path preconditioner's cuts carry rounding of order eps * max(cut) (band_operator): a
-    # floor of 1e-9 holds in float64; in float32 it let rounding through (CG diverged wherever
-    # the plan's couplings underflow), so the floor stays 1e3 eps above it
+    # the preconditioner trusts no coupling below cut_floor (band_operator; the path's cuts carry
+    # rounding of order eps * max(cut)): a floor of 1e-9 holds in float64; in float32 it let
+    # rounding through (CG diverged wherever the plan's couplings underflow), so the floor stays
+    # 1e3 eps above it
     cut_floor = max(1e-9, 1e3 * torch.finfo(st.phi.dtype).eps)
     for _ in range(max_steps):
         todo = err > tol

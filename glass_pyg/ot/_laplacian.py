@@ -155,8 +155,10 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     ``offsets``), which must hold no entries below its dtype's normal range
     (:func:`~glass_pyg.ot.native.exp_rows` with a ``floor`` makes it so).
 
-    ``cut_floor``, relative to the largest cut weight, is where the path preconditioner
-    stops trusting a cut: the running sum that forms the cuts carries rounding of order
+    ``cut_floor`` is where the preconditioner stops trusting a coupling: the staircase
+    factor ties a node whose pivot is below it (relative to the largest row or column sum)
+    rigidly to the next, and the path takes a cut below it (relative to the largest cut
+    weight) as rigid. For the path: the running sum that forms the cuts carries rounding of order
     ``eps * max(cut)``, so a cut near that level (decoupled stretches of the path:
     distribution tails at rank temperature) is rounding, and dividing the flux across it
     (itself rounding) by it put arbitrary jumps into the preconditioned residual. The
