@@ -60,8 +60,9 @@ class BandOperator:
     inv_cut: Tensor | None  # (L, n + m - 1), 0 where a cut is rigid (below the floor)
     offsets: Tensor | None = None  # p_row is compact (extents only, see native.compact_offsets)
     tiny: float = 0.0  # entries of p_row below it are read as zeros (compiled kernels)
-    #: staircase factor of the compiled kernels: ratios (L, N, K); first ratios, inverse pivots, grounded nodes (L, N)
-    factor: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    #: staircase factor of the compiled kernels: ratios (L, N, K); first ratios and inverse pivots (L, N), the
+    #: inverse pivot 0 at grounded nodes and the last
+    factor: tuple[Tensor, Tensor, Tensor] | None = None
     #: buffers of the compiled kernels' results in matvec_dot and precondition (overwritten by the next call)
     scratch: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -187,10 +188,10 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
         w, far = native.staircase_weights(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos, scale,
                                           band.row_lo, band.row_hi, dtype, offsets, tiny)
         if bool((far <= STAIRCASE_FAR_SHARE).all()):
-            first, inv_pivot, ground = native.staircase_factor(w, torch.full_like(scale, cut_floor), scale, dtype)
+            first, inv_pivot = native.staircase_factor(w, torch.full_like(scale, cut_floor), scale, dtype)
             return BandOperator(band, p_row, None, row_sum, col_sum, stair.row_pos, stair.col_pos, None,
                                 _safe_inverse(row_sum), _safe_inverse(col_sum), None, offsets, tiny,
-                                factor=(w, first, inv_pivot, ground))
+                                factor=(w, first, inv_pivot))
         del w
         diff = native.band_cut_diff(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos,
                                     band.row_lo, band.row_hi, dtype, offsets, tiny)

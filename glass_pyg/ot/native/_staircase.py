@@ -56,34 +56,34 @@ def _slices(L: int) -> list[tuple[int, int]]:
 
 
 def staircase_factor(w: Tensor, floor: Tensor, scale: Tensor, dtype: torch.dtype = torch.float64
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+                     ) -> tuple[Tensor, Tensor]:
     r"""Eliminate the staircase Laplacian of the scaled weights ``w`` (float32 (L, N, K), from
     :func:`staircase_weights` with ``scale``) in node order, in place: ``w`` becomes the unit
     lower factor's ratios. Returns each node's first ratio as the solve reads it (1 less the
-    others: the solve moves residuals on whole), the inverse pivots (unscaled) and the grounded
-    nodes (scaled pivots below ``floor`` (L,), tied rigidly to the next node), ``(L, N)`` each
-    in ``dtype``."""
+    others: the solve moves residuals on whole) and the inverse pivots (unscaled), ``(L, N)``
+    each in ``dtype``; the inverse pivot is 0 at the last node and at the grounded ones (scaled
+    pivots below ``floor`` (L,), tied rigidly to the next node)."""
     L, N, K = w.shape
     if K != STAIRCASE_WIDTH or w.dtype != torch.float32 or not w.is_contiguous() or w.device.type != "cpu":
         raise ValueError(f"w must be a contiguous float32 CPU tensor of shape (L, N, {STAIRCASE_WIDTH})")
     floor, scale = floor.to(dtype).contiguous(), scale.to(dtype).contiguous()
-    first, inv_pivot, ground = (torch.empty(L, N, dtype=dtype) for _ in range(3))
+    first, inv_pivot = torch.empty(L, N, dtype=dtype), torch.empty(L, N, dtype=dtype)
     fn = getattr(_library(), "staircase_factor_" + _suffix(dtype))
-    _parallel([(fn, L, N, l0, l1, _ptr(w), _ptr(floor), _ptr(scale), _ptr(first), _ptr(inv_pivot), _ptr(ground))
+    _parallel([(fn, L, N, l0, l1, _ptr(w), _ptr(floor), _ptr(scale), _ptr(first), _ptr(inv_pivot))
                for l0, l1 in _slices(L)])
-    return first, inv_pivot, ground
+    return first, inv_pivot
 
 
-def staircase_precondition(ratio: Tensor, first: Tensor, inv_pivot: Tensor, ground: Tensor, row_pos: Tensor,
-                           col_pos: Tensor, yr: Tensor, yc: Tensor, inv_r: Tensor, inv_c: Tensor,
+def staircase_precondition(ratio: Tensor, first: Tensor, inv_pivot: Tensor, row_pos: Tensor, col_pos: Tensor,
+                           yr: Tensor, yc: Tensor, inv_r: Tensor, inv_c: Tensor,
                            workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r""":math:`x = M^{+} y` for the factor of :func:`staircase_factor` plus the diagonal inverse
     (``inv_r``, ``inv_c``) at the grounded nodes: ``(x_r, x_c)`` and :math:`\langle y, x\rangle`
     per slice. With a ``workspace`` dict ``x`` lies in its buffers (the next call overwrites them)."""
     L, n = yr.shape
     m = yc.shape[1]
-    args = [v.contiguous() for v in (first, inv_pivot, ground, row_pos, col_pos, yr, yc, inv_r, inv_c)]
-    if args[3].dtype != torch.int64 or args[4].dtype != torch.int64:
+    args = [v.contiguous() for v in (first, inv_pivot, row_pos, col_pos, yr, yc, inv_r, inv_c)]
+    if args[2].dtype != torch.int64 or args[3].dtype != torch.int64:
         raise ValueError("row_pos and col_pos must be int64")
     if ratio.shape != (L, n + m, STAIRCASE_WIDTH) or ratio.dtype != torch.float32 or not ratio.is_contiguous():
         raise ValueError(f"ratio must be a contiguous float32 tensor of shape {(L, n + m, STAIRCASE_WIDTH)}")

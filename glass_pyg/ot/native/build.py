@@ -49,8 +49,8 @@ _SIGNATURES = {
     "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
     "staircase_weights": "iiiiii" + "ppppp" + "r" + "ppppp",
-    "staircase_factor": "iiii" + "pppppp",
-    "staircase_precondition": "iiiii" + "pppppppppppppp",
+    "staircase_factor": "iiii" + "ppppp",
+    "staircase_precondition": "iiiii" + "ppppppppppppp",
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
