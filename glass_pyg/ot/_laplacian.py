@@ -97,12 +97,11 @@ class BandOperator:
 
         The staircase factor's solve (see the module), plus the inverse diagonal at the nodes
         it grounds; otherwise (torch, wide bands) the path Laplacian's inverse plus the
-        diagonal's. With the compiled kernels ``x`` lies in buffers that the next call
-        overwrites. The path captures the
-        long-range, low-frequency coupling of a narrow band (where a diagonal alone stalls);
-        the diagonal captures the well-mixed coupling of a wide band (where the path's cut
-        weights are dominated by long edges and its inverse alone needs hundreds of CG
-        iterations). Their sum is symmetric positive definite on the range.
+        diagonal's. The path captures the long-range, low-frequency coupling of a narrow band
+        (where a diagonal alone stalls); the diagonal captures the well-mixed coupling of a
+        wide band (where the path's cut weights are dominated by long edges and its inverse
+        alone needs hundreds of CG iterations). Both are symmetric positive definite on the
+        range. With the compiled kernels ``x`` lies in buffers that the next call overwrites.
         """
         if self.factor is not None:
             return native.staircase_precondition(*self.factor, self.row_pos, self.col_pos, yr, yc,
