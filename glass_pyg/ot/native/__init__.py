@@ -289,26 +289,6 @@ def band_laplacian(p: Tensor, start: Tensor, width: int, xr: Tensor, xc: Tensor,
     return qr, total[:L * m].view(L, m), total[L * m:]
 
 
-def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
-                  lo: Tensor | None = None, hi: Tensor | None = None,
-                  dtype: torch.dtype | None = None, offsets: Tensor | None = None,
-                  tiny: float = 0.0) -> Tensor:
-    r"""Differences of the path cut weights (L, n + m), in ``dtype`` (default ``p``'s): entry
-    ``(i, j)`` of ``p`` (padded, or compact with ``offsets``) adds ``p_{ij} |pos_i - pos_j|``
-    at the lower and removes it at the higher position (entries below ``tiny`` count as zeros)."""
-    L, n = start.shape
-    m, W = col_pos.shape[1], width
-    start = _windows(start, width, m)
-    lo, hi = _extents(lo, hi)
-    offsets = _plan_layout(p, L, n, width, offsets, lo)
-    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
-    dtype = p.dtype if dtype is None else dtype
-    diff = p.new_zeros(_threads(L, n, W), L, n + m, dtype=dtype)
-    _rows("band_cut_diff", _plan_suffix(dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
-          _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), accumulators=list(diff))
-    return diff.sum(0) if diff.shape[0] > 1 else diff[0]
-
-
 def row_cost(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Tensor | None = None,
              hi: Tensor | None = None, offsets: Tensor | None = None) -> Tensor:
     r""":math:`\sum_k p_{lik} (x_{li} - y_{lj})^2`, ``j = start_{li} + k``, per row over the
@@ -323,25 +303,6 @@ def row_cost(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Ten
     _rows("row_cost", _plan_suffix(x.dtype, p.dtype), L, n, m, width, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi),
           _ptr(offsets), _ptr(x), _ptr(y), _ptr(out))
     return out
-
-
-def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,
-                      inv_r: Tensor, inv_c: Tensor, workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    r"""The path preconditioner of :class:`~glass_pyg.ot._laplacian.BandOperator` in one pass
-    (``inv_cut``: the inverse cut weights, ``(L, n + m - 1)``): ``(x_r, x_c)`` and
-    :math:`\langle y, x\rangle` per slice ``(L,)``. With a ``workspace`` dict ``x`` lies in
-    its buffers, which the next call with it overwrites."""
-    L, n = yr.shape
-    m = yc.shape[1]
-    args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, inv_cut, inv_r, inv_c)]
-    if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
-        raise ValueError("row_pos and col_pos must be int64")
-    z = _scratch(workspace, "path", (L, n + m), yr)
-    xr, xc = _scratch(workspace, "precondition_r", (L, n), yr), _scratch(workspace, "precondition_c", (L, m), yc)
-    dot = yr.new_empty(L)
-    getattr(_library(), "path_precondition_" + _suffix(yr.dtype))(
-        L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr), _ptr(xc), _ptr(dot))
-    return xr, xc, dot
 
 
 def sorted_search(seq: Tensor, values: Tensor, right: bool) -> Tensor | None:
@@ -421,4 +382,11 @@ from ._adjoint import implicit_grad, product_sums  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
 from ._dual import certify_band, link_relaxation  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402
-from ._staircase import STAIRCASE_WIDTH, staircase_factor, staircase_precondition, staircase_weights  # noqa: E402
+from ._staircase import (  # noqa: E402
+    STAIRCASE_WIDTH,
+    band_cut_diff,
+    path_precondition,
+    staircase_factor,
+    staircase_precondition,
+    staircase_weights,
+)

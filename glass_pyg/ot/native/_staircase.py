@@ -1,5 +1,6 @@
-r"""Compiled passes of the staircase preconditioner (:class:`~glass_pyg.ot._laplacian.BandOperator`):
-the plan's couplings between nearby staircase nodes, their elimination, and the solve."""
+r"""Compiled passes of the preconditioners of :class:`~glass_pyg.ot._laplacian.BandOperator`, both
+built on the plan's nodes in staircase order: the staircase factor (the couplings between nearby
+nodes, their elimination, the solve) and the path (its cut weights, its solve)."""
 from __future__ import annotations
 
 import torch
@@ -23,6 +24,52 @@ from . import (
 STAIRCASE_WIDTH = 16
 
 
+def _plan_pass(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor, lo: Tensor | None,
+               hi: Tensor | None, offsets: Tensor | None, dtype: torch.dtype | None) -> tuple:
+    # the checked arguments of a pass over the plan that reads its entries' staircase positions
+    L, n = start.shape
+    m = col_pos.shape[1]
+    start = _windows(start, width, m)
+    lo, hi = _extents(lo, hi)
+    offsets = _plan_layout(p, L, n, width, offsets, lo)
+    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
+    return L, n, m, start, lo, hi, offsets, row_pos, col_pos, p.dtype if dtype is None else dtype
+
+
+def band_cut_diff(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor,
+                  lo: Tensor | None = None, hi: Tensor | None = None,
+                  dtype: torch.dtype | None = None, offsets: Tensor | None = None,
+                  tiny: float = 0.0) -> Tensor:
+    r"""Differences of the path cut weights (L, n + m), in ``dtype`` (default ``p``'s): entry
+    ``(i, j)`` of ``p`` (padded, or compact with ``offsets``) adds ``p_{ij} |pos_i - pos_j|``
+    at the lower and removes it at the higher position (entries below ``tiny`` count as zeros)."""
+    L, n, m, start, lo, hi, offsets, row_pos, col_pos, dtype = _plan_pass(p, start, width, row_pos, col_pos, lo,
+                                                                         hi, offsets, dtype)
+    diff = p.new_zeros(_threads(L, n, width), L, n + m, dtype=dtype)
+    _rows("band_cut_diff", _plan_suffix(dtype, p.dtype), L, n, m, width, _ptr(p), _ptr(start), _ptr(lo),
+          _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), accumulators=list(diff))
+    return diff.sum(0) if diff.shape[0] > 1 else diff[0]
+
+
+def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, inv_cut: Tensor,
+                      inv_r: Tensor, inv_c: Tensor, workspace: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The path preconditioner of :class:`~glass_pyg.ot._laplacian.BandOperator` in one pass
+    (``inv_cut``: the inverse cut weights, ``(L, n + m - 1)``): ``(x_r, x_c)`` and
+    :math:`\langle y, x\rangle` per slice ``(L,)``. With a ``workspace`` dict ``x`` lies in
+    its buffers, which the next call with it overwrites."""
+    L, n = yr.shape
+    m = yc.shape[1]
+    args = [v.contiguous() for v in (row_pos, col_pos, yr, yc, inv_cut, inv_r, inv_c)]
+    if args[0].dtype != torch.int64 or args[1].dtype != torch.int64:
+        raise ValueError("row_pos and col_pos must be int64")
+    z = _scratch(workspace, "path", (L, n + m), yr)
+    xr, xc = _scratch(workspace, "precondition_r", (L, n), yr), _scratch(workspace, "precondition_c", (L, m), yc)
+    dot = yr.new_empty(L)
+    getattr(_library(), "path_precondition_" + _suffix(yr.dtype))(
+        L, n, m, *(_ptr(v) for v in args), _ptr(z), _ptr(xr), _ptr(xc), _ptr(dot))
+    return xr, xc, dot
+
+
 def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor, scale: Tensor,
                       lo: Tensor | None = None, hi: Tensor | None = None, dtype: torch.dtype | None = None,
                       offsets: Tensor | None = None, tiny: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -32,13 +79,9 @@ def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col
     ``1e-30`` and farther pairs are left out. ``p`` is padded (L, n, W), or compact with
     ``offsets``; ``dtype`` is the vectors' (default ``p``'s).
     Also returns the share of each slice's mass that the farther pairs hold, ``(L,)``."""
-    L, n = start.shape
-    m, W = col_pos.shape[1], width
-    start = _windows(start, width, m)
-    lo, hi = _extents(lo, hi)
-    offsets = _plan_layout(p, L, n, width, offsets, lo)
-    row_pos, col_pos = row_pos.to(torch.int64).contiguous(), col_pos.to(torch.int64).contiguous()
-    dtype = p.dtype if dtype is None else dtype
+    L, n, m, start, lo, hi, offsets, row_pos, col_pos, dtype = _plan_pass(p, start, width, row_pos, col_pos, lo,
+                                                                         hi, offsets, dtype)
+    W = width
     scale = scale.to(dtype).contiguous()
     w = torch.zeros(L, n + m, STAIRCASE_WIDTH, dtype=torch.float32, device=p.device)
     acc = torch.zeros(_threads(L, n, W), L, 2, dtype=dtype)
