@@ -48,6 +48,12 @@ def _threads(L: int, n: int, width: int) -> int:
     return 1 if L * n * width < _PARALLEL_MIN_ENTRIES or n < 2 * threads else threads
 
 
+def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of ``parts`` near-equal consecutive shares of ``range(total)``."""
+    bounds = [total * k // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _parallel(calls: list[tuple]) -> None:
     if len(calls) == 1:
         calls[0][0](*calls[0][1:])
@@ -69,9 +75,8 @@ def _rows(name: str, dtype: torch.dtype | str, L: int, n: int, m: int, W: int, *
     the thread ``k`` gets ``accumulators[k]`` as its last argument when given."""
     fn = getattr(_library(), f"{name}_{dtype if isinstance(dtype, str) else _suffix(dtype)}")
     threads = len(accumulators) if accumulators is not None else _threads(L, n, W)
-    bounds = [n * k // threads for k in range(threads + 1)]
     calls = []
-    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for k, (lo, hi) in enumerate(_ranges(n, threads)):
         extra = (_ptr(accumulators[k]),) if accumulators is not None else ()
         calls.append((fn, L, n, m, W, lo, hi, *args, *extra))
     _parallel(calls)
@@ -364,9 +369,8 @@ def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx:
     cols = torch.empty(n, keep, dtype=torch.int64)
     votes = torch.empty(n, keep, dtype=torch.int32)
     threads = max(1, min(torch.get_num_threads(), n // 64 or 1))
-    bounds = [n * k // threads for k in range(threads + 1)]
     calls, work = [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in _ranges(n, threads):
         # touched has one spare slot: the kernel writes a column before it knows whether it is new
         space = (torch.zeros(m, dtype=torch.int32), torch.empty(m + 1, dtype=torch.int64),
                  torch.empty(m, dtype=torch.int64), torch.zeros(max_deg + 2, dtype=torch.int64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _PARALLEL_MIN_ENTRIES, _library, _parallel, _ptr, _rows, _suffix, _threads, _windows
+from . import _PARALLEL_MIN_ENTRIES, _library, _parallel, _ptr, _ranges, _rows, _suffix, _threads, _windows
 
 WINDOW_COSTS = {"squared_euclidean": 0, "squared_geodesic": 1}
 
@@ -67,9 +67,8 @@ def _chart_args(x: Tensor, a: Tensor, u: Tensor, logw: Tensor) -> tuple[int, int
 def _split_points(fn, N: int, L: int, K: int, accumulators: list[Tensor] | None, *args) -> None:
     threads = len(accumulators) if accumulators is not None else (
         1 if N * L * K < _PARALLEL_MIN_ENTRIES // 8 else max(1, min(torch.get_num_threads(), N)))
-    bounds = [N * k // threads for k in range(threads + 1)]
     _parallel([(fn, N, L, K, lo, hi, *args, *((_ptr(accumulators[k]),) if accumulators is not None else ()))
-               for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))])
+               for k, (lo, hi) in enumerate(_ranges(N, threads))])
 
 
 def chart_scores(x: Tensor, a: Tensor, u: Tensor, logw: Tensor, radius: float) -> Tensor:

@@ -13,6 +13,7 @@ from . import (
     _plan_layout,
     _plan_suffix,
     _ptr,
+    _ranges,
     _rows,
     _scratch,
     _suffix,
@@ -81,11 +82,10 @@ def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col
     Also returns the share of each slice's mass that the farther pairs hold, ``(L,)``."""
     L, n, m, start, lo, hi, offsets, row_pos, col_pos, dtype = _plan_pass(p, start, width, row_pos, col_pos, lo,
                                                                          hi, offsets, dtype)
-    W = width
     scale = scale.to(dtype).contiguous()
     w = torch.zeros(L, n + m, STAIRCASE_WIDTH, dtype=torch.float32, device=p.device)
-    acc = torch.zeros(_threads(L, n, W), L, 2, dtype=dtype)
-    _rows("staircase_weights", _plan_suffix(dtype, p.dtype), L, n, m, W, _ptr(p), _ptr(start), _ptr(lo),
+    acc = torch.zeros(_threads(L, n, width), L, 2, dtype=dtype)
+    _rows("staircase_weights", _plan_suffix(dtype, p.dtype), L, n, m, width, _ptr(p), _ptr(start), _ptr(lo),
           _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), _ptr(scale), _ptr(w),
           accumulators=list(acc))
     total, far = acc.sum(0).unbind(-1)
@@ -93,9 +93,7 @@ def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col
 
 
 def _slices(L: int) -> list[tuple[int, int]]:
-    threads = max(1, min(torch.get_num_threads(), L))
-    bounds = [L * k // threads for k in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return _ranges(L, max(1, min(torch.get_num_threads(), L)))
 
 
 def staircase_factor(w: Tensor, floor: Tensor, scale: Tensor, dtype: torch.dtype = torch.float64
