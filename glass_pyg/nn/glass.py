@@ -92,9 +92,12 @@ class GLASS(torch.nn.Module):
             ``max_iter``, ``tol``, ``band_eps``, ``grad``, ``method``); or pass
             those as keywords (not both). Default ``SolverOptions()``.
         solver (str): ``"banded"`` or ``"dense"`` (the reference dense Sinkhorn).
-        warm_start (bool): start each pair's solve from the potentials of the
-            previous call with the same shapes (banded solver; training steps
-            change the scores little, so this saves most iterations).
+        warm_start (bool): offer each pair's solve the potentials of the
+            previous call with the same shapes (banded solver). The solver keeps
+            them where they start closer than the exact 1-D dual (small steps at
+            absolute temperature); testing them costs a sweep, so after ``k``
+            refusals in a row a pair's next ``2^k - 1`` solves (at most 63) start
+            cold without the test.
 
     Shapes:
         - **input:** ``x_s`` :math:`(N_s, \ast)`, ``x_t`` :math:`(N_t, \ast)`,
@@ -134,6 +137,8 @@ class GLASS(torch.nn.Module):
         self.solver = solver
         self.warm_start = warm_start
         self._warm: dict[int, tuple[Tensor, Tensor]] = {}
+        #: per pair: warm starts refused in a row, solves left to start cold without offering one
+        self._refusals: dict[int, tuple[int, int]] = {}
 
     def reset_parameters(self) -> None:
         """Reset the projection's parameters."""
@@ -172,12 +177,14 @@ class GLASS(torch.nn.Module):
             converged=all(bool(p.converged.all()) for p in plans))
 
     def warm_state(self) -> dict[str, list[Tensor]]:
-        """The warm-start potentials, for checkpoints (so a resumed run repeats the same solves)."""
-        return {str(k): [f, g] for k, (f, g) in self._warm.items()}
+        """The warm-start potentials and refusal counts, for checkpoints (so a resumed run repeats
+        the same solves): per pair ``[f, g, tensor([refusals, cold_left])]``."""
+        return {str(k): [f, g, torch.tensor(self._refusals.get(k, (0, 0)))] for k, (f, g) in self._warm.items()}
 
     def load_warm_state(self, state: dict[str, list[Tensor]]) -> None:
-        """Restore the warm-start potentials saved by :meth:`warm_state`."""
+        """Restore the state saved by :meth:`warm_state` (also its older ``[f, g]`` form)."""
         self._warm = {int(k): (v[0], v[1]) for k, v in state.items()}
+        self._refusals = {int(k): (int(v[2][0]), int(v[2][1])) for k, v in state.items() if len(v) > 2}
 
     def _solve(self, s: Tensor, t: Tensor, gamma: float, key: int) -> TransportPlan:
         if self.solver == "dense":
@@ -189,8 +196,15 @@ class GLASS(torch.nn.Module):
         init = self._warm.get(key) if self.warm_start else None
         if init is not None and (init[0].shape != s.shape or init[1].shape != t.shape):
             init = None
+        refusals, cold_left = self._refusals.get(key, (0, 0))
+        if init is not None and cold_left > 0:
+            init, cold_left = None, cold_left - 1
         plan = sinkhorn_banded(s, t, **(self.options.as_dict() | {"gamma": gamma}), init=init)
         if self.warm_start:
+            if init is not None:
+                refusals = 0 if bool(plan.warm_started.any()) else refusals + 1
+                cold_left = 2 ** min(refusals, 6) - 1
+            self._refusals[key] = (refusals, cold_left)
             self._warm[key] = (plan.f.detach().to(s.dtype), plan.g.detach().to(t.dtype))
         return plan
 

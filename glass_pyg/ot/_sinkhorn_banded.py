@@ -82,6 +82,7 @@ class _Solution:
     omitted: Tensor  #: (L,) certified bound on the mass outside the band
     iterations: int
     newton_steps: int
+    warm_started: Tensor  #: (L,) bool, whether the start was the caller's warm start
 
 
 def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | None = None,
@@ -207,6 +208,7 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     st = SolverState(band, *p.logits(band), log_a, log_b, torch.zeros_like(ad).to(dt),
                      torch.zeros_like(bd).to(dt))
     first = None
+    use = torch.zeros(L, dtype=torch.bool, device=ad.device)
     if init is not None:
         # a warm start helps only while the scores have moved less than the band: keep it per
         # slice where one sweep from it leaves a smaller marginal error than one from the exact dual
@@ -240,7 +242,7 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
         st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi)
     if is_full(band, m):
         omitted = torch.zeros_like(omitted)
-    return _Solution(st, phi0, psi0, err, omitted, total_iter, newton_steps)
+    return _Solution(st, phi0, psi0, err, omitted, total_iter, newton_steps, use)
 
 
 def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol: float, check_every: int,
@@ -305,4 +307,4 @@ def _finish(p: _Problem, sol: _Solution, values: Tensor, tol: float, warn: bool)
                          gamma=cast(p.gam), iterations=sol.iterations, newton_steps=sol.newton_steps,
                          marginal_error=err.to(p.in_dtype), converged=converged,
                          omitted_mass=sol.omitted.to(p.in_dtype), band_halfwidth=halfwidth,
-                         band_radius=radius.to(p.in_dtype), batched=p.batched)
+                         band_radius=radius.to(p.in_dtype), batched=p.batched, warm_started=sol.warm_started)

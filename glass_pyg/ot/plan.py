@@ -97,6 +97,9 @@ class TransportPlan:
     band_halfwidth: Tensor  #: (L,) widest distance in ranks from the staircase
     band_radius: Tensor  #: (L,) widest score distance from the staircase partner
     batched: bool  #: whether the inputs had a slice axis
+    #: (L,) bool, whether the solve started from the given warm start (``init``) rather than the
+    #: exact 1-D dual; ``None`` where the solver takes no warm start
+    warm_started: Tensor | None = None
 
     # --- shape helpers -------------------------------------------------
     def _out(self, x: Tensor) -> Tensor:

@@ -150,3 +150,41 @@ def test_training_recovers_the_permutation():
     assert metrics.perm_accuracy(out.plan, pair.y, "hungarian", cost=cost) == 1.0
     assert metrics.perm_accuracy(out.plan, pair.y, "argmax") >= 0.9
     assert metrics.hits_at_k(out.plan, pair.y, 5) == 1.0
+
+
+def test_warm_starts_back_off_while_refused(small_pair, monkeypatch):
+    """Offered warm starts that the solver refuses are offered again after 1, 3, 7, ... cold
+    solves; accepted ones every solve; the refusal count travels with the warm state."""
+    import glass_pyg.nn.glass as glass_module
+    offered = []
+    solve = glass_module.sinkhorn_banded
+
+    def spy(*args, init=None, **kw):
+        offered.append(init is not None)
+        return solve(*args, init=init, **kw)
+
+    monkeypatch.setattr(glass_module, "sinkhorn_banded", spy)
+    psi_s, psi_t = features(small_pair)
+    same = head(16, gamma=0.2, warm_start=True)
+    for _ in range(4):
+        plan = same(psi_s, psi_t).plans[0]
+    assert offered == [False, True, True, True] and bool(plan.warm_started.all()) and plan.iterations == 0
+    offered.clear()
+    moving = head(16, gamma=0.2, warm_start=True)
+    g = torch.Generator().manual_seed(3)
+    # each call's targets are another random rotation of the features: the last potentials are junk
+    inputs = [psi_t @ torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))[0] * 5
+              for _ in range(9)]
+    for x_t in inputs[:5]:
+        assert not bool(moving(psi_s, x_t).plans[0].warm_started.any())
+    resumed = head(16, gamma=0.2, warm_start=True)
+    resumed.load_warm_state(moving.warm_state())
+    for x_t in inputs[5:]:
+        resumed(psi_s, x_t)
+    # refused at calls 1 and 3, so calls 2 and 4-6 start cold; the resumed head keeps the count
+    assert offered == [False, True, False, True, False, False, False, True, False]
+    legacy = head(16, gamma=0.2, warm_start=True)
+    legacy.load_warm_state({k: v[:2] for k, v in moving.warm_state().items()})  # the older [f, g] form
+    offered.clear()
+    legacy(psi_s, inputs[0])
+    assert offered == [True]

@@ -222,10 +222,11 @@ def test_warm_start_is_chosen_per_slice(gen):
     t = torch.randn(2, 500, generator=gen, dtype=torch.float64) + 1.0
     cold = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9)
     again = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9, init=(cold.f, cold.g))
-    assert again.iterations == 0 and bool(again.converged.all())
+    assert again.iterations == 0 and bool(again.converged.all()) and bool(again.warm_started.all())
+    assert not bool(cold.warm_started.any())
     torch.testing.assert_close(again.values, cold.values, rtol=1e-10, atol=1e-15)
     junk = torch.randn(500, generator=gen, dtype=torch.float64) * 50
     mixed = sinkhorn_banded(s, t, gamma=0.05, tol=1e-9, init=(torch.stack([cold.f[0], junk]), cold.g))
-    assert bool(mixed.converged.all())
+    assert bool(mixed.converged.all()) and mixed.warm_started.tolist() == [True, False]
     assert (mixed.to_dense() - cold.to_dense()).abs().sum((-2, -1)).max() < 1e-7
     torch.testing.assert_close(mixed.values[0], cold.values[0], rtol=1e-6, atol=1e-12)

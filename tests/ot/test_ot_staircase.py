@@ -1,21 +1,26 @@
 """The staircase preconditioner of the compiled kernels: the exact inverse of the Laplacian of the
 plan's couplings between nodes at most STAIRCASE_WIDTH apart on the staircase, symmetric and
 positive on the range where weak couplings are grounded."""
+import pytest
 import torch
 from conftest import staircase_band
 
-from glass_pyg.ot import native
+from glass_pyg.ot import _laplacian, native
 from glass_pyg.ot._laplacian import band_operator
 
 
-def _plan(n, m, seed, extra=4):
+def _plan(n, m, seed, extra=4, decay=0.0):
+    # random couplings on a band ``extra`` columns either side of the staircase, falling off as
+    # exp(-decay * distance) with the distance between the pair's staircase positions
     _, _, _, band, stair, _, _ = staircase_band(n, m, 1e-3, extra, seed=seed)
     L = band.shape[0]
     g = torch.Generator().manual_seed(seed)
     cols = band.row_start.unsqueeze(-1) + torch.arange(band.width)
     inside = (cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1))
+    dist = (stair.row_pos.unsqueeze(-1) - torch.gather(stair.col_pos, 1, cols.flatten(1).clamp(max=m - 1))
+            .view_as(cols)).abs()
     p_row = (torch.rand(L, n, band.width, generator=g, dtype=torch.float64) + 0.1) * inside / n
-    return band, stair, p_row, cols, inside
+    return band, stair, p_row * torch.exp(-decay * dist), cols, inside
 
 
 def _near_laplacian(band, stair, p_row, cols, inside):
@@ -45,10 +50,14 @@ def _apply(op, stair, y):
     return x, dot
 
 
-def test_staircase_preconditioner_inverts_the_near_laplacian():
-    band, stair, p_row, cols, inside = _plan(300, 350, seed=3)
+@pytest.mark.parametrize("decay", [0.25, 0.0])
+def test_staircase_preconditioner_inverts_the_near_laplacian(decay, monkeypatch):
+    # couplings at every distance up to the bandwidth and beyond it (the far ones left out); without
+    # decay the couplings 15 and 16 apart weigh as much as the nearest, and the far ones too
+    monkeypatch.setattr(_laplacian, "STAIRCASE_FAR_SHARE", 1.0)  # the staircase even for this wide band
+    band, stair, p_row, cols, inside = _plan(300, 350, seed=3, extra=10, decay=decay)
     op = band_operator(band, stair, p_row, None)
-    assert op.factor is not None  # a narrow band: the staircase factor
+    assert op.factor is not None
     assert int((op.factor[2][:, :-1] == 0).sum()) == 0  # every coupling trusted: nothing grounded
     M = _near_laplacian(band, stair, p_row, cols, inside)
     g = torch.Generator().manual_seed(0)
@@ -68,6 +77,16 @@ def test_staircase_preconditioner_inverts_the_near_laplacian():
     total = first[:, :-1] + ratio[:, :-1, 1:].double().sum(-1)
     torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=4e-16)
     assert float((ratio[:, :-1].double().sum(-1) - 1).abs().max()) > 1e-12  # which float32 alone misses
+    # three slices: the solve takes slices two at a time, interleaved, and an odd one alone
+    pick = torch.tensor([1, 0, 1])
+    yr = torch.gather(y, 1, stair.row_pos)[pick].contiguous()
+    yc = torch.gather(y, 1, stair.col_pos)[pick].contiguous()
+    xr3, xc3, dot3 = native.staircase_precondition(
+        *(t[pick].contiguous() for t in (*op.factor, op.row_pos, op.col_pos)), yr, yc,
+        op.inv_row_sum[pick].contiguous(), op.inv_col_sum[pick].contiguous())
+    torch.testing.assert_close(xr3, torch.gather(x, 1, stair.row_pos)[pick], rtol=0, atol=0)
+    torch.testing.assert_close(xc3, torch.gather(x, 1, stair.col_pos)[pick], rtol=0, atol=0)
+    torch.testing.assert_close(dot3, dot[pick], rtol=0, atol=0)
 
 
 def test_weak_couplings_are_grounded_and_the_preconditioner_stays_positive_on_the_range():

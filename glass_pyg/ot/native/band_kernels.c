@@ -74,7 +74,24 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #include "band_kernels_impl.h"
 #include "sphere_chart_impl.h"
 #include "window_costs_impl.h"
+/* the staircase factor's passes with float64 vectors keep their sliding windows in registers */
+#if defined(__AVX2__) && defined(__FMA__)
+#define STAIR_AVX2 1
+#include "staircase_avx2.h"
+#else
+#define STAIR_AVX2 0
+#endif
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define STAIR_AVX512 1
+#include "staircase_avx512.h"
+#else
+#define STAIR_AVX512 0
+#endif
 #include "staircase_impl.h"
+#undef STAIR_AVX2
+#undef STAIR_AVX512
+#define STAIR_AVX2 0
+#define STAIR_AVX512 0
 #define P double
 #define PFN(name) name##_f64
 #include "band_plan_impl.h"

@@ -21,7 +21,8 @@ from ..._atomic import atomic_path
 _DIR = Path(__file__).parent
 _SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h",
             _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h",
-            _DIR / "window_costs_impl.h", _DIR / "staircase_impl.h")
+            _DIR / "window_costs_impl.h", _DIR / "staircase_impl.h", _DIR / "staircase_avx2.h",
+            _DIR / "staircase_avx512.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -65,7 +66,14 @@ def _cpu_flags() -> list[str]:
     except OSError:
         return []
     words = set(info.split())
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= words else []
+    if not {"avx2", "fma"} <= words:
+        return []
+    flags = ["-mavx2", "-mfma"]
+    # 512-bit registers for the loops that call the vector math library (the sphere chart, the
+    # geodesic costs: about 1.5x); the compiler keeps its 256-bit default for the others
+    if {"avx512f", "avx512dq", "avx512vl"} <= words:
+        flags += ["-mavx512f", "-mavx512dq", "-mavx512vl"]
+    return flags
 
 
 def _cache_dir() -> Path:

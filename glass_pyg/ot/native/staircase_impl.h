@@ -13,6 +13,7 @@
  * float rounding of the ratios, divided by a weak pivot, would swamp the solution. */
 
 /* Eliminate node p of one slice (weights wl (N, STAIR_K)); see staircase_factor. */
+#if !STAIR_AVX512
 static inline void FN(factor_node)(float *wl, int64_t N, int64_t p, double floor, double scale, T *fr, T *ip) {
     float *wp = wl + p * STAIR_K;
     const int64_t kk = N - 1 - p < STAIR_K ? N - 1 - p : STAIR_K;
@@ -44,6 +45,8 @@ static inline void FN(factor_node)(float *wl, int64_t N, int64_t p, double floor
     ip[p] = (T)(inv / scale);
 }
 
+#endif
+
 /* In place on w (L, N, STAIR_K): row p becomes the ratios w_{p, p+d} / pivot_p, and first[l, p]
  * 1 less the float ratios to nodes p + 2 ...; inv_pivot[l, p] = 1 / (pivot_p scale[l]). A pivot
  * below floor[l] (scaled) is not trusted: the node is tied rigidly to the next (ratio 1 to it,
@@ -53,10 +56,16 @@ static inline void FN(factor_node)(float *wl, int64_t N, int64_t p, double floor
 void FN(staircase_factor)(int64_t L, int64_t N, int64_t l0, int64_t l1, float *w, const T *floor,
                           const T *scale, T *first, T *inv_pivot) {
     (void)L;
-    for (int64_t l = l0; l < l1; ++l)
+    for (int64_t l = l0; l < l1; ++l) {
+#if STAIR_AVX512
+        stair_factor_avx512(N, w + l * N * STAIR_K, (double)floor[l], (double)scale[l], first + l * N,
+                            inv_pivot + l * N);
+#else
         for (int64_t p = 0; p < N; ++p)
             FN(factor_node)(w + l * N * STAIR_K, N, p, (double)floor[l], (double)scale[l], first + l * N,
                             inv_pivot + l * N);
+#endif
+    }
 }
 
 /* x = M^+ y for the factor above: place yr, yc at their staircase positions (z, N + STAIR_K: the
@@ -80,6 +89,9 @@ void FN(staircase_precondition)(int64_t L, int64_t n, int64_t m, int64_t l0, int
         for (int64_t j = 0; j < m; ++j) zl[cp[j]] = yc[l * m + j];
         for (int64_t d = 0; d < STAIR_K; ++d) zl[N + d] = 0;
     }
+#if STAIR_AVX2
+    stair_substitute_avx2(N, Z, l0, l1, ratio, first, inv_pivot, z);
+#else
     for (int64_t p = 0; p < N - 1; ++p) {
         for (int64_t l = l0; l < l1; ++l) {
             T *zl = z + l * Z;
@@ -107,6 +119,7 @@ void FN(staircase_precondition)(int64_t L, int64_t n, int64_t m, int64_t l0, int
             zl[p] += s;
         }
     }
+#endif
     for (int64_t l = l0; l < l1; ++l) {
         T *zl = z + l * Z;
         const T *ip = inv_pivot + l * N;
