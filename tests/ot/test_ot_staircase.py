@@ -133,3 +133,37 @@ def test_staircase_and_path_solve_the_same_system():
         return p_row * (xr.unsqueeze(-1) - window_gather(xc, band.row_start, band.width))
     fs, fp = flux(xs[0], xs[1]), flux(xp[0], xp[1])
     torch.testing.assert_close(fs, fp, rtol=0, atol=1e-9 * float(fp.abs().max()))
+
+
+def test_generic_build_factors_and_solves_as_the_vector_one(tmp_path, monkeypatch):
+    """The factor and solve of a build without the processor's vector extensions (the plain C loops
+    other machines compile) against this machine's build: the same to float rounding."""
+    from glass_pyg.ot.native import build
+    monkeypatch.setattr(_laplacian, "STAIRCASE_FAR_SHARE", 1.0)
+    band, stair, p_row, _, _ = _plan(300, 350, seed=5, extra=10, decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    yr = torch.randn(2, 300, generator=g, dtype=torch.float64)
+    yc = torch.randn(2, 350, generator=g, dtype=torch.float64)
+    shift = (yr.sum(-1) + yc.sum(-1)) / 650
+    yr, yc = yr - shift.unsqueeze(-1), yc - shift.unsqueeze(-1)
+
+    def solve():
+        op = band_operator(band, stair, p_row, None)
+        xr, xc, dot = op.precondition(yr, yc)
+        return [t.clone() for t in (*op.factor, xr, xc, dot)]
+
+    here = solve()
+    monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "_cpu_flags", lambda: [])
+    monkeypatch.setattr(build, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
+                                          "pool": None, "pool_size": 0})
+    generic = solve()
+    assert native.status() == "compiled ()"  # the plain build
+    ratio, first, inv_pivot, xr, xc, dot = generic
+    torch.testing.assert_close(here[0], ratio, rtol=0, atol=5e-7)
+    torch.testing.assert_close(here[1], first, rtol=0, atol=5e-7)
+    torch.testing.assert_close(here[2], inv_pivot, rtol=1e-6, atol=0)
+    scale = float(torch.cat([xr, xc], -1).abs().max())
+    torch.testing.assert_close(here[3], xr, rtol=0, atol=1e-7 * scale)
+    torch.testing.assert_close(here[4], xc, rtol=0, atol=1e-7 * scale)
+    torch.testing.assert_close(here[5], dot, rtol=1e-7, atol=0)
