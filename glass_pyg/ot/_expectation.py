@@ -104,7 +104,7 @@ class WindowExpectation(torch.autograd.Function):
     def forward(ctx, values: Tensor, x_s: Tensor, x_t: Tensor, perm_s: Tensor, perm_t: Tensor,
                 row_start: Tensor, kind: str) -> Tensor:
         """The expectation per slice; the window's costs are kept (the gradient for the values)."""
-        xs, xt = x_s.detach()[perm_s], x_t.detach()[perm_t]
+        xs, xt = _sorted_points(x_s, perm_s), _sorted_points(x_t, perm_t)
         cost = native.window_costs(xs, xt, row_start, values.shape[-1], kind)
         L = values.shape[0]
         out = torch.bmm(values.detach().reshape(L, 1, -1), cost.reshape(L, -1, 1)).view(L)
@@ -130,6 +130,12 @@ class WindowExpectation(torch.autograd.Function):
             if need_t:
                 g_t = xt.new_zeros(ctx.shapes[1]).index_add_(0, perm_t.reshape(-1), gxt.reshape(-1, d))
         return g_values, g_s, g_t, None, None, None, None
+
+
+def _sorted_points(x: Tensor, perm: Tensor) -> Tensor:
+    """``x[perm]`` ``(L, n, d)`` for ``x`` ``(n, d)`` and ``perm`` ``(L, n)``: one ``index_select`` (half the
+    time of the advanced index)."""
+    return x.detach().index_select(0, perm.reshape(-1)).view(*perm.shape, x.shape[-1])
 
 
 def _scaled_costs(ctx, g: Tensor, costs: Callable[[], Tensor]) -> Tensor:
