@@ -210,8 +210,9 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     first = None
     use = torch.zeros(L, dtype=torch.bool, device=ad.device)
     if init is not None:
-        # a warm start helps only while the scores have moved less than the band: keep it per
-        # slice where one sweep from it leaves a smaller marginal error than one from the exact dual
+        # a warm start helps only where it starts closer than the exact dual (small score moves at
+        # absolute temperature; at rank temperature gamma follows the spacing and the dual moves by
+        # many gammas): keep it per slice where one sweep from it leaves the smaller marginal error
         f_in = torch.gather(_check_init(init[0], L, n, "init[0]").double(), 1, p.perm_s)
         _check_init(init[1], L, m, "init[1]")  # g follows from f by a column update
         phi_w = ((f_in - ref.f0) / ref.gamma.unsqueeze(-1)).to(dt)

@@ -69,8 +69,8 @@ def _cpu_flags() -> list[str]:
     if not {"avx2", "fma"} <= words:
         return []
     flags = ["-mavx2", "-mfma"]
-    # 512-bit registers for the loops that call the vector math library (the sphere chart, the
-    # geodesic costs: about 1.5x); the compiler keeps its 256-bit default for the others
+    # AVX-512: the loops that call the vector math library (the sphere chart, the geodesic costs)
+    # take its 8-wide variants; the compiler keeps its 256-bit default for the others
     if {"avx512f", "avx512dq", "avx512vl"} <= words:
         flags += ["-mavx512f", "-mavx512dq", "-mavx512vl"]
     return flags

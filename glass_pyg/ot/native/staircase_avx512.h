@@ -3,9 +3,9 @@
  *
  * Eliminating node p adds a multiple of its ratios, shifted, to each of the fifteen rows after
  * it, and node p + 1 reads its row at once. In memory the processor cannot forward those shifted
- * stores to the next node's loads, and each node waits for its predecessor's stores (about 70 ns
- * a node). Here row p + k is register k: the update is a lane shift and a multiply-add per row,
- * and moving on to the next node renames the registers. The pivot and the ratios are formed in
+ * stores to the next node's loads, and each node waits for its predecessor's stores. Here row
+ * p + k is register k: the update is a lane shift and a multiply-add per row, and moving on to the
+ * next node renames the registers. The pivot and the ratios are formed in
  * double as there; the updates are fused multiply-adds in float, so the factor agrees with the
  * generic code to float rounding. */
 #include <immintrin.h>
