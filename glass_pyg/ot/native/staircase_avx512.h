@@ -5,24 +5,30 @@
  * it, and node p + 1 reads its row at once. In memory the processor cannot forward those shifted
  * stores to the next node's loads, and each node waits for its predecessor's stores. Here row
  * p + k is register k: the update is a lane shift and a multiply-add per row, and moving on to the
- * next node renames the registers. The pivot and the ratios are formed in
- * double as there; the updates are fused multiply-adds in float, so the factor agrees with the
- * generic code to float rounding. */
+ * next node renames the registers. The pivot and the ratios are formed in double as there; the
+ * updates are fused multiply-adds in float, so the factor agrees with the generic code to float
+ * rounding. */
 #include <immintrin.h>
 
+/* the sixteen lanes of v in double, as two vectors of eight */
+static inline void stair_halves(__m512 v, __m512d *lo, __m512d *hi) {
+    *lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    *hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
 static inline double stair_sum16(__m512 v) {
-    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m512d lo, hi;
+    stair_halves(v, &lo, &hi);
     return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
 /* (float)(v * inv) per lane, the product in double */
 static inline __m512 stair_scale16(__m512 v, double inv) {
     const __m512d s = _mm512_set1_pd(inv);
-    const __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), s));
-    const __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(
-        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), s));
-    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    __m512d lo, hi;
+    stair_halves(v, &lo, &hi);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(lo, s))),
+                              _mm512_cvtpd_ps(_mm512_mul_pd(hi, s)), 1);
 }
 
 /* One slice: w (N, 16) weights in, ratios out; first, inv_pivot (N,) as factor_node. */
