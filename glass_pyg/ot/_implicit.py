@@ -36,23 +36,20 @@ if TYPE_CHECKING:
 class FixedPointPlan(torch.autograd.Function):
     """Plan entries on the band from converged potentials; implicit backward.
 
-    ``theta_row`` are the solver's logits of ``s, t, gamma`` on the band's rows
-    (constants here; the backward differentiates the logits itself). The plan is
-    written over them, entry by entry (a second band-sized buffer would cost as
-    much to fault in as the pass itself); the backward forms them again from
-    ``ref``, the float64 scores and reference dual they were formed from
-    (:func:`~glass_pyg.ot._band.band_logits`), and ``col_logits()`` builds their
-    column layout where the torch backward needs it.
+    ``p_row`` are the converged plan's values on the band's rows, written by the
+    solver over its logits of ``s, t, gamma`` (a second band-sized buffer would
+    cost as much to fault in as the pass itself); the backward differentiates
+    the logits, which it forms again from ``ref``, the float64 scores and
+    reference dual they were formed from (:func:`~glass_pyg.ot._band.band_logits`),
+    and ``col_logits()`` builds their column layout where the torch backward
+    needs it.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, gamma: Tensor, a: Tensor, b: Tensor,
                 phi: Tensor, psi: Tensor, band: Band, stair: Staircase,
-                theta_row: Tensor, ref: Reference, col_logits, cg_tol: float, cg_max_iter: int) -> Tensor:
-        """The plan values from the converged potentials (in ``theta_row``'s storage), saved for
-        the adjoint solve."""
-        p_row = exp_windows(phi, psi, band.row_start, band.width, theta_row, theta_row, band.row_lo,
-                            band.row_hi)
+                p_row: Tensor, ref: Reference, col_logits, cg_tol: float, cg_max_iter: int) -> Tensor:
+        """The plan values of the converged potentials, saved for the adjoint solve."""
         ctx.save_for_backward(s, t, gamma, p_row, phi, psi)
         ctx.band, ctx.stair, ctx.ref, ctx.col_logits = band, stair, ref, col_logits
         ctx.cg = (cg_tol, cg_max_iter)

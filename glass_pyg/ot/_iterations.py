@@ -38,8 +38,25 @@ class SolverState:
     phi: Tensor
     psi: Tensor
     # band-sized buffers reused by successive plans (a fresh multi-megabyte
-    # tensor is page-faulted in at about the cost of two passes over it)
+    # tensor is page-faulted in at about the cost of two passes over it), and
+    # whose column exps the kept buffer holds (kept_for)
     workspace: dict[str, Tensor] = field(default_factory=dict)
+
+    def kept_for(self, phi: Tensor) -> Tensor | None:
+        r"""The column factors :math:`c` when the workspace's kept buffer holds the column exps of
+        ``phi`` (this very tensor) and the compiled kernels run; None otherwise. The plan of ``phi``
+        and its column update is then the kept exps times :math:`c` (``native.kept_plan``)."""
+        kept = self.workspace.get("kept")
+        ok = self.workspace.get("kept_phi") is phi and kept is not None and kept.dtype == phi.dtype and self.native(phi)
+        return self.workspace["kept_c"] if ok else None
+
+    def keep(self, phi: Tensor | None, c: Tensor | None = None) -> None:
+        """Record whose column exps the kept buffer holds (None: being rewritten)."""
+        if phi is None:
+            self.workspace.pop("kept_phi", None)
+            self.workspace.pop("kept_c", None)
+        else:
+            self.workspace["kept_phi"], self.workspace["kept_c"] = phi, c
 
     @property
     def theta_col(self) -> Tensor:
@@ -57,14 +74,25 @@ class SolverState:
 
     def compact_buffer(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         r"""A compact plan buffer of ``dtype`` (the extents only) and its offsets."""
-        if "offsets" not in self.workspace:
-            self.workspace["offsets"] = native.compact_offsets(self.band.row_lo, self.band.row_hi)
-        offsets = self.workspace["offsets"]
+        offsets = self._offsets()
         size = int(offsets[-1])
         buf = self.workspace.get("compact")
         if buf is None or buf.numel() != size or buf.dtype != dtype:
             buf = self.workspace["compact"] = torch.empty(size, dtype=dtype, device=offsets.device)
         return buf, offsets
+
+    def kept_buffer(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        r"""A compact band of ``dtype`` for a sweep's column exps, and its offsets."""
+        offsets = self._offsets()
+        buf = self.workspace.get("kept")
+        if buf is None or buf.numel() != int(offsets[-1]) or buf.dtype != dtype:
+            buf = self.workspace["kept"] = torch.empty(int(offsets[-1]), dtype=dtype, device=offsets.device)
+        return buf, offsets
+
+    def _offsets(self) -> Tensor:
+        if "offsets" not in self.workspace:
+            self.workspace["offsets"] = native.compact_offsets(self.band.row_lo, self.band.row_hi)
+        return self.workspace["offsets"]
 
     def native(self, *x: Tensor) -> bool:
         r"""Whether the compiled kernels take this state's passes (with these vectors)."""
@@ -120,10 +148,16 @@ def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
     return (a * (-torch.expm1(phi - phi_next)).abs()).sum(-1) / a.sum(-1)
 
 
-def plan_row(st: SolverState) -> Tensor:
-    r"""The plan on the row windows."""
+def plan_row(st: SolverState, out: Tensor | None = None) -> Tensor:
+    r"""The plan on the row windows (into ``out`` if given): from the kept column exps where they
+    are ``st.phi``'s, else one exp per entry."""
     b = st.band
-    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, None, b.row_lo, b.row_hi)
+    c = st.kept_for(st.phi)
+    if c is not None:
+        out = torch.empty_like(st.theta_row) if out is None else out
+        return native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
+                                torch.ones_like(c[:, 0]), out, _EXP_LO[c.dtype])
+    return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
 
 
 # log of the smallest ratio min(a) min(b) / max(a) for which a float32 Newton operator (plan
@@ -151,8 +185,14 @@ def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor 
     if narrow:
         row_sum = torch.empty_like(st.phi)
         out, offsets = st.compact_buffer(torch.float32)
+        tiny = torch.finfo(torch.float32).tiny
+        c = st.kept_for(st.phi)
+        if c is not None:
+            p = native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
+                                 log_c.exp(), out, tiny, offsets, row_sum)
+            return p, row_sum, log_c, offsets
         p = native.exp_rows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row, b.row_lo, b.row_hi,
-                            out, row_sum, offsets, floor=math.log(torch.finfo(torch.float32).tiny))
+                            out, row_sum, offsets, floor=math.log(tiny))
         return p, row_sum, log_c, offsets
     p = exp_windows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row,
                     st.buffer("row", st.theta_row), b.row_lo, b.row_hi)
@@ -167,12 +207,45 @@ def plan_col(st: SolverState, log_scale: Tensor | None = None, reuse: bool = Fal
     return exp_windows(st.psi, phi, b.col_start, b.col_width, st.theta_col, out)
 
 
-def first_sweep(st: SolverState, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def sweep(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r"""One sweep from ``phi``: the column update :math:`\psi(\phi)`, the next row potentials and the
-    marginal error of ``phi`` ``(L,)`` (what :func:`sweeps` takes as ``first``)."""
-    psi = col_update(st, phi, st.psi)
-    phi_next = row_update(st, psi, phi)
-    return psi, phi_next, row_error(st, phi, phi_next)
+    marginal error of ``phi`` ``(L,)``; ``psi``, a guess of :math:`\psi(\phi)`, shifts the exps.
+
+    With the compiled kernels the column pass keeps its exps, and the row marginals of
+    :math:`(\phi, \psi(\phi))` are their sums weighted by :math:`b_j / s_j` (``native._sweep``):
+    one exp per band entry, not two. Where a sum leaves the exponent range (a far-off guess),
+    the sweep is redone with exact log-sum-exps."""
+    if psi is not None and st.native(phi, psi):
+        b = st.band
+        keep, offsets = st.kept_buffer(phi.dtype)
+        st.keep(None)  # the buffer is rewritten now
+        shift = st.log_b - psi
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        s = native.col_sums_kept(phi, b.row_start, b.width, st.theta_row, st.log_b.shape[1], b.row_lo, b.row_hi,
+                                 shift, keep, offsets)
+        safe_lo, safe_hi = _SAFE_SUMS[phi.dtype]
+        if bool(((s >= safe_lo) & (s <= safe_hi)).all()):
+            psi_new = st.log_b - (shift + s.log())
+            c = st.log_b.exp() / s
+            r = native.row_dot(c, b.row_start, b.width, b.row_lo, b.row_hi, keep, offsets)
+            if bool(((r >= safe_lo) & (r <= safe_hi)).all()):
+                st.keep(phi, c)
+                a = st.log_a.exp()
+                return psi_new, phi + (st.log_a - r.log()), (a - r).abs().sum(-1) / a.sum(-1)
+    psi_new = col_update(st, phi, psi)
+    phi_next = row_update(st, psi_new, phi)
+    return psi_new, phi_next, row_error(st, phi, phi_next)
+
+
+# the range of shifted sums a sweep trusts, and the smallest plan entry, as the compiled passes have them
+_SAFE_SUMS = {torch.float64: (1e-250, 1e250), torch.float32: (1e-20, 1e20)}
+_EXP_LO = {torch.float64: math.exp(-700.0), torch.float32: math.exp(-87.0)}
+
+
+def first_sweep(st: SolverState, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r""":func:`sweep` from ``phi``, with the state's column potentials as the guess (what :func:`sweeps`
+    takes as ``first``)."""
+    return sweep(st, phi, st.psi)
 
 
 def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int,
@@ -188,9 +261,7 @@ def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int,
     it = 0
     while not (it >= max_iter or (it % check_every == 0 and bool((err <= tol).all()))):
         phi = phi_next
-        psi = col_update(st, phi, psi)
-        phi_next = row_update(st, psi, phi)
-        err = row_error(st, phi, phi_next)
+        psi, phi_next, err = sweep(st, phi, psi)
         it += 1
     st.phi, st.psi = phi, psi
     return it, err
@@ -234,15 +305,17 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
 
         def trial(alpha: float, allowed: Tensor) -> Tensor:
             phi = st.phi + alpha * d_phi
-            psi = col_update(st, phi, st.psi)
-            e = row_error(st, phi, row_update(st, psi, phi))
+            psi, _, e = sweep(st, phi, st.psi)
             # the error is read from phi - phi_next, exact only while |phi| * eps stays below tol: a
             # step to huge potentials (rows of tiny weight, near-singular operator) reads as converged
             sane = phi.abs().amax(-1) < limit
             better = allowed & sane & torch.isfinite(e) & (e < best[2])
-            best[0] = torch.where(better.unsqueeze(-1), phi, best[0])
-            best[1] = torch.where(better.unsqueeze(-1), psi, best[1])
-            best[2] = torch.where(better, e, best[2])
+            if bool(better.all()):  # the trial itself (its column exps stay usable: kept_for)
+                best[0], best[1], best[2] = phi, psi, e
+            else:
+                best[0] = torch.where(better.unsqueeze(-1), phi, best[0])
+                best[1] = torch.where(better.unsqueeze(-1), psi, best[1])
+                best[2] = torch.where(better, e, best[2])
             return better
 
         # Full step, then longer ones while they help: on nearly decoupled

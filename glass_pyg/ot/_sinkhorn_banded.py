@@ -256,10 +256,11 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
     """
     st = sol.st
     if grad == "implicit":
-        st.workspace.clear()  # Newton's buffers, free now
         # the plan takes the logits' storage: the state's logits are spent
-        theta, st.theta_row = st.theta_row, None
-        return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, st.band, p.stair, theta,
+        values = plan_row(st, st.theta_row)
+        st.theta_row = None
+        st.workspace.clear()  # Newton's buffers and the kept exps, free now
+        return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, st.band, p.stair, values,
                                     p.ref, st.col_logits, cg_tol, cg_max_iter)
     with torch.enable_grad():
         ust = SolverState(st.band, *p.logits(st.band, p.ss, p.ts, p.gam), p.a_s.log(), p.b_s.log(),

@@ -32,7 +32,8 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
-           "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "path_precondition", "cg_step",
+           "col_sums_kept", "row_dot", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
+           "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
@@ -146,7 +147,8 @@ def lse_cols(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, lo: Te
 
     def sums(sh: Tensor) -> Tensor:
         acc = x.new_zeros(threads, L, m)
-        _rows("col_sums", x.dtype, L, n, m, width, *args, _ptr(sh), accumulators=list(acc))
+        _rows("col_sums", x.dtype, L, n, m, width, *args, _ptr(sh), _ptr(None), _ptr(None),
+              accumulators=list(acc))
         return acc.sum(0) if threads > 1 else acc[0]
 
     if shift is not None:
@@ -394,3 +396,4 @@ from ._staircase import (  # noqa: E402
     staircase_precondition,
     staircase_weights,
 )
+from ._sweep import col_sums_kept, kept_plan, row_dot  # noqa: E402

@@ -86,10 +86,11 @@ void FN(lse_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
 }
 
 /* Column sums from the row layout: acc[l, j] += sum_i exp(x[l, i] + theta[l, i, j - start] - shift[l, j])
- * (arguments clamped to [LO, HI]); shift is finite. */
+ * (arguments clamped to [LO, HI]); shift is finite. With keep (a compact band at offsets; lo and
+ * hi given), each term is also stored there: a sweep's row pass then needs no exp (row_dot). */
 void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                   const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
-                  const T *theta, const T *shift, T *acc) {
+                  const T *theta, const T *shift, const int64_t *offsets, T *keep, T *acc) {
     for (int64_t l = 0; l < L; ++l) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t r = l * n + i, j0 = l * m + start[r];
@@ -98,6 +99,7 @@ void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
             T buf[CHUNK];
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
+            T *kp = keep ? keep + offsets[r] - a : 0;
             for (int64_t c = a; c < b; c += CHUNK) {  /* clamp, then exp: see exp_sum_clamped */
                 const int64_t len = b - c < CHUNK ? b - c : CHUNK;
 #pragma omp simd
@@ -106,13 +108,44 @@ void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
                     v = v < HI ? v : HI;
                     buf[k] = v > LO ? v : LO;
                 }
+                if (kp) {
 #pragma omp simd
-                for (int64_t k = 0; k < len; ++k) {
-                    const T u = buf[k];
-                    const T e = EXP(u);
-                    ac[c + k] += u > LO ? e : 0;
+                    for (int64_t k = 0; k < len; ++k) {
+                        const T u = buf[k];
+                        const T e = EXP(u);
+                        const T ek = u > LO ? e : 0;
+                        ac[c + k] += ek;
+                        kp[c + k] = ek;
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t k = 0; k < len; ++k) {
+                        const T u = buf[k];
+                        const T e = EXP(u);
+                        ac[c + k] += u > LO ? e : 0;
+                    }
                 }
             }
+        }
+    }
+}
+
+/* Row sums of a compact band times a column vector: out[l, i] = sum_j keep[l, i, j] c[l, j] over
+ * row i's extent (keep at offsets, as col_sums stores it). */
+void FN(row_dot)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                 const T *c, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                 const int64_t *offsets, const T *keep, T *out) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *cs = c + l * m + start[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const T *kp = keep + offsets[r] - a;
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) s += kp[k] * cs[k];
+            out[r] = s;
         }
     }
 }

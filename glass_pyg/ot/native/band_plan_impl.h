@@ -47,6 +47,40 @@ void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
     }
 }
 
+/* Plan entries from a sweep's kept column exps (see col_sums): out[l, i, k] = keep[l, i, k] c[l, j]
+ * scale[l], j = start + k, on the extent (0 where it is at most tiny), 0 elsewhere in a padded window
+ * (out_offsets NULL) or compact at out_offsets; row_sum[l, i] (when not NULL) = the sum of the
+ * entries before rounding to P. keep is compact at offsets. */
+void PFN(kept_plan)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                    const T *c, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                    const int64_t *offsets, const T *keep, const T *scale, T tiny,
+                    const int64_t *out_offsets, P *out, T *row_sum) {
+    for (int64_t l = 0; l < L; ++l) {
+        const T sc = scale[l];
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *cs = c + l * m + start[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const T *kp = keep + offsets[r] - a;
+            P *o = out + row_base(out_offsets, r, W, a);
+            if (!out_offsets)
+                for (int64_t k = 0; k < a; ++k) o[k] = 0;
+            T s = 0;
+#pragma omp simd reduction(+:s)
+            for (int64_t k = a; k < b; ++k) {
+                const T v = kp[k] * cs[k] * sc;
+                const T pv = v > tiny ? v : 0;
+                o[k] = (P)pv;
+                s += pv;
+            }
+            if (!out_offsets)
+                for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
+            if (row_sum) row_sum[r] = s;
+        }
+    }
+}
+
 /* Both products of the bipartite Laplacian's off-diagonal block, from the row layout in one
  * pass: yr[l, i] = sum_k p[l, i, k] xc[l, j] and yc[l, j] += p[l, i, k] xr[l, i], j = start + k.
  * yc accumulates. Entries below tiny count as zeros (products with them go subnormal, which is

@@ -32,7 +32,9 @@ _state: dict = {"lib": None, "reason": None, "tried": False, "disabled": False, 
 # (name, number of int64 scalars first, then pointer / int64 / double / real arguments)
 _SIGNATURES = {
     "lse_rows": "iiiiii" + "ppppppp",
-    "col_sums": "iiiiii" + "ppppppp",
+    "col_sums": "iiiiii" + "ppppppppp",
+    "row_dot": "iiiiii" + "ppppppp",
+    "kept_plan": "iiiiii" + "ppppppp" + "r" + "ppp",
     "col_max": "iiiiii" + "pppppp",
     "exp_rows": "iiiiii" + "ppppppp" + "r" + "pp",
     "band_logits": "iiiiii" + "pppppppp" + "idp",
@@ -55,7 +57,7 @@ _SIGNATURES = {
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
-_MIXED = ("exp_rows", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights")
+_MIXED = ("exp_rows", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights")
 
 
 def _cpu_flags() -> list[str]:

@@ -1,0 +1,136 @@
+"""A sweep with one exp per band entry: the kept column exps, their row sums and the plan made
+from them, against dense references and the sweep of exact log-sum-exps."""
+import math
+
+import pytest
+import torch
+from conftest import staircase_band
+
+from glass_pyg.ot import native, sinkhorn_banded
+from glass_pyg.ot._band import band_logits
+from glass_pyg.ot._iterations import SolverState, col_update, row_update, sweep
+
+pytestmark = pytest.mark.skipif(not native.usable(torch.zeros(1)), reason=native.status())
+
+
+def _band(L, n, m, W, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    start = torch.sort(torch.randint(0, m - W + 1, (L, n), generator=g), -1).values
+    lo = start + torch.randint(0, max(1, W // 3), (L, n), generator=g)
+    hi = (lo + torch.randint(0, W, (L, n), generator=g)).clamp(max=start + W - 1)
+    theta = (-torch.rand(L, n, W, generator=g, dtype=torch.float64) * 40).to(dtype)
+    phi = torch.randn(L, n, generator=g, dtype=torch.float64).to(dtype)
+    return start, lo, hi, theta, phi
+
+
+def _dense(start, lo, hi, values, m):
+    """(L, n, m) with the window values on the extents and 0 elsewhere."""
+    L, n, W = values.shape
+    j = start.unsqueeze(-1) + torch.arange(W)
+    inside = (j >= lo.unsqueeze(-1)) & (j <= hi.unsqueeze(-1))
+    return torch.zeros(L, n, m, dtype=values.dtype).scatter_(2, j, torch.where(inside, values, 0)), inside
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_exps_their_row_sums_and_plan(dtype):
+    L, n, m, W = 2, 300, 700, 25
+    start, lo, hi, theta, phi = _band(L, n, m, W, dtype)
+    e_dense, inside = _dense(start, lo, hi, torch.exp(phi.double().unsqueeze(-1) + theta.double()), m)
+    cols = e_dense.sum(1)
+    covered = cols > 0
+    shift = torch.where(covered, cols.log() - 0.4, torch.zeros_like(cols)).to(dtype)
+    ref_s = (e_dense * torch.exp(-shift.double()).unsqueeze(1)).sum(1)
+    offsets = native.compact_offsets(lo, hi)
+    keep = torch.full((int(offsets[-1]),), float("nan"), dtype=dtype)
+    s = native.col_sums_kept(phi, start, W, theta, m, lo, hi, shift, keep, offsets)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(s.double(), ref_s, rtol=rtol, atol=0)
+    # the kept terms, in extent order row after row
+    terms = (e_dense * torch.exp(-shift.double()).unsqueeze(1))
+    j = start.unsqueeze(-1) + torch.arange(W)
+    ref_keep = torch.gather(terms, 2, j)[inside]
+    torch.testing.assert_close(keep.double(), ref_keep, rtol=rtol, atol=0)
+    c = torch.where(covered, 1 / s.double(), 0).to(dtype) * torch.rand(L, m, dtype=dtype)
+    torch.testing.assert_close(native.row_dot(c, start, W, lo, hi, keep, offsets).double(),
+                               (terms * c.double().unsqueeze(1)).sum(-1), rtol=rtol, atol=1e-30)
+    # the plan: padded in the compute dtype, and compact in float32 with float64 row sums
+    scale = torch.tensor([0.5, 3.0], dtype=dtype)
+    plan_dense = terms * c.double().unsqueeze(1) * scale.double().view(L, 1, 1)
+    tiny = float(plan_dense[plan_dense > 0].median())  # half the entries fall below
+    ref = torch.gather(plan_dense, 2, j) * inside
+    ref = torch.where(ref > tiny, ref, 0)
+    got = native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, torch.full((L, n, W), math.nan, dtype=dtype),
+                           tiny)
+    torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=0)
+    if dtype == torch.float64:
+        out, row_sum = torch.empty(int(offsets[-1]), dtype=torch.float32), torch.empty(L, n, dtype=dtype)
+        native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, out, tiny, offsets, row_sum)
+        torch.testing.assert_close(out, ref[inside].float(), rtol=0, atol=0)
+        torch.testing.assert_close(row_sum, ref.sum(-1), rtol=1e-13, atol=0)
+
+
+def test_kept_layouts_are_checked():
+    start, lo, hi, theta, phi = _band(1, 20, 60, 6, torch.float64)
+    offsets = native.compact_offsets(lo, hi)
+    shift = torch.zeros(1, 60, dtype=torch.float64)
+    with pytest.raises(ValueError, match="keep must be a flat contiguous tensor"):
+        native.col_sums_kept(phi, start, 6, theta, 60, lo, hi, shift,
+                             torch.empty(int(offsets[-1]) - 1, dtype=torch.float64), offsets)
+    with pytest.raises(ValueError, match="keep dtype torch.float64"):
+        native.col_sums_kept(phi, start, 6, theta, 60, lo, hi, shift,
+                             torch.empty(int(offsets[-1]), dtype=torch.float32), offsets)
+
+
+def _state(dtype):
+    s, t, gam, band, stair, f0, g0 = staircase_band(400, 500, 0.05, 12, seed=2)
+    a = torch.full((2, 400), 1.0 / 400, dtype=torch.float64)
+    b = torch.full((2, 500), 1.0 / 500, dtype=torch.float64)
+    theta = band_logits(s, t, gam, band, f0, g0, dtype)
+    return SolverState(band, theta, lambda: band_logits(s, t, gam, band, f0, g0, dtype, "col"),
+                       a.log().to(dtype), b.log().to(dtype), torch.zeros(2, 400, dtype=dtype),
+                       torch.zeros(2, 500, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sweep_is_the_sweep_of_exact_logsumexps(dtype):
+    st = _state(dtype)
+    g = torch.Generator().manual_seed(0)
+    phi = (0.3 * torch.randn(2, 400, generator=g, dtype=torch.float64)).to(dtype)
+    ref_psi = col_update(st, phi)  # no guess: exact log-sum-exps
+    ref_next = row_update(st, ref_psi)
+    a = st.log_a.exp().double()
+    ref_err = (a - a * torch.exp(ref_next.double() - phi.double()).reciprocal()).abs().sum(-1) / a.sum(-1)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    # a close guess takes the kept route; one far outside the exponent range is redone exactly
+    for guess, kept in ((ref_psi + 0.5, True), (ref_psi - 5000.0, False)):
+        psi, phi_next, err = sweep(st, phi, guess)
+        assert (st.kept_for(phi) is not None) == kept
+        torch.testing.assert_close(psi, ref_psi, rtol=rtol, atol=rtol)
+        torch.testing.assert_close(phi_next, ref_next, rtol=rtol, atol=rtol)
+        torch.testing.assert_close(err.double(), ref_err, rtol=1e-3 if dtype == torch.float32 else 1e-9, atol=0)
+    assert st.kept_for(phi.clone()) is None  # the exps belong to that very tensor
+    with native.disabled():
+        assert st.kept_for(phi) is None
+
+
+def test_solver_plan_comes_from_the_kept_exps(monkeypatch):
+    # the final plan and Newton's operator reuse the last sweep's exps: no exp pass of their own
+    calls = {"exp_rows": 0, "kept_plan": 0}
+    def counted(name):
+        f = getattr(native, name)
+
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return f(*args, **kwargs)
+        return spy
+    for name in calls:
+        monkeypatch.setattr(native, name, counted(name))
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(1, 4000, generator=g, dtype=torch.float64), torch.randn(1, 3000, generator=g).double() + 1
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    assert plan.converged.all() and plan.newton_steps >= 1
+    assert calls["exp_rows"] == 0 and calls["kept_plan"] == plan.newton_steps + 1
+    with native.disabled():
+        ref = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    torch.testing.assert_close(plan.cost, ref.cost, rtol=1e-6, atol=0)
+    assert float((plan.values - ref.values).abs().sum()) < 1e-5
