@@ -291,7 +291,7 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
             break
         p_row, row_sum, log_scale, offsets = newton_plan(st)
         op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=cut_floor,
-                           in_place=True, dtype=st.phi.dtype, offsets=offsets)
+                           in_place=True, dtype=st.phi.dtype, offsets=offsets, workspace=st.workspace)
         row_sum = op.row_sum if row_sum is None else row_sum
         # the operator is the scaled Laplacian: scale the right-hand side alike
         rhs_r = torch.where(todo.unsqueeze(-1), log_scale.exp() * a - row_sum, torch.zeros_like(a))

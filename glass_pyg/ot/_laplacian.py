@@ -146,7 +146,8 @@ def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
 
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | Callable[[], Tensor],
                   cut_floor: float = 1e-12, in_place: bool = False,
-                  dtype: torch.dtype | None = None, offsets: Tensor | None = None) -> BandOperator:
+                  dtype: torch.dtype | None = None, offsets: Tensor | None = None,
+                  workspace: dict | None = None) -> BandOperator:
     r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout,
     or a function that builds it: the compiled kernels work from the row layout alone).
     Its vectors have ``dtype`` (default ``p_row``'s); the compiled kernels also take a
@@ -170,7 +171,8 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     Newton takes ``1e-9`` (``1e3`` eps of the dtype in float32).
     Entries in the subnormal range of products are dropped: the compiled kernels read them
     as zeros (the plan is neither copied nor changed); torch zeroes them in a copy, or, with
-    ``in_place``, in ``p_row`` and ``p_col`` themselves.
+    ``in_place``, in ``p_row`` and ``p_col`` themselves. With ``workspace`` the compiled
+    staircase factor lies in its buffer, which the next operator built with it overwrites.
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     dtype = p_row.dtype if dtype is None else dtype
@@ -185,7 +187,7 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
                                               band.row_lo, band.row_hi, offsets, tiny)
         scale = torch.maximum(row_sum.amax(-1), col_sum.amax(-1)).clamp_min(torch.finfo(dtype).tiny)
         w, far = native.staircase_weights(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos, scale,
-                                          band.row_lo, band.row_hi, dtype, offsets, tiny)
+                                          band.row_lo, band.row_hi, dtype, offsets, tiny, workspace)
         if bool((far <= STAIRCASE_FAR_SHARE).all()):
             first, inv_pivot = native.staircase_factor(w, torch.full_like(scale, cut_floor), scale, dtype)
             return BandOperator(band, p_row, None, row_sum, col_sum, stair.row_pos, stair.col_pos, None,

@@ -167,3 +167,34 @@ def test_generic_build_factors_and_solves_as_the_vector_one(tmp_path, monkeypatc
     torch.testing.assert_close(here[3], xr, rtol=0, atol=1e-7 * scale)
     torch.testing.assert_close(here[4], xc, rtol=0, atol=1e-7 * scale)
     torch.testing.assert_close(here[5], dot, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_staircase_weights_are_the_near_couplings(compact):
+    # brute force over every band entry: its pair's distance on the staircase decides its slot or
+    # the far share; zeros and entries below tiny count nowhere
+    band, stair, p_row, cols, inside = _plan(300, 350, seed=5, extra=12)
+    L, n, m = band.shape
+    K = native.STAIRCASE_WIDTH
+    g = torch.Generator().manual_seed(6)
+    p_row = p_row * (torch.rand(p_row.shape, generator=g, dtype=torch.float64) > 0.1)
+    tiny = float(p_row[inside].quantile(0.05))
+    scale = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    offsets = native.compact_offsets(band.row_lo, band.row_hi) if compact else None
+    p = p_row[inside].float().contiguous() if compact else p_row.float()
+    w, far = native.staircase_weights(p, band.row_start, band.width, stair.row_pos, stair.col_pos, scale,
+                                      band.row_lo, band.row_hi, torch.float64, offsets, tiny)
+    ref_w = torch.zeros(L, n + m, K, dtype=torch.float32)
+    ref_far = torch.zeros(L, dtype=torch.float64)
+    for l in range(L):
+        pr = stair.row_pos[l].unsqueeze(-1).expand_as(cols[l])[inside[l]]
+        pc = stair.col_pos[l][cols[l][inside[l]]]
+        v = p_row[l][inside[l]].float().double()
+        counted = (v != 0) & (v >= tiny)
+        d = (pr - pc).abs()
+        near = counted & (d <= K)
+        ref_w[l][torch.minimum(pr, pc)[near], d[near] - 1] = (v[near] / scale[l]).float()
+        ref_far[l] = v[counted & (d > K)].sum() / v[counted].sum()
+    assert (ref_far > 0).all() and (ref_w > 0).sum() > 0.5 * n * L
+    torch.testing.assert_close(w, ref_w, rtol=0, atol=0)
+    torch.testing.assert_close(far, ref_far, rtol=1e-12, atol=0)

@@ -73,17 +73,20 @@ def path_precondition(row_pos: Tensor, col_pos: Tensor, yr: Tensor, yc: Tensor, 
 
 def staircase_weights(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor, scale: Tensor,
                       lo: Tensor | None = None, hi: Tensor | None = None, dtype: torch.dtype | None = None,
-                      offsets: Tensor | None = None, tiny: float = 0.0) -> tuple[Tensor, Tensor]:
+                      offsets: Tensor | None = None, tiny: float = 0.0,
+                      workspace: dict | None = None) -> tuple[Tensor, Tensor]:
     r"""The plan's couplings between staircase nodes at most :data:`STAIRCASE_WIDTH` positions
     apart, divided by ``scale`` (L,): ``w[l, q, d - 1]`` joins the nodes at positions ``q`` and
     ``q + d``, float32 ``(L, n + m, STAIRCASE_WIDTH)``. Entries below ``tiny``, scaled ones below
     ``1e-30`` and farther pairs are left out. ``p`` is padded (L, n, W), or compact with
-    ``offsets``; ``dtype`` is the vectors' (default ``p``'s).
+    ``offsets``; ``dtype`` is the vectors' (default ``p``'s); ``w`` is ``workspace``'s buffer when
+    given (the next call with it overwrites it).
     Also returns the share of each slice's mass that the farther pairs hold, ``(L,)``."""
     L, n, m, start, lo, hi, offsets, row_pos, col_pos, dtype = _plan_pass(p, start, width, row_pos, col_pos, lo,
                                                                          hi, offsets, dtype)
     scale = scale.to(dtype).contiguous()
-    w = torch.zeros(L, n + m, STAIRCASE_WIDTH, dtype=torch.float32, device=p.device)
+    w = _scratch(workspace, "staircase_w", (L, n + m, STAIRCASE_WIDTH), p.new_empty(0, dtype=torch.float32),
+                 zero=True)
     acc = torch.zeros(_threads(L, n, width), L, 2, dtype=dtype)
     _rows("staircase_weights", _plan_suffix(dtype, p.dtype), L, n, m, width, _ptr(p), _ptr(start), _ptr(lo),
           _ptr(hi), _ptr(offsets), float(tiny), _ptr(row_pos), _ptr(col_pos), _ptr(scale), _ptr(w),

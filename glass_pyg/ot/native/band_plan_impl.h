@@ -203,12 +203,25 @@ void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
     }
 }
 
+/* Mass of the entries pi[k], a <= k < b, that are at least tiny (and not 0). */
+static inline double PFN(kept_mass)(const P *pi, int64_t a, int64_t b, T tiny) {
+    double s = 0;
+#pragma omp simd reduction(+:s)
+    for (int64_t k = a; k < b; ++k) {
+        const double v = (double)pi[k];
+        s += (v != 0 && (T)pi[k] >= tiny) ? v : 0;
+    }
+    return s;
+}
+
 /* Near couplings of the staircase: entry (i, j) of p whose nodes lie 1 <= d <= STAIR_K apart on
  * the staircase (positions row_pos, col_pos) is written, divided by scale[l], to
  * w[l, min(pos_i, pos_j), d - 1] (float w (L, n + m, STAIR_K), zero-initialised by the caller;
  * every pair of nodes is one entry, so rows can be split between threads). Entries below tiny,
  * scaled ones below STAIR_MIN and farther pairs are left out; acc (2 L, per thread)
- * accumulates each slice's total mass and the mass of the farther pairs. */
+ * accumulates each slice's total mass and the mass of the farther pairs. A row's column
+ * positions increase along its window, so its near entries are one run, found by counting; the
+ * far ones on either side are only summed. */
 void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                             const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
                             const int64_t *offsets, T tiny, const int64_t *row_pos,
@@ -224,17 +237,26 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
             const P *pi = p + row_base(offsets, r, W, a);
+            /* [k1, k2): the entries with |pc - pr| <= STAIR_K, counted (branch-free) */
+            int64_t k1 = a, k2 = a;
+#pragma omp simd reduction(+:k1, k2)
             for (int64_t k = a; k < b; ++k) {
-                const int64_t d = pc[k] > pr ? pc[k] - pr : pr - pc[k];
-                if (pi[k] == 0 || (T)pi[k] < tiny) continue;
-                total += (double)pi[k];
-                if (d > STAIR_K) {
-                    far += (double)pi[k];
-                } else if (d > 0) {
-                    const double v = (double)pi[k] * inv;
-                    if (v >= STAIR_MIN) wl[(pc[k] < pr ? pc[k] : pr) * STAIR_K + d - 1] = (float)v;
-                }
+                k1 += pc[k] < pr - STAIR_K;
+                k2 += pc[k] <= pr + STAIR_K;
             }
+            const double fr = PFN(kept_mass)(pi, a, k1, tiny) + PFN(kept_mass)(pi, k2, b, tiny);
+            double near = 0;
+            for (int64_t k = k1; k < k2; ++k) {
+                const double v = (double)pi[k];
+                const int ok = v != 0 && (T)pi[k] >= tiny;
+                near += ok ? v : 0;
+                const int64_t d = pc[k] > pr ? pc[k] - pr : pr - pc[k];
+                const double sv = v * inv;
+                /* each slot is one pair's: writing 0 for a pair left out keeps it 0 */
+                if (d > 0) wl[(pc[k] < pr ? pc[k] : pr) * STAIR_K + d - 1] = ok && sv >= STAIR_MIN ? (float)sv : 0.0f;
+            }
+            far += fr;
+            total += fr + near;
         }
         acc[2 * l] += (T)total;
         acc[2 * l + 1] += (T)far;
