@@ -8,13 +8,15 @@ banded solver at absolute and at rank temperature, the dense log-domain
 solver, POT ``sinkhorn_log``, ``torchsort.soft_sort`` (if installed) and
 ``torch.sort`` (the floor). Reports median wall time,
 iterations, stored entries, band width, the size of the stored plan, the
-banded solve's peak memory (resident set above its level before the solve,
+banded solve's peak memory (resident set above its live level before the solve,
 sampled every 2 ms) and the L1 plan error against the dense plan where the
 dense solver ran.
 """
 from __future__ import annotations
 
 import csv
+import ctypes
+import gc
 import math
 import os
 import statistics
@@ -75,8 +77,20 @@ class BenchConfig:
     seed: int = 0
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that is free but still resident back to the system (glibc keeps freed blocks
+    of up to its adaptive threshold, 32 MiB, in its heap), so that resident memory measures what
+    is live: without it an earlier solve's freed blocks are reused unseen and a peak reads as 0."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _peak_memory(fn):
-    """``fn()`` and its peak resident memory above the level before it, in MiB (sampled)."""
+    """``fn()`` and its peak resident memory above the live level before it, in MiB (sampled)."""
+    _release_freed_memory()
     base = rss_mib()
     peak = [base]
     done = threading.Event()
