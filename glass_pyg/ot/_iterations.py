@@ -219,19 +219,17 @@ def sweep(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> tuple[Tens
         b = st.band
         keep, offsets = st.kept_buffer(phi.dtype)
         st.keep(None)  # the buffer is rewritten now
-        shift = st.log_b - psi
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = native.sweep_shift(st.log_b, psi)
         s = native.col_sums_kept(phi, b.row_start, b.width, st.theta_row, st.log_b.shape[1], b.row_lo, b.row_hi,
                                  shift, keep, offsets)
-        safe_lo, safe_hi = _SAFE_SUMS[phi.dtype]
-        if bool(((s >= safe_lo) & (s <= safe_hi)).all()):
-            psi_new = st.log_b - (shift + s.log())
-            c = st.log_b.exp() / s
+        safe = _SAFE_SUMS[phi.dtype]
+        psi_new, c, ok = native.sweep_cols(s, shift, st.log_b, safe)
+        if ok:
             r = native.row_dot(c, b.row_start, b.width, b.row_lo, b.row_hi, keep, offsets)
-            if bool(((r >= safe_lo) & (r <= safe_hi)).all()):
+            phi_next, err, ok = native.sweep_rows(r, phi, st.log_a, safe)
+            if ok:
                 st.keep(phi, c)
-                a = st.log_a.exp()
-                return psi_new, phi + (st.log_a - r.log()), (a - r).abs().sum(-1) / a.sum(-1)
+                return psi_new, phi_next, err
     psi_new = col_update(st, phi, psi)
     phi_next = row_update(st, psi_new, phi)
     return psi_new, phi_next, row_error(st, phi, phi_next)

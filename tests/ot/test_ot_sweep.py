@@ -139,3 +139,36 @@ def test_solver_plan_comes_from_the_kept_exps(monkeypatch):
         ref = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
     torch.testing.assert_close(plan.cost, ref.cost, rtol=1e-6, atol=0)
     assert float((plan.values - ref.values).abs().sum()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sweep_vector_updates_against_torch(dtype):
+    g = torch.Generator().manual_seed(7)
+    L, n, m = 2, 500, 400
+    log_b = (torch.rand(L, m, generator=g, dtype=torch.float64) + 0.5).log().to(dtype)
+    psi = torch.randn(L, m, generator=g, dtype=torch.float64).to(dtype)
+    psi[0, :3] = torch.tensor([math.inf, -math.inf, math.nan])
+    shift = native.sweep_shift(log_b, psi)
+    ref = log_b - psi
+    assert torch.equal(shift, torch.where(torch.isfinite(ref), ref, 0))
+    rtol = 1e-6 if dtype == torch.float32 else 1e-14
+    safe = (1e-20, 1e20)
+    s = (torch.rand(L, m, generator=g, dtype=torch.float64) * 10 + 0.1).to(dtype)
+    psi_new, c, ok = native.sweep_cols(s, shift, log_b, safe)
+    assert ok
+    torch.testing.assert_close(psi_new, log_b - (shift + s.log()), rtol=rtol, atol=rtol)
+    torch.testing.assert_close(c, log_b.exp() / s, rtol=rtol, atol=0)
+    for bad in (0.0, 1e30, math.inf):
+        s2 = s.clone()
+        s2[1, 7] = bad
+        assert not native.sweep_cols(s2, shift, log_b, safe)[2]
+    log_a = torch.full((L, n), -math.log(n), dtype=torch.float64).to(dtype)
+    phi = torch.randn(L, n, generator=g, dtype=torch.float64).to(dtype)
+    r = (log_a.exp().double() * (1 + 0.01 * torch.randn(L, n, generator=g, dtype=torch.float64))).to(dtype)
+    phi_next, err, ok = native.sweep_rows(r, phi, log_a, safe)
+    assert ok and err.shape == (L,) and err.dtype == dtype
+    torch.testing.assert_close(phi_next, phi + (log_a - r.log()), rtol=rtol, atol=rtol)
+    a = log_a.double().exp()
+    torch.testing.assert_close(err.double(), (a - r.double()).abs().sum(-1) / a.sum(-1), rtol=rtol, atol=0)
+    r[0, 3] = 0.0
+    assert not native.sweep_rows(r, phi, log_a, safe)[2]

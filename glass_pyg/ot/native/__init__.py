@@ -32,7 +32,8 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
-           "col_sums_kept", "row_dot", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
+           "col_sums_kept", "row_dot", "kept_plan", "sweep_shift", "sweep_cols", "sweep_rows",
+           "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
            "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
@@ -396,4 +397,4 @@ from ._staircase import (  # noqa: E402
     staircase_precondition,
     staircase_weights,
 )
-from ._sweep import col_sums_kept, kept_plan, row_dot  # noqa: E402
+from ._sweep import col_sums_kept, kept_plan, row_dot, sweep_cols, sweep_rows, sweep_shift  # noqa: E402

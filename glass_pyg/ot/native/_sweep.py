@@ -7,9 +7,10 @@ plan :math:`(\phi, \psi)` are :math:`r_i = \sum_j e_{ij}\, b_j / s_j`: a multipl
 where a row log-sum-exp takes an exp."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from . import _extents, _plan_layout, _plan_suffix, _ptr, _rows, _threads, _windows
+from . import _extents, _library, _plan_layout, _plan_suffix, _ptr, _rows, _suffix, _threads, _windows
 
 
 def _kept_layout(keep: Tensor, offsets: Tensor, L: int, n: int) -> Tensor:
@@ -73,3 +74,39 @@ def kept_plan(c: Tensor, start: Tensor, width: int, lo: Tensor, hi: Tensor, keep
     _rows("kept_plan", _plan_suffix(c.dtype, out.dtype), L, n, m, width, _ptr(c), _ptr(start), _ptr(lo), _ptr(hi),
           _ptr(offsets), _ptr(keep), _ptr(scale), float(tiny), _ptr(out_offsets), _ptr(out), _ptr(row_sum))
     return out
+
+
+def _vector_kernel(name: str, dtype):
+    return getattr(_library(), f"{name}_{_suffix(dtype)}")
+
+
+def sweep_shift(log_b: Tensor, psi: Tensor) -> Tensor:
+    r"""The shift of a sweep's column pass, :math:`\log b - \psi` (0 where not finite): (L, m) -> (L, m)."""
+    log_b, psi = log_b.contiguous(), psi.to(log_b.dtype).contiguous()
+    out = torch.empty_like(log_b)
+    _vector_kernel("sweep_shift", log_b.dtype)(log_b.numel(), _ptr(log_b), _ptr(psi), _ptr(out))
+    return out
+
+
+def sweep_cols(s: Tensor, shift: Tensor, log_b: Tensor, safe: tuple[float, float]) -> tuple[Tensor, Tensor, bool]:
+    r"""A sweep's column update from its shifted sums ``s`` (L, m): :math:`\psi = \log b - (h + \log s)`,
+    the row pass's factors :math:`c = b / s`, and whether every sum lies in ``safe``."""
+    s, shift, log_b = s.contiguous(), shift.contiguous(), log_b.contiguous()
+    psi, c = torch.empty_like(s), torch.empty_like(s)
+    unsafe = torch.zeros(1, dtype=torch.int64)
+    _vector_kernel("sweep_cols", s.dtype)(s.numel(), _ptr(s), _ptr(shift), _ptr(log_b), *safe, _ptr(psi), _ptr(c),
+                                          _ptr(unsafe))
+    return psi, c, int(unsafe) == 0
+
+
+def sweep_rows(r: Tensor, phi: Tensor, log_a: Tensor, safe: tuple[float, float]) -> tuple[Tensor, Tensor, bool]:
+    r"""A sweep's row update from the row marginals ``r`` (L, n) of :math:`(\phi, \psi(\phi))`:
+    :math:`\phi + \log a - \log r`, the relative L1 marginal error per slice (L,), and whether every
+    marginal lies in ``safe``."""
+    r, phi, log_a = r.contiguous(), phi.contiguous(), log_a.contiguous()
+    L, n = r.shape
+    phi_next, err = torch.empty_like(r), r.new_empty(L)
+    unsafe = torch.zeros(1, dtype=torch.int64)
+    _vector_kernel("sweep_rows", r.dtype)(L, n, _ptr(r), _ptr(phi), _ptr(log_a), *safe, _ptr(phi_next), _ptr(err),
+                                          _ptr(unsafe))
+    return phi_next, err, int(unsafe) == 0

@@ -20,11 +20,15 @@
 #include <stdint.h>
 
 #if defined(__GLIBC__)
-/* glibc's libmvec provides SIMD variants of exp (linked through libm). */
+/* glibc's libmvec provides SIMD variants of exp and log (linked through libm). */
 #pragma omp declare simd notinbranch
 double exp(double);
 #pragma omp declare simd notinbranch
 float expf(float);
+#pragma omp declare simd notinbranch
+double log(double);
+#pragma omp declare simd notinbranch
+float logf(float);
 #pragma omp declare simd notinbranch
 double atan2(double, double);
 #pragma omp declare simd notinbranch

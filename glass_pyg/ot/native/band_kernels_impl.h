@@ -150,6 +150,51 @@ void FN(row_dot)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t
     }
 }
 
+/* The shift of a sweep's column pass: shift = log_b - psi, 0 where that is not finite. */
+void FN(sweep_shift)(int64_t len, const T *log_b, const T *psi, T *shift) {
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+        const T v = log_b[j] - psi[j];
+        shift[j] = v - v == 0 ? v : 0;  /* v - v is NaN for infinities and NaNs */
+    }
+}
+
+/* A sweep's column update from its shifted sums s: psi = log_b - (shift + log s) and the row
+ * pass's factors c = exp(log_b) / s; unsafe[0] counts the sums outside [safe_lo, safe_hi]. */
+void FN(sweep_cols)(int64_t len, const T *s, const T *shift, const T *log_b, T safe_lo, T safe_hi,
+                    T *psi, T *c, int64_t *unsafe) {
+    int64_t bad = 0;
+#pragma omp simd reduction(+:bad)
+    for (int64_t j = 0; j < len; ++j) {
+        const T sj = s[j];
+        bad += !(sj >= safe_lo && sj <= safe_hi);
+        psi[j] = log_b[j] - (shift[j] + LOG(sj));
+        c[j] = EXP(log_b[j]) / sj;
+    }
+    unsafe[0] = bad;
+}
+
+/* A sweep's row update from the row marginals r of (phi, psi(phi)): phi_next = phi + (log_a - log r)
+ * and, per slice, the relative L1 marginal error err[l] = sum |a - r| / sum a (in double);
+ * unsafe[0] counts the marginals outside [safe_lo, safe_hi]. */
+void FN(sweep_rows)(int64_t L, int64_t n, const T *r, const T *phi, const T *log_a, T safe_lo, T safe_hi,
+                    T *phi_next, T *err, int64_t *unsafe) {
+    int64_t bad = 0;
+    for (int64_t l = 0; l < L; ++l) {
+        double num = 0, den = 0;
+#pragma omp simd reduction(+:bad, num, den)
+        for (int64_t i = l * n; i < (l + 1) * n; ++i) {
+            const T ri = r[i], a = EXP(log_a[i]);
+            bad += !(ri >= safe_lo && ri <= safe_hi);
+            phi_next[i] = phi[i] + (log_a[i] - LOG(ri));
+            num += fabs((double)a - (double)ri);
+            den += (double)a;
+        }
+        err[l] = (T)(num / den);
+    }
+    unsafe[0] = bad;
+}
+
 /* Column maxima from the row layout: acc[l, j] = max(acc[l, j], x[l, i] + theta[l, i, j - start]). */
 void FN(col_max)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                  const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
