@@ -231,16 +231,19 @@ void FN(band_logits)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int
             const int64_t r = l * n + i, j0 = start[r];
             const double *ys = y + l * m + j0, *fys = fy + l * m + j0;
             const double xi = x[r], fxi = fx[r];
-            const int64_t a = lo ? lo[r] - j0 : 0, b = lo ? hi[r] - j0 : W - 1;
+            int64_t a = lo ? lo[r] - j0 : 0, b = lo ? hi[r] - j0 + 1 : W;
+            a = a < 0 ? 0 : (a > W ? W : a);
+            b = b > W ? W : (b < a ? a : b);
             T *o = out + r * W;
+            for (int64_t k = 0; k < a; ++k) o[k] = (T)floor;
 #pragma omp simd
-            for (int64_t k = 0; k < W; ++k) {
+            for (int64_t k = a; k < b; ++k) {
                 const double d = xi - ys[k];
                 const double dd = d * d;
-                double v = transposed ? -((dd - fys[k]) - fxi) / g : -((dd - fxi) - fys[k]) / g;
-                v = v > floor ? v : floor;
-                o[k] = (T)(k >= a && k <= b ? v : floor);
+                const double v = transposed ? -((dd - fys[k]) - fxi) / g : -((dd - fxi) - fys[k]) / g;
+                o[k] = (T)(v > floor ? v : floor);
             }
+            for (int64_t k = b; k < W; ++k) o[k] = (T)floor;
         }
     }
 }
