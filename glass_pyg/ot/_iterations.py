@@ -156,7 +156,7 @@ def plan_row(st: SolverState, out: Tensor | None = None) -> Tensor:
     if c is not None:
         out = torch.empty_like(st.theta_row) if out is None else out
         return native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
-                                torch.ones_like(c[:, 0]), out, _EXP_LO[c.dtype])
+                                torch.ones_like(c[:, 0]), out, math.exp(native.EXP_FLOOR[c.dtype]))
     return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
 
 
@@ -222,7 +222,7 @@ def sweep(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> tuple[Tens
         shift = native.sweep_shift(st.log_b, psi)
         s = native.col_sums_kept(phi, b.row_start, b.width, st.theta_row, st.log_b.shape[1], b.row_lo, b.row_hi,
                                  shift, keep, offsets)
-        safe = _SAFE_SUMS[phi.dtype]
+        safe = native.SAFE_SUMS[phi.dtype]
         psi_new, c, ok = native.sweep_cols(s, shift, st.log_b, safe)
         if ok:
             r = native.row_dot(c, b.row_start, b.width, b.row_lo, b.row_hi, keep, offsets)
@@ -234,10 +234,6 @@ def sweep(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> tuple[Tens
     phi_next = row_update(st, psi_new, phi)
     return psi_new, phi_next, row_error(st, phi, phi_next)
 
-
-# the range of shifted sums a sweep trusts, and the smallest plan entry, as the compiled passes have them
-_SAFE_SUMS = {torch.float64: (1e-250, 1e250), torch.float32: (1e-20, 1e20)}
-_EXP_LO = {torch.float64: math.exp(-700.0), torch.float32: math.exp(-87.0)}
 
 
 def first_sweep(st: SolverState, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

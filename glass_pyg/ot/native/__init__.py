@@ -43,6 +43,10 @@ __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "
            "staircase_precondition"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
+#: the range of shifted exp sums the kernels trust (SAFE_LO, SAFE_HI in the C source), and the
+#: exponent below which their terms are exact zeros (LO), per dtype
+SAFE_SUMS = {torch.float64: (1e-250, 1e250), torch.float32: (1e-20, 1e20)}
+EXP_FLOOR = {torch.float64: -700.0, torch.float32: -87.0}
 
 
 def _threads(L: int, n: int, width: int) -> int:
@@ -158,7 +162,7 @@ def lse_cols(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, lo: Te
             raise ValueError(f"shift must have shape {(L, m)}, got {tuple(shift.shape)}")
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         s = sums(shift)
-        safe_lo, safe_hi = (1e-250, 1e250) if x.dtype == torch.float64 else (1e-20, 1e20)
+        safe_lo, safe_hi = SAFE_SUMS[x.dtype]
         ok = (s >= safe_lo) & (s <= safe_hi)
         if bool(ok.all()):
             return shift + s.log()
@@ -350,40 +354,6 @@ def band_extent(s: Tensor, t: Tensor, f0: Tensor, g0: Tensor, gamma: Tensor, phi
     return lo, hi
 
 
-def votes_topk(s_ptr: Tensor, s_idx: Tensor, perm: Tensor, t_ptr: Tensor, t_idx: Tensor, m: int,
-               keep: int) -> tuple[Tensor, Tensor] | None:
-    r"""The ``keep`` largest neighbourhood votes of every row of :math:`W = A_s \Pi A_t^\top`.
-
-    ``A_s`` (n x n) and ``A_t`` (m x m) are symmetric 0/1 adjacencies given by their CSR
-    arrays (no duplicate entries; ``m < 2^31``), ``perm`` (n,) the matching (``-1``: unmatched).
-    Row ``i`` of ``W`` counts, per target ``j``, the neighbours of ``i`` matched to neighbours of
-    ``j``; ties at the ``keep``-th count go to the smaller columns. Returns ``(cols, votes)``,
-    both ``(n, keep)`` (int64, int32), ``cols`` ``-1`` past a row's entries; None without the
-    compiled kernels. ``O(sum_i sum_{k ~ i} deg(perm[k]))`` time, rows split between threads.
-    """
-    if _library() is None:
-        return None
-    if m >= 2 ** 31:
-        return None
-    args = [x.detach().cpu().to(torch.int32 if k in (1, 4) else torch.int64).contiguous()
-            for k, x in enumerate((s_ptr, s_idx, perm, t_ptr, t_idx))]
-    n = args[0].numel() - 1
-    max_deg = int((args[0][1:] - args[0][:-1]).max()) if n > 0 else 0
-    cols = torch.empty(n, keep, dtype=torch.int64)
-    votes = torch.empty(n, keep, dtype=torch.int32)
-    threads = max(1, min(torch.get_num_threads(), n // 64 or 1))
-    calls, work = [], []
-    for lo, hi in _ranges(n, threads):
-        # touched has one spare slot: the kernel writes a column before it knows whether it is new
-        space = (torch.zeros(m, dtype=torch.int32), torch.empty(m + 1, dtype=torch.int64),
-                 torch.empty(m, dtype=torch.int64), torch.zeros(max_deg + 2, dtype=torch.int64))
-        work.append(space)  # kept alive until the kernels return
-        calls.append((_library().votes_topk, n, m, keep, lo, hi, *(_ptr(a) for a in args),
-                      *(_ptr(w) for w in space), _ptr(cols), _ptr(votes)))
-    _parallel(calls)
-    return cols, votes
-
-
 # the passes around the solver, in their own modules (they use the helpers above)
 from ._adjoint import implicit_grad, product_sums  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
@@ -398,3 +368,4 @@ from ._staircase import (  # noqa: E402
     staircase_weights,
 )
 from ._sweep import col_sums_kept, kept_plan, row_dot, sweep_cols, sweep_rows, sweep_shift  # noqa: E402
+from ._votes import votes_topk  # noqa: E402
