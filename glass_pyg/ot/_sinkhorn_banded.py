@@ -121,7 +121,9 @@ def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | N
             or ``"unrolled"`` (backpropagate through the Sinkhorn sweeps).
         method: ``"newton"`` (Sinkhorn warm-up, then damped Newton steps with
             a preconditioned CG solve) or ``"sinkhorn"`` (sweeps only).
-        init: warm start ``(f, g)`` in score units, original order.
+        init: warm start ``(f, g)`` in score units, original order. A slice takes it where one
+            sweep from it leaves a smaller error than from the exact dual, and drops it again
+            (starts cold) where Newton stalls from it; ``warm_started`` says where it was kept.
         compute_dtype: internal dtype, float64 by default for every input dtype (the
             results come back in the input's). ``torch.float32`` halves the band's memory,
             but its marginal error bottoms out near ``1e-5`` to ``1e-4`` at large ``n``,
@@ -232,6 +234,18 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
             k, _, err = newton(st, p.stair, max_newton, tol, err, cg_max_iter)
             newton_steps += k
             total_iter += k
+            stalled = use & (err > tol)
+            if bool(stalled.any()):
+                # a warm start can lead where damped Newton stalls (its first sweep is no guide to
+                # that: rank temperature, scores moved by 100 gamma): those slices start again cold
+                use = use & ~stalled
+                st.phi = torch.where(stalled.unsqueeze(-1), torch.zeros_like(st.phi), st.phi)
+                st.psi = torch.where(stalled.unsqueeze(-1), torch.zeros_like(st.psi), st.psi)
+                it, err = sweeps(st, min(max(max_iter - total_iter, 0), newton_warmup), tol, check_every)
+                total_iter += it
+                k, _, err = newton(st, p.stair, max_newton, tol, err, cg_max_iter)
+                newton_steps += k
+                total_iter += k
             if bool((err > tol).any()) and total_iter < max_iter:
                 it, err = sweeps(st, max_iter - total_iter, tol, check_every)
                 total_iter += it
