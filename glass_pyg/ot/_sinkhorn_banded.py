@@ -225,30 +225,33 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
         first = tuple(torch.where(use.view(-1, *[1] * (c.dim() - 1)), w, c) for c, w in zip(cold, warm))
     phi0, psi0 = st.phi, st.psi
     total_iter = newton_steps = 0
-    for _ in range(max_band_rounds):
+
+    def warm_up_and_newton(first=None) -> Tensor:
+        # the warm-up sweeps (all sweeps for method="sinkhorn"), then Newton's steps where needed
+        nonlocal total_iter, newton_steps
         left = max(max_iter - total_iter, 0)
         it, err = sweeps(st, min(left, newton_warmup) if method == "newton" else left, tol, check_every, first)
-        first = None
         total_iter += it
         if method == "newton" and bool((err > tol).any()):
             k, _, err = newton(st, p.stair, max_newton, tol, err, cg_max_iter)
             newton_steps += k
             total_iter += k
-            stalled = use & (err > tol)
-            if bool(stalled.any()):
-                # a warm start can lead where damped Newton stalls (its first sweep is no guide to
-                # that: rank temperature, scores moved by 100 gamma): those slices start again cold
-                use = use & ~stalled
-                st.phi = torch.where(stalled.unsqueeze(-1), torch.zeros_like(st.phi), st.phi)
-                st.psi = torch.where(stalled.unsqueeze(-1), torch.zeros_like(st.psi), st.psi)
-                it, err = sweeps(st, min(max(max_iter - total_iter, 0), newton_warmup), tol, check_every)
-                total_iter += it
-                k, _, err = newton(st, p.stair, max_newton, tol, err, cg_max_iter)
-                newton_steps += k
-                total_iter += k
-            if bool((err > tol).any()) and total_iter < max_iter:
-                it, err = sweeps(st, max_iter - total_iter, tol, check_every)
-                total_iter += it
+        return err
+
+    for _ in range(max_band_rounds):
+        err = warm_up_and_newton(first)
+        first = None
+        stalled = use & (err > tol)
+        if method == "newton" and bool(stalled.any()):
+            # a warm start can lead where damped Newton stalls (its first sweep is no guide to
+            # that: rank temperature, scores moved by 100 gamma): those slices start again cold
+            use = use & ~stalled
+            st.phi, st.psi, phi0, psi0 = (torch.where(stalled.unsqueeze(-1), torch.zeros_like(x), x)
+                                          for x in (st.phi, st.psi, phi0, psi0))
+            err = warm_up_and_newton()
+        if method == "newton" and bool((err > tol).any()) and total_iter < max_iter:
+            it, err = sweeps(st, max_iter - total_iter, tol, check_every)
+            total_iter += it
         omitted, ok = certify(st, ref, bd)
         ok = ok & (omitted <= band_eps * bd.double().sum(-1))
         if bool(ok.all()) or is_full(band, m):
