@@ -203,8 +203,8 @@ void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
     }
 }
 
-/* Mass of the entries pi[k], a <= k < b, that are at least tiny (and not 0). */
-static inline double PFN(kept_mass)(const P *pi, int64_t a, int64_t b, T tiny) {
+/* Mass of the entries pi[k], a <= k < b, that count: at least tiny (and not 0). */
+static inline double PFN(counted_mass)(const P *pi, int64_t a, int64_t b, T tiny) {
     double s = 0;
 #pragma omp simd reduction(+:s)
     for (int64_t k = a; k < b; ++k) {
@@ -244,7 +244,7 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
                 k1 += pc[k] < pr - STAIR_K;
                 k2 += pc[k] <= pr + STAIR_K;
             }
-            const double fr = PFN(kept_mass)(pi, a, k1, tiny) + PFN(kept_mass)(pi, k2, b, tiny);
+            const double fr = PFN(counted_mass)(pi, a, k1, tiny) + PFN(counted_mass)(pi, k2, b, tiny);
             double near = 0;
             for (int64_t k = k1; k < k2; ++k) {
                 const double v = (double)pi[k];
