@@ -26,12 +26,16 @@ from ._row_blocks import blockwise, window_gather, window_inside
 class SolverState:
     r"""Potentials on a band, with the logits they are paired with.
 
-    The column layout of the logits is built on first use (``col_logits``): the
-    compiled kernels reduce over columns from the row layout and never need it.
+    The row layout of the logits is formed on first use (``row_logits`` may be the function that
+    forms it), and with a ``source`` it is seldom needed: a sweep's column pass forms each logit
+    from the float64 reference on the fly (``native.col_sums_kept``), and Newton's plans and the
+    final plan come from the kept exps; only fallbacks (exact log-sum-exps, the torch route) read
+    the tensor. The column layout is built on first use (``col_logits``): the compiled kernels
+    reduce over columns from the row layout and never need it.
     """
 
     band: Band
-    theta_row: Tensor
+    row_logits: Tensor | Callable[[], Tensor] | None  # None: spent on the plan
     col_logits: Callable[[], Tensor]
     log_a: Tensor
     log_b: Tensor
@@ -41,6 +45,37 @@ class SolverState:
     # tensor is page-faulted in at about the cost of two passes over it), and
     # whose column exps the kept buffer holds (kept_for)
     workspace: dict[str, Tensor] = field(default_factory=dict)
+    #: the float64 reference the compiled column pass forms the logits from (None: it reads them)
+    source: native.LogitReference | None = None
+
+    @property
+    def theta_row(self) -> Tensor:
+        """The row-major logits of the band ``(L, n, W)`` (formed once, then reused)."""
+        if callable(self.row_logits):
+            self.row_logits = self.row_logits()
+        return self.row_logits
+
+    def reserve_plan(self) -> None:
+        r"""Allocate the final plan's buffer now, to be written last (:meth:`plan_buffer`): pages not
+        yet written take no memory, and an allocator that keeps freed memory for reuse (the command
+        line's) then places it before the solve's other buffers, not after them."""
+        self.workspace["plan"] = _band_sized(self.band, self.phi)
+
+    def plan_buffer(self) -> Tensor:
+        r"""Where the final plan goes ``(L, n, W)``: the row logits' own storage where they are formed
+        or the plan needs them (no kept exps of ``phi``), else the reserved buffer or a fresh one;
+        the logits are spent once the plan is written there."""
+        if callable(self.row_logits) and self.kept_for(self.phi) is not None:
+            plan = self.workspace.pop("plan", None)
+            return _band_sized(self.band, self.phi) if plan is None else plan
+        return self.theta_row
+
+    def trim(self) -> None:
+        """Drop the workspace's buffers but the kept exps (the plan of ``phi`` is made from them) and
+        the plan's reserved buffer."""
+        kept = {k: v for k, v in self.workspace.items() if k in ("kept", "kept_phi", "kept_c", "offsets", "plan")}
+        self.workspace.clear()
+        self.workspace.update(kept)
 
     def kept_for(self, phi: Tensor) -> Tensor | None:
         r"""The column factors :math:`c` when the workspace's kept buffer holds the column exps of
@@ -96,7 +131,12 @@ class SolverState:
 
     def native(self, *x: Tensor) -> bool:
         r"""Whether the compiled kernels take this state's passes (with these vectors)."""
-        return native.usable(self.theta_row, *x)
+        return native.usable(self.phi if self.source is not None else self.theta_row, *x)
+
+
+def _band_sized(band: Band, like: Tensor) -> Tensor:
+    L, n, _ = band.shape
+    return torch.empty(L, n, band.width, dtype=like.dtype, device=like.device)
 
 
 def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
@@ -154,7 +194,7 @@ def plan_row(st: SolverState, out: Tensor | None = None) -> Tensor:
     b = st.band
     c = st.kept_for(st.phi)
     if c is not None:
-        out = torch.empty_like(st.theta_row) if out is None else out
+        out = _band_sized(b, c) if out is None else out
         return native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
                                 torch.ones_like(c[:, 0]), out, math.exp(native.EXP_FLOOR[c.dtype]))
     return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
@@ -220,8 +260,9 @@ def sweep(st: SolverState, phi: Tensor, psi: Tensor | None = None) -> tuple[Tens
         keep, offsets = st.kept_buffer(phi.dtype)
         st.keep(None)  # the buffer is rewritten now
         shift = native.sweep_shift(st.log_b, psi)
-        s = native.col_sums_kept(phi, b.row_start, b.width, st.theta_row, st.log_b.shape[1], b.row_lo, b.row_hi,
-                                 shift, keep, offsets)
+        logits = st.source if st.source is not None else st.theta_row
+        s = native.col_sums_kept(phi, b.row_start, b.width, logits, st.log_b.shape[1], b.row_lo, b.row_hi, shift,
+                                 keep, offsets)
         safe = native.SAFE_SUMS[phi.dtype]
         psi_new, c, ok = native.sweep_cols(s, shift, st.log_b, safe)
         if ok:

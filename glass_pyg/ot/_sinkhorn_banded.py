@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._band import Band, Staircase, band_logits, make_band, reference_dual, staircase
+from . import native
+from ._band import Band, Staircase, band_logits, logit_floor, make_band, reference_dual, staircase
 from ._certificate import Reference, certify, extent, is_full, widen
 from ._expectation import BandCost
 from ._implicit import FixedPointPlan
@@ -62,13 +63,18 @@ class _Problem:
         return self.ts.shape[1]
 
     def logits(self, band: Band, s: Tensor | None = None, t: Tensor | None = None,
-               gam: Tensor | None = None) -> tuple[Tensor, Callable[[], Tensor]]:
-        r"""Row logits of ``band`` now, and the column layout's on demand (detached float64 scores
-        unless others are given)."""
+               gam: Tensor | None = None) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
+        r"""What forms the row and the column layout's logits of ``band`` on demand (from the
+        detached float64 scores unless others are given)."""
         r = self.ref
         s, t, gam = (r.s if s is None else s), (r.t if t is None else t), (r.gamma if gam is None else gam)
-        return (band_logits(s, t, gam, band, r.f0, r.g0, self.dtype),
+        return (lambda: band_logits(s, t, gam, band, r.f0, r.g0, self.dtype),
                 lambda: band_logits(s, t, gam, band, r.f0, r.g0, self.dtype, "col"))
+
+    def source(self) -> native.LogitReference:
+        r"""The float64 reference the compiled column pass forms the logits from."""
+        r = self.ref
+        return native.LogitReference(r.s, r.t, r.f0, r.g0, r.gamma, logit_floor(self.dtype))
 
 
 @dataclass
@@ -208,7 +214,8 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     log_eps = math.log(band_eps)
     band = make_band(*extent(ref, p.stair, m, log_eps - math.log(max(n, m)) - 1.0), m)
     st = SolverState(band, *p.logits(band), log_a, log_b, torch.zeros_like(ad).to(dt),
-                     torch.zeros_like(bd).to(dt))
+                     torch.zeros_like(bd).to(dt), source=p.source())
+    st.reserve_plan()
     first = None
     use = torch.zeros(L, dtype=torch.bool, device=ad.device)
     if init is not None:
@@ -257,7 +264,8 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
         if bool(ok.all()) or is_full(band, m):
             break
         band = widen(band, *extent(ref, p.stair, m, log_eps, st.phi, st.psi, st.log_a, st.log_b), m)
-        st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi)
+        st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi, source=p.source())
+        st.reserve_plan()
     if is_full(band, m):
         omitted = torch.zeros_like(omitted)
     return _Solution(st, phi0, psi0, err, omitted, total_iter, newton_steps, use)
@@ -273,10 +281,12 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
     """
     st = sol.st
     if grad == "implicit":
-        # the plan takes the logits' storage: the state's logits are spent
-        values = plan_row(st, st.theta_row)
-        st.theta_row = None
-        st.workspace.clear()  # Newton's buffers and the kept exps, free now
+        # Newton's buffers go before the plan's (the peak); the plan takes the logits' storage where
+        # they were formed: the state's logits are spent
+        st.trim()
+        values = plan_row(st, st.plan_buffer())
+        st.row_logits = None
+        st.workspace.clear()  # the kept exps, free now
         return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, st.band, p.stair, values,
                                     p.ref, st.col_logits, cg_tol, cg_max_iter)
     with torch.enable_grad():

@@ -19,7 +19,7 @@ def _state(monkeypatch, block_entries):
     def spy(st, stair, *args):
         out = newton(st, stair, *args)
         # the solver's state after Newton (the plan later takes its logits' storage)
-        captured["st"] = dataclasses.replace(st, theta_row=st.theta_row.clone(), workspace={})
+        captured["st"] = dataclasses.replace(st, row_logits=st.theta_row.clone(), workspace={})
         captured["stair"] = stair
         return out
 

@@ -7,7 +7,7 @@ import torch
 from conftest import staircase_band
 
 from glass_pyg.ot import native, sinkhorn_banded
-from glass_pyg.ot._band import band_logits
+from glass_pyg.ot._band import band_logits, logit_floor
 from glass_pyg.ot._iterations import SolverState, col_update, row_update, sweep
 
 pytestmark = pytest.mark.skipif(not native.usable(torch.zeros(1)), reason=native.status())
@@ -116,6 +116,50 @@ def test_sweep_is_the_sweep_of_exact_logsumexps(dtype):
     assert st.kept_for(phi.clone()) is None  # the exps belong to that very tensor
     with native.disabled():
         assert st.kept_for(phi) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_column_pass_forms_the_logits_bitwise(dtype):
+    # the pass that forms each logit from the float64 reference gives bitwise the sums and the kept
+    # exps of the pass that reads the formed logits
+    s, t, gam, band, stair, f0, g0 = staircase_band(400, 500, 0.05, 12, seed=5)
+    theta = band_logits(s, t, gam, band, f0, g0, dtype)
+    ref = native.LogitReference(s, t, f0, g0, gam, logit_floor(dtype))
+    g = torch.Generator().manual_seed(2)
+    phi = (0.3 * torch.randn(2, 400, generator=g, dtype=torch.float64)).to(dtype)
+    shift = (torch.randn(2, 500, generator=g, dtype=torch.float64) - 2.0).to(dtype)
+    offsets = native.compact_offsets(band.row_lo, band.row_hi)
+    got, want = (torch.full((int(offsets[-1]),), math.nan, dtype=dtype) for _ in range(2))
+    args = (band.row_start, band.width)
+    rest = (500, band.row_lo, band.row_hi, shift)
+    s_got = native.col_sums_kept(phi, *args, ref, *rest, got, offsets)
+    s_want = native.col_sums_kept(phi, *args, theta, *rest, want, offsets)
+    assert torch.equal(s_got, s_want) and torch.equal(got, want)
+    assert bool((s_got > 0).all()) and int((got > 0).sum()) > got.numel() // 2
+    with pytest.raises(ValueError, match="a logit reference needs"):
+        native.col_sums_kept(phi, *args, ref._replace(t=t[:, :-1]), *rest, got, offsets)
+
+
+def test_solve_forms_no_row_logits(monkeypatch):
+    # the column passes form the logits on the fly and the plans come from the kept exps: the row
+    # layout is never formed, and the plan is bitwise that of a solve that forms and reads it
+    import glass_pyg.ot._sinkhorn_banded as banded
+
+    formed = []
+    band_logits_ = banded.band_logits
+
+    def spy(*args, **kwargs):
+        formed.append(args[-1] if len(args) > 7 else "row")
+        return band_logits_(*args, **kwargs)
+    monkeypatch.setattr(banded, "band_logits", spy)
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(2, 3000, generator=g, dtype=torch.float64), torch.randn(2, 2500, generator=g).double() + 1
+    plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    assert plan.converged.all() and plan.newton_steps >= 1 and formed == []
+    monkeypatch.setattr(banded._Problem, "source", lambda self: None)
+    ref = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    assert formed == ["row"]
+    assert torch.equal(plan.values, ref.values) and torch.equal(plan.f, ref.f) and torch.equal(plan.g, ref.g)
 
 
 def test_solver_plan_comes_from_the_kept_exps(monkeypatch):

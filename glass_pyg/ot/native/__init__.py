@@ -32,7 +32,7 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
-           "col_sums_kept", "row_dot", "kept_plan", "sweep_shift", "sweep_cols", "sweep_rows",
+           "col_sums_kept", "LogitReference", "row_dot", "kept_plan", "sweep_shift", "sweep_cols", "sweep_rows",
            "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
            "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
@@ -367,5 +367,5 @@ from ._staircase import (  # noqa: E402
     staircase_precondition,
     staircase_weights,
 )
-from ._sweep import col_sums_kept, kept_plan, row_dot, sweep_cols, sweep_rows, sweep_shift  # noqa: E402
+from ._sweep import LogitReference, col_sums_kept, kept_plan, row_dot, sweep_cols, sweep_rows, sweep_shift  # noqa: E402
 from ._votes import votes_topk  # noqa: E402

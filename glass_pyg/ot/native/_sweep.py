@@ -7,10 +7,25 @@ plan :math:`(\phi, \psi)` are :math:`r_i = \sum_j e_{ij}\, b_j / s_j`: a multipl
 where a row log-sum-exp takes an exp."""
 from __future__ import annotations
 
+import ctypes
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from . import _extents, _library, _plan_layout, _plan_suffix, _ptr, _rows, _suffix, _threads, _windows
+
+
+class LogitReference(NamedTuple):
+    r"""What the band's logits are formed from: float64 scores ``s`` (L, n), ``t`` (L, m), reference
+    dual ``f0``, ``g0`` and ``gamma`` (L,), and the floor; :math:`\theta_{ij} = \max(-((s_i - t_j)^2 - f^0_i
+    - g^0_j)/\gamma, \text{floor})`, bitwise as :func:`band_logits` forms it."""
+    s: Tensor
+    t: Tensor
+    f0: Tensor
+    g0: Tensor
+    gamma: Tensor
+    floor: float
 
 
 def _kept_layout(keep: Tensor, offsets: Tensor, L: int, n: int) -> Tensor:
@@ -21,14 +36,18 @@ def _kept_layout(keep: Tensor, offsets: Tensor, L: int, n: int) -> Tensor:
     return offsets
 
 
-def col_sums_kept(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, lo: Tensor, hi: Tensor,
-                  shift: Tensor, keep: Tensor, offsets: Tensor) -> Tensor:
+def col_sums_kept(x: Tensor, start: Tensor, width: int, theta: Tensor | LogitReference, m: int, lo: Tensor,
+                  hi: Tensor, shift: Tensor, keep: Tensor, offsets: Tensor) -> Tensor:
     r"""Shifted column sums :math:`s_j = \sum_i \exp(x_i + \theta_{ij} - h_j)` over the rows whose extent
-    ``lo <= j <= hi`` holds ``j``: ``x`` (L, n), ``theta`` (L, n, W), ``shift`` :math:`h` (L, m), finite
-    -> (L, m). Each term (arguments clamped to the exponent range, 0 below it) is written to ``keep``
-    (x's dtype, flat) at ``offsets`` (:func:`compact_offsets` of ``lo``, ``hi``)."""
+    ``lo <= j <= hi`` holds ``j``: ``x`` (L, n), ``shift`` :math:`h` (L, m), finite -> (L, m). Each term
+    (arguments clamped to the exponent range, 0 below it) is written to ``keep`` (x's dtype, flat) at
+    ``offsets`` (:func:`compact_offsets` of ``lo``, ``hi``).
+
+    ``theta`` is the band's logits (L, n, W), or the :class:`LogitReference` they are formed from: the
+    pass then forms each logit on the fly, bitwise as the tensor would hold it, and reads nothing
+    band-sized (the logits' loads from memory bound the pass)."""
     L, n = x.shape
-    x, start, theta = x.contiguous(), _windows(start, width, m), theta.contiguous()
+    x, start = x.contiguous(), _windows(start, width, m)
     lo, hi = _extents(lo, hi)
     offsets = _kept_layout(keep, offsets, L, n)
     if shift.shape != (L, m) or keep.dtype != x.dtype:
@@ -36,8 +55,19 @@ def col_sums_kept(x: Tensor, start: Tensor, width: int, theta: Tensor, m: int, l
                          f"and {keep.dtype}")
     shift = shift.to(x.dtype).contiguous()
     acc = x.new_zeros(_threads(L, n, width), L, m)
-    _rows("col_sums", x.dtype, L, n, m, width, _ptr(x), _ptr(start), _ptr(lo), _ptr(hi), _ptr(theta), _ptr(shift),
-          _ptr(offsets), _ptr(keep), accumulators=list(acc))
+    if isinstance(theta, LogitReference):
+        ref = [v.to(torch.float64).contiguous() for v in (theta.s, theta.t, theta.f0, theta.g0, theta.gamma)]
+        if ref[0].shape != (L, n) or ref[1].shape != (L, m) or ref[2].shape != (L, n) or ref[3].shape != (L, m) \
+                or ref[4].numel() != L:
+            raise ValueError(f"a logit reference needs s, f0 of shape {(L, n)}, t, g0 of shape {(L, m)} and "
+                             f"{L} gammas; got {[tuple(v.shape) for v in ref]}")
+        _rows("col_sums_ref", x.dtype, L, n, m, width, _ptr(x), _ptr(start), _ptr(lo), _ptr(hi),
+              *(_ptr(v) for v in ref), ctypes.c_double(theta.floor), _ptr(shift), _ptr(offsets), _ptr(keep),
+              accumulators=list(acc))
+    else:
+        theta = theta.contiguous()
+        _rows("col_sums", x.dtype, L, n, m, width, _ptr(x), _ptr(start), _ptr(lo), _ptr(hi), _ptr(theta),
+              _ptr(shift), _ptr(offsets), _ptr(keep), accumulators=list(acc))
     return acc.sum(0) if acc.shape[0] > 1 else acc[0]
 
 

@@ -85,6 +85,28 @@ void FN(lse_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
     }
 }
 
+/* Exps of a chunk of clamped arguments buf[0, len) into the columns ac (and into kp, when given):
+ * arguments at LO count as zeros. */
+static inline void FN(chunk_exps)(const T *buf, int64_t len, T *ac, T *kp) {
+    if (kp) {
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) {
+            const T u = buf[k];
+            const T e = EXP(u);
+            const T ek = u > LO ? e : 0;
+            ac[k] += ek;
+            kp[k] = ek;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) {
+            const T u = buf[k];
+            const T e = EXP(u);
+            ac[k] += u > LO ? e : 0;
+        }
+    }
+}
+
 /* Column sums from the row layout: acc[l, j] += sum_i exp(x[l, i] + theta[l, i, j - start] - shift[l, j])
  * (arguments clamped to [LO, HI]); shift is finite. With keep (a compact band at offsets; lo and
  * hi given), each term is also stored there: a sweep's row pass then needs no exp (row_dot). */
@@ -108,23 +130,42 @@ void FN(col_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_
                     v = v < HI ? v : HI;
                     buf[k] = v > LO ? v : LO;
                 }
-                if (kp) {
+                FN(chunk_exps)(buf, len, ac + c, kp ? kp + c : 0);
+            }
+        }
+    }
+}
+
+/* col_sums with the logits formed on the fly from the float64 reference, exactly as band_logits
+ * forms them (theta = max(-((sd_i - td_j)^2 - f0_i) - g0_j) / gd, floor), rounded to T): the pass
+ * reads no band-sized input, only writes keep (compact, at offsets; lo and hi required). */
+void FN(col_sums_ref)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const T *x, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      const double *sd, const double *td, const double *f0, const double *g0,
+                      const double *gd, double floor, const T *shift, const int64_t *offsets, T *keep,
+                      T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        const double g = gd[l];
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const T xi = x[r], *sh = shift + j0;
+            const double si = sd[r], fi = f0[r], *ts = td + j0, *gs = g0 + j0;
+            T *ac = acc + j0;
+            T buf[CHUNK];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T *kp = keep ? keep + offsets[r] - a : 0;
+            for (int64_t c = a; c < b; c += CHUNK) {
+                const int64_t len = b - c < CHUNK ? b - c : CHUNK;
 #pragma omp simd
-                    for (int64_t k = 0; k < len; ++k) {
-                        const T u = buf[k];
-                        const T e = EXP(u);
-                        const T ek = u > LO ? e : 0;
-                        ac[c + k] += ek;
-                        kp[c + k] = ek;
-                    }
-                } else {
-#pragma omp simd
-                    for (int64_t k = 0; k < len; ++k) {
-                        const T u = buf[k];
-                        const T e = EXP(u);
-                        ac[c + k] += u > LO ? e : 0;
-                    }
+                for (int64_t k = 0; k < len; ++k) {
+                    const double d = si - ts[c + k];
+                    const double th = -((d * d - fi) - gs[c + k]) / g;
+                    T v = (xi + (T)(th > floor ? th : floor)) - sh[c + k];
+                    v = v < HI ? v : HI;
+                    buf[k] = v > LO ? v : LO;
                 }
+                FN(chunk_exps)(buf, len, ac + c, kp ? kp + c : 0);
             }
         }
     }

@@ -33,6 +33,7 @@ _state: dict = {"lib": None, "reason": None, "tried": False, "disabled": False, 
 _SIGNATURES = {
     "lse_rows": "iiiiii" + "ppppppp",
     "col_sums": "iiiiii" + "ppppppppp",
+    "col_sums_ref": "iiiiii" + "pppp" + "ppppp" + "d" + "pppp",
     "row_dot": "iiiiii" + "ppppppp",
     "kept_plan": "iiiiii" + "ppppppp" + "r" + "ppp",
     "sweep_shift": "i" + "ppp",
