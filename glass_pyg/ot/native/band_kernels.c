@@ -11,7 +11,8 @@
  * its fast path past the underflow point); above HI they are clamped, which only
  * happens when a guessed shift is far off and the caller redoes the row exactly.
  *
- * band_kernels_impl.h holds the kernels once for a real type T; it is included twice.
+ * band_kernels_impl.h holds the kernels once for a real type T; it is included twice, as is
+ * sweep_impl.h (a sweep's passes).
  * band_plan_impl.h holds the kernels that write or read the plan, for a compute type T and
  * the plan's storage type P; it is included for (double, double), (double, float) and
  * (float, float).
@@ -76,6 +77,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define SAFE_LO 1e-250
 #define SAFE_HI 1e250
 #include "band_kernels_impl.h"
+#include "sweep_impl.h"
 #include "sphere_chart_impl.h"
 #include "window_costs_impl.h"
 /* the staircase factor's passes with float64 vectors keep their sliding windows in registers */
@@ -131,6 +133,7 @@ static inline int64_t row_base(const int64_t *offsets, int64_t r, int64_t W, int
 #define SAFE_LO 1e-20f
 #define SAFE_HI 1e20f
 #include "band_kernels_impl.h"
+#include "sweep_impl.h"
 #include "sphere_chart_impl.h"
 #include "window_costs_impl.h"
 #include "staircase_impl.h"

@@ -19,7 +19,8 @@ from torch import Tensor
 from ..._atomic import atomic_path
 
 _DIR = Path(__file__).parent
-_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "band_plan_impl.h",
+_SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "sweep_impl.h",
+            _DIR / "band_plan_impl.h",
             _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h",
             _DIR / "window_costs_impl.h", _DIR / "staircase_impl.h", _DIR / "staircase_avx2.h",
             _DIR / "staircase_avx512.h")
