@@ -188,15 +188,17 @@ def row_error(st: SolverState, phi: Tensor, phi_next: Tensor) -> Tensor:
     return (a * (-torch.expm1(phi - phi_next)).abs()).sum(-1) / a.sum(-1)
 
 
-def plan_row(st: SolverState, out: Tensor | None = None) -> Tensor:
+def plan_row(st: SolverState, out: Tensor | None = None, row_sum: Tensor | None = None) -> Tensor:
     r"""The plan on the row windows (into ``out`` if given): from the kept column exps where they
-    are ``st.phi``'s, else one exp per entry."""
+    are ``st.phi``'s, else one exp per entry. ``row_sum`` (L, n), when given, receives the plan's row
+    sums where the plan comes from the kept exps (:meth:`SolverState.kept_for`; untouched otherwise)."""
     b = st.band
     c = st.kept_for(st.phi)
     if c is not None:
         out = _band_sized(b, c) if out is None else out
         return native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
-                                torch.ones_like(c[:, 0]), out, math.exp(native.EXP_FLOOR[c.dtype]))
+                                torch.ones_like(c[:, 0]), out, math.exp(native.EXP_FLOOR[c.dtype]),
+                                row_sum=row_sum)
     return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
 
 
@@ -205,10 +207,10 @@ def plan_row(st: SolverState, out: Tensor | None = None) -> Tensor:
 _FLOAT32_OPERATOR_MIN_LOG = -35.0
 
 
-def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor | None]:
     r"""The plan for Newton's operator, scaled by :math:`c = 1/\max_i a_i` per slice: the
-    plan, its row sums (None: take the operator's), :math:`\log c` ``(L, 1)`` and the offsets
-    of a compact plan (None: padded, ``(L, n, W)``).
+    plan, its row and column sums (None: take the operator's), :math:`\log c` ``(L, 1)`` and
+    the offsets of a compact plan (None: padded, ``(L, n, W)``).
 
     With the compiled kernels and float64 potentials the plan is compact (each row's
     extent only, about half the padded window) and stored in float32: each of the
@@ -228,15 +230,16 @@ def newton_plan(st: SolverState) -> tuple[Tensor, Tensor | None, Tensor, Tensor 
         tiny = torch.finfo(torch.float32).tiny
         c = st.kept_for(st.phi)
         if c is not None:
+            col_sum = torch.empty_like(st.psi)
             p = native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
-                                 log_c.exp(), out, tiny, offsets, row_sum)
-            return p, row_sum, log_c, offsets
+                                 log_c.exp(), out, tiny, offsets, row_sum, col_sum)
+            return p, row_sum, col_sum, log_c, offsets
         p = native.exp_rows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row, b.row_lo, b.row_hi,
                             out, row_sum, offsets, floor=math.log(tiny))
-        return p, row_sum, log_c, offsets
+        return p, row_sum, None, log_c, offsets
     p = exp_windows(st.phi + log_c, st.psi, b.row_start, b.width, st.theta_row,
                     st.buffer("row", st.theta_row), b.row_lo, b.row_hi)
-    return p, None, log_c, None
+    return p, None, None, log_c, None
 
 
 def plan_col(st: SolverState, log_scale: Tensor | None = None, reuse: bool = False) -> Tensor:
@@ -324,9 +327,10 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         todo = err > tol
         if not bool(todo.any()):
             break
-        p_row, row_sum, log_scale, offsets = newton_plan(st)
+        p_row, row_sum, col_sum, log_scale, offsets = newton_plan(st)
         op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=cut_floor,
-                           in_place=True, dtype=st.phi.dtype, offsets=offsets, workspace=st.workspace)
+                           in_place=True, dtype=st.phi.dtype, offsets=offsets, workspace=st.workspace,
+                           sums=None if col_sum is None else (row_sum, col_sum))
         row_sum = op.row_sum if row_sum is None else row_sum
         # the operator is the scaled Laplacian: scale the right-hand side alike
         rhs_r = torch.where(todo.unsqueeze(-1), log_scale.exp() * a - row_sum, torch.zeros_like(a))

@@ -147,7 +147,7 @@ def _drop_subnormal_range(p: Tensor, in_place: bool) -> Tensor:
 def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | Callable[[], Tensor],
                   cut_floor: float = 1e-12, in_place: bool = False,
                   dtype: torch.dtype | None = None, offsets: Tensor | None = None,
-                  workspace: dict | None = None) -> BandOperator:
+                  workspace: dict | None = None, sums: tuple[Tensor, Tensor] | None = None) -> BandOperator:
     r"""The Laplacian of the banded plan ``p_row`` (row layout) / ``p_col`` (column layout,
     or a function that builds it: the compiled kernels work from the row layout alone).
     Its vectors have ``dtype`` (default ``p_row``'s); the compiled kernels also take a
@@ -173,6 +173,9 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
     as zeros (the plan is neither copied nor changed); torch zeroes them in a copy, or, with
     ``in_place``, in ``p_row`` and ``p_col`` themselves. With ``workspace`` the compiled
     staircase factor lies in its buffer, which the next operator built with it overwrites.
+    ``sums``, the plan's row and column sums where its maker formed them (``native.kept_plan``: before
+    rounding to float32), spare the compiled kernels their pass; they scale and ground the
+    preconditioner only (the products take the difference form).
     """
     n, m = band.row_start.shape[1], band.col_start.shape[1]
     dtype = p_row.dtype if dtype is None else dtype
@@ -181,10 +184,9 @@ def band_operator(band: Band, stair: Staircase, p_row: Tensor, p_col: Tensor | C
         # multiplied in the vectors' dtype and only needs its entries normal
         tiny = 0.0 if offsets is not None else torch.finfo(p_row.dtype).tiny ** (
             0.5 if dtype == p_row.dtype else 1.0)
-        row_sum, col_sum = native.band_matvec(p_row, band.row_start, band.width,
-                                              torch.ones_like(stair.a_start, dtype=dtype),
-                                              torch.ones_like(stair.b_start, dtype=dtype),
-                                              band.row_lo, band.row_hi, offsets, tiny)
+        row_sum, col_sum = sums if sums is not None else native.band_matvec(
+            p_row, band.row_start, band.width, torch.ones_like(stair.a_start, dtype=dtype),
+            torch.ones_like(stair.b_start, dtype=dtype), band.row_lo, band.row_hi, offsets, tiny)
         scale = torch.maximum(row_sum.amax(-1), col_sum.amax(-1)).clamp_min(torch.finfo(dtype).tiny)
         w, far = native.staircase_weights(p_row, band.row_start, band.width, stair.row_pos, stair.col_pos, scale,
                                           band.row_lo, band.row_hi, dtype, offsets, tiny, workspace)

@@ -89,6 +89,7 @@ class _Solution:
     iterations: int
     newton_steps: int
     warm_started: Tensor  #: (L,) bool, whether the start was the caller's warm start
+    plan_row_sum: Tensor | None = None  #: (L, n) the returned plan's row sums, where its pass formed them
 
 
 def sinkhorn_banded(s: Tensor, t: Tensor, a: Tensor | None = None, b: Tensor | None = None,
@@ -284,7 +285,8 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
         # Newton's buffers go before the plan's (the peak); the plan takes the logits' storage where
         # they were formed: the state's logits are spent
         st.trim()
-        values = plan_row(st, st.plan_buffer())
+        sol.plan_row_sum = torch.empty_like(st.phi) if st.kept_for(st.phi) is not None else None
+        values = plan_row(st, st.plan_buffer(), sol.plan_row_sum)
         st.row_logits = None
         st.workspace.clear()  # the kept exps, free now
         return FixedPointPlan.apply(p.ss, p.ts, p.gam, p.a_s, p.b_s, st.phi, st.psi, st.band, p.stair, values,
@@ -322,7 +324,8 @@ def _finish(p: _Problem, sol: _Solution, values: Tensor, tol: float, warn: bool)
     # the solver's error comes from its potentials; the plan's own row sums are the truth (columns are
     # exact after the last column update): report the larger, so no plan is called converged wrongly
     a_sorted = st.log_a.detach().exp().double()
-    direct = blockwise(lambda sl: values[:, sl].detach().double().sum(-1), L, n, band.width, ss.device)
+    direct = (sol.plan_row_sum.double() if sol.plan_row_sum is not None else
+              blockwise(lambda sl: values[:, sl].detach().double().sum(-1), L, n, band.width, ss.device))
     err = torch.maximum(sol.err.double(), (direct - a_sorted).abs().sum(-1) / a_sorted.sum(-1)).to(sol.err.dtype)
     converged = err <= tol
     if warn and not bool(converged.all()):

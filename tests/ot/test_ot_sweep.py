@@ -64,14 +64,20 @@ def test_kept_exps_their_row_sums_and_plan(dtype):
     tiny = float((v[i] * v[i + 1]).sqrt())
     ref = torch.gather(plan_dense, 2, j) * inside
     ref = torch.where(ref > tiny, ref, 0)
+    col_sum = torch.full((L, m), math.nan, dtype=dtype)
     got = native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, torch.full((L, n, W), math.nan, dtype=dtype),
-                           tiny)
+                           tiny, col_sum=col_sum)
     torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=0)
+    ref_cols = torch.zeros(L, m, dtype=torch.float64).scatter_add_(1, j.reshape(L, -1), ref.reshape(L, -1))
+    torch.testing.assert_close(col_sum.double(), ref_cols, rtol=rtol, atol=0)
     if dtype == torch.float64:
         out, row_sum = torch.empty(int(offsets[-1]), dtype=torch.float32), torch.empty(L, n, dtype=dtype)
-        native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, out, tiny, offsets, row_sum)
+        native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, out, tiny, offsets, row_sum, col_sum)
         torch.testing.assert_close(out, ref[inside].float(), rtol=0, atol=0)
         torch.testing.assert_close(row_sum, ref.sum(-1), rtol=1e-13, atol=0)
+        torch.testing.assert_close(col_sum, ref_cols, rtol=1e-13, atol=0)
+        with pytest.raises(ValueError, match="col_sum must be a contiguous"):
+            native.kept_plan(c, start, W, lo, hi, keep, offsets, scale, out, tiny, offsets, row_sum, col_sum[:, 1:])
 
 
 def test_kept_layouts_are_checked():
@@ -163,8 +169,9 @@ def test_solve_forms_no_row_logits(monkeypatch):
 
 
 def test_solver_plan_comes_from_the_kept_exps(monkeypatch):
-    # the final plan and Newton's operator reuse the last sweep's exps: no exp pass of their own
-    calls = {"exp_rows": 0, "kept_plan": 0}
+    # the final plan and Newton's operator reuse the last sweep's exps: no exp pass of their own, and
+    # no pass for the operator's row and column sums
+    calls = {"exp_rows": 0, "kept_plan": 0, "band_matvec": 0}
     def counted(name):
         f = getattr(native, name)
 
@@ -178,7 +185,7 @@ def test_solver_plan_comes_from_the_kept_exps(monkeypatch):
     s, t = torch.randn(1, 4000, generator=g, dtype=torch.float64), torch.randn(1, 3000, generator=g).double() + 1
     plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
     assert plan.converged.all() and plan.newton_steps >= 1
-    assert calls["exp_rows"] == 0 and calls["kept_plan"] == plan.newton_steps + 1
+    assert calls["exp_rows"] == 0 and calls["band_matvec"] == 0 and calls["kept_plan"] == plan.newton_steps + 1
     with native.disabled():
         ref = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
     torch.testing.assert_close(plan.cost, ref.cost, rtol=1e-6, atol=0)

@@ -87,11 +87,11 @@ def row_dot(c: Tensor, start: Tensor, width: int, lo: Tensor, hi: Tensor, keep: 
 
 def kept_plan(c: Tensor, start: Tensor, width: int, lo: Tensor, hi: Tensor, keep: Tensor, offsets: Tensor,
               scale: Tensor, out: Tensor, tiny: float = 0.0, out_offsets: Tensor | None = None,
-              row_sum: Tensor | None = None) -> Tensor:
+              row_sum: Tensor | None = None, col_sum: Tensor | None = None) -> Tensor:
     r"""The plan :math:`k_{ij} c_j\,\sigma_l` of a sweep's kept exps ``keep`` (compact at ``offsets``),
     ``c`` (L, m) and ``scale`` :math:`\sigma` (L,), entries at most ``tiny`` set to 0, written into ``out``:
     padded (L, n, W), or compact at ``out_offsets``; of ``c``'s dtype, or float32 for float64. ``row_sum``
-    (L, n), when given, receives the row sums before rounding."""
+    (L, n) and ``col_sum`` (L, m), when given, receive the row and column sums before rounding."""
     L, m = c.shape
     n = start.shape[1]
     c, start = c.contiguous(), _windows(start, width, m)
@@ -99,10 +99,18 @@ def kept_plan(c: Tensor, start: Tensor, width: int, lo: Tensor, hi: Tensor, keep
     offsets = _kept_layout(keep, offsets, L, n)
     out_offsets = _plan_layout(out, L, n, width, out_offsets, lo)
     scale = scale.to(c.dtype).reshape(L).contiguous()
-    if row_sum is not None and (row_sum.shape != (L, n) or row_sum.dtype != c.dtype or not row_sum.is_contiguous()):
-        raise ValueError(f"row_sum must be a contiguous {c.dtype} tensor of shape {(L, n)}")
-    _rows("kept_plan", _plan_suffix(c.dtype, out.dtype), L, n, m, width, _ptr(c), _ptr(start), _ptr(lo), _ptr(hi),
-          _ptr(offsets), _ptr(keep), _ptr(scale), float(tiny), _ptr(out_offsets), _ptr(out), _ptr(row_sum))
+    for name, x, size in (("row_sum", row_sum, n), ("col_sum", col_sum, m)):
+        if x is not None and (x.shape != (L, size) or x.dtype != c.dtype or not x.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous {c.dtype} tensor of shape {(L, size)}")
+    acc = None if col_sum is None else c.new_zeros(_threads(L, n, width), L, m)
+    args = (_ptr(c), _ptr(start), _ptr(lo), _ptr(hi), _ptr(offsets), _ptr(keep), _ptr(scale), float(tiny),
+            _ptr(out_offsets), _ptr(out), _ptr(row_sum))
+    suffix = _plan_suffix(c.dtype, out.dtype)
+    if acc is None:
+        _rows("kept_plan", suffix, L, n, m, width, *args, _ptr(None))
+    else:  # one column accumulator per thread
+        _rows("kept_plan", suffix, L, n, m, width, *args, accumulators=list(acc))
+        torch.sum(acc, 0, out=col_sum)
     return out
 
 

@@ -49,12 +49,13 @@ void PFN(exp_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
 
 /* Plan entries from a sweep's kept column exps (see col_sums): out[l, i, k] = keep[l, i, k] c[l, j]
  * scale[l], j = start + k, on the extent (0 where it is at most tiny), 0 elsewhere in a padded window
- * (out_offsets NULL) or compact at out_offsets; row_sum[l, i] (when not NULL) = the sum of the
- * entries before rounding to P. keep is compact at offsets. */
+ * (out_offsets NULL) or compact at out_offsets; row_sum[l, i] and acc[l, j] (each when not NULL)
+ * receive and accumulate the row and column sums of the entries before rounding to P. keep is
+ * compact at offsets. */
 void PFN(kept_plan)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
                     const T *c, const int64_t *start, const int64_t *lo, const int64_t *hi,
                     const int64_t *offsets, const T *keep, const T *scale, T tiny,
-                    const int64_t *out_offsets, P *out, T *row_sum) {
+                    const int64_t *out_offsets, P *out, T *row_sum, T *acc) {
     for (int64_t l = 0; l < L; ++l) {
         const T sc = scale[l];
         for (int64_t i = i0; i < i1; ++i) {
@@ -67,12 +68,24 @@ void PFN(kept_plan)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int6
             if (!out_offsets)
                 for (int64_t k = 0; k < a; ++k) o[k] = 0;
             T s = 0;
+            if (acc) {
+                T *ac = acc + l * m + start[r];
 #pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
-                const T v = kp[k] * cs[k] * sc;
-                const T pv = v > tiny ? v : 0;
-                o[k] = (P)pv;
-                s += pv;
+                for (int64_t k = a; k < b; ++k) {
+                    const T v = kp[k] * cs[k] * sc;
+                    const T pv = v > tiny ? v : 0;
+                    o[k] = (P)pv;
+                    s += pv;
+                    ac[k] += pv;
+                }
+            } else {
+#pragma omp simd reduction(+:s)
+                for (int64_t k = a; k < b; ++k) {
+                    const T v = kp[k] * cs[k] * sc;
+                    const T pv = v > tiny ? v : 0;
+                    o[k] = (P)pv;
+                    s += pv;
+                }
             }
             if (!out_offsets)
                 for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;

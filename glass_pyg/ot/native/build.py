@@ -36,7 +36,7 @@ _SIGNATURES = {
     "col_sums": "iiiiii" + "ppppppppp",
     "col_sums_ref": "iiiiii" + "pppp" + "ppppp" + "d" + "pppp",
     "row_dot": "iiiiii" + "ppppppp",
-    "kept_plan": "iiiiii" + "ppppppp" + "r" + "ppp",
+    "kept_plan": "iiiiii" + "ppppppp" + "r" + "pppp",
     "sweep_shift": "i" + "ppp",
     "sweep_cols": "i" + "ppp" + "rr" + "ppp",
     "sweep_rows": "ii" + "ppp" + "rr" + "ppp",
