@@ -41,6 +41,28 @@ float tanhf(float);
 #endif
 
 #define CHUNK 512
+/* Sums over a row's extent in LANES partial sums (acc[u]): LANE_LOOP(k, u, a, b, body) runs the body
+ * for k in [a, b), LANES entries at a time in vector lanes u, the remainder in lane 0, and
+ * LANE_SUM adds the lanes as a tree. An omp simd reduction lowers to an array of lanes that it
+ * adds one after the other through memory after the loop: a chain of 16 dependent additions
+ * per reduction and row, which cost more than the rows themselves (31 entries on average). */
+#define LANES 8
+#define LANE_SUM(v) ((((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7])))
+#define LANE_LOOP(k, u, a, b, ...) do {                                      \
+        int64_t k = (a);                                                     \
+        for (; k + LANES <= (b); k += LANES) {                               \
+            const int64_t k##_base = k;                                      \
+            _Pragma("omp simd")                                              \
+            for (int u = 0; u < LANES; ++u) {                                \
+                const int64_t k = k##_base + u;                              \
+                __VA_ARGS__                                                  \
+            }                                                                \
+        }                                                                    \
+        for (; k < (b); ++k) {                                               \
+            const int u = 0;                                                 \
+            __VA_ARGS__                                                      \
+        }                                                                    \
+    } while (0)
 /* bandwidth of the staircase preconditioner, and the smallest weight (relative to the largest
  * row or column sum) it keeps in its float storage */
 #define STAIR_K 16

@@ -150,14 +150,13 @@ void FN(product_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, in
             T *ac = acc + l * m + start[r];
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
                 const T w = pr[k] * gr[k];
-                s += w;
+                sv[u] += w;
                 ac[k] += w;
-            }
-            qr[r] = s;
+            });
+            qr[r] = LANE_SUM(sv);
         }
     }
 }
@@ -187,21 +186,20 @@ void FN(implicit_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, i
             T *ac = acc + j0;
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
-            T es = 0;
-            double ds = 0;
-#pragma omp simd reduction(+:es, ds)
-            for (int64_t k = a; k < b; ++k) {
+            T es[LANES] = {0};
+            double ds[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
                 const T d = pr[k] * (gr[k] - ui - vs[k]);
                 const T e = d * (T)2 * (si - ts[k]) / gl;
-                es += e;
+                es[u] += e;
                 ac[k] += e;
                 const double x = sdi - tds[k];
                 double th = -((x * x - f0i) - g0s[k]) / gdl;
                 th = th > floor ? th : floor;
-                ds += (double)d * (double)(T)th;
-            }
-            grad_s[r] = -es;
-            dg += ds;
+                ds[u] += (double)d * (double)(T)th;
+            });
+            grad_s[r] = -LANE_SUM(es);
+            dg += LANE_SUM(ds);
         }
         acc[L * m + l] -= (T)(dg / (double)gl);
     }

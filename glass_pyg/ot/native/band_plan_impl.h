@@ -67,26 +67,25 @@ void PFN(kept_plan)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int6
             P *o = out + row_base(out_offsets, r, W, a);
             if (!out_offsets)
                 for (int64_t k = 0; k < a; ++k) o[k] = 0;
-            T s = 0;
+            T sv[LANES] = {0};
             if (acc) {
                 T *ac = acc + l * m + start[r];
-#pragma omp simd reduction(+:s)
-                for (int64_t k = a; k < b; ++k) {
+                LANE_LOOP(k, u, a, b, {
                     const T v = kp[k] * cs[k] * sc;
                     const T pv = v > tiny ? v : 0;
                     o[k] = (P)pv;
-                    s += pv;
+                    sv[u] += pv;
                     ac[k] += pv;
-                }
+                });
             } else {
-#pragma omp simd reduction(+:s)
-                for (int64_t k = a; k < b; ++k) {
+                LANE_LOOP(k, u, a, b, {
                     const T v = kp[k] * cs[k] * sc;
                     const T pv = v > tiny ? v : 0;
                     o[k] = (P)pv;
-                    s += pv;
-                }
+                    sv[u] += pv;
+                });
             }
+            const T s = LANE_SUM(sv);
             if (!out_offsets)
                 for (int64_t k = b > a ? b : a; k < W; ++k) o[k] = 0;
             if (row_sum) row_sum[r] = s;
@@ -110,14 +109,13 @@ void PFN(band_matvec)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, in
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
             const P *pr = p + row_base(offsets, r, W, a);
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
                 const T pk = (T)pr[k] >= tiny ? (T)pr[k] : 0;
-                s += pk * xs[k];
+                sv[u] += pk * xs[k];
                 ys[k] += pk * xi;
-            }
-            yr[r] = s;
+            });
+            yr[r] = LANE_SUM(sv);
         }
     }
 }
@@ -142,18 +140,17 @@ void PFN(band_laplacian)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0,
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
             const P *pr = p + row_base(offsets, r, W, a);
-            T s = 0, f = 0;
-#pragma omp simd reduction(+:s, f)
-            for (int64_t k = a; k < b; ++k) {
+            T sv[LANES] = {0}, fv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
                 const T pk = (T)pr[k] >= tiny ? (T)pr[k] : 0;
                 const T d = xi - xs[k];
                 const T e = pk * d;
-                s += e;
-                f += e * d;
+                sv[u] += e;
+                fv[u] += e * d;
                 ys[k] -= e;
-            }
-            qr[r] = s;
-            form += f;
+            });
+            qr[r] = LANE_SUM(sv);
+            form += LANE_SUM(fv);
         }
         acc[L * m + l] += (T)form;
     }
@@ -205,26 +202,24 @@ void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
             const P *pr = p + row_base(offsets, r, W, a);
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) {
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
                 const T d = xi - ys[k];
-                s += (T)pr[k] * (d * d);
-            }
-            out[r] = s;
+                sv[u] += (T)pr[k] * (d * d);
+            });
+            out[r] = LANE_SUM(sv);
         }
     }
 }
 
 /* Mass of the entries pi[k], a <= k < b, that count: at least tiny (and not 0). */
 static inline double PFN(counted_mass)(const P *pi, int64_t a, int64_t b, T tiny) {
-    double s = 0;
-#pragma omp simd reduction(+:s)
-    for (int64_t k = a; k < b; ++k) {
+    double sv[LANES] = {0};
+    LANE_LOOP(k, u, a, b, {
         const double v = (double)pi[k];
-        s += (v != 0 && (T)pi[k] >= tiny) ? v : 0;
-    }
-    return s;
+        sv[u] += (v != 0 && (T)pi[k] >= tiny) ? v : 0;
+    });
+    return LANE_SUM(sv);
 }
 
 /* Near couplings of the staircase: entry (i, j) of p whose nodes lie 1 <= d <= STAIR_K apart on
@@ -251,12 +246,12 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
             row_extent(start, lo, hi, r, W, &a, &b);
             const P *pi = p + row_base(offsets, r, W, a);
             /* [k1, k2): the entries with |pc - pr| <= STAIR_K, counted (branch-free) */
-            int64_t k1 = a, k2 = a;
-#pragma omp simd reduction(+:k1, k2)
-            for (int64_t k = a; k < b; ++k) {
-                k1 += pc[k] < pr - STAIR_K;
-                k2 += pc[k] <= pr + STAIR_K;
-            }
+            int64_t c1[LANES] = {0}, c2[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
+                c1[u] += pc[k] < pr - STAIR_K;
+                c2[u] += pc[k] <= pr + STAIR_K;
+            });
+            const int64_t k1 = a + LANE_SUM(c1), k2 = a + LANE_SUM(c2);
             const double fr = PFN(counted_mass)(pi, a, k1, tiny) + PFN(counted_mass)(pi, k2, b, tiny);
             double near = 0;
             for (int64_t k = k1; k < k2; ++k) {

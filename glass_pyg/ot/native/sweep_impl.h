@@ -100,10 +100,9 @@ void FN(row_dot)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t
             int64_t a, b;
             row_extent(start, lo, hi, r, W, &a, &b);
             const T *kp = keep + offsets[r] - a;
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (int64_t k = a; k < b; ++k) s += kp[k] * cs[k];
-            out[r] = s;
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, { sv[u] += kp[k] * cs[k]; });
+            out[r] = LANE_SUM(sv);
         }
     }
 }

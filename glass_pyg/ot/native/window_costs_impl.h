@@ -50,9 +50,8 @@ void FN(window_costs_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i
             T *gx = gxs + r * d, *gy = acc + j0 * d;
             if (kind == 1) {
                 const T x0 = x[0], x1 = x[1], x2 = x[2];
-                T g0 = 0, g1 = 0, g2 = 0;
-#pragma omp simd reduction(+:g0, g1, g2)
-                for (int64_t k = 0; k < W; ++k) {
+                T g0[LANES] = {0}, g1[LANES] = {0}, g2[LANES] = {0};
+                LANE_LOOP(k, u, 0, W, {
                     const T y0 = y[3 * k], y1 = y[3 * k + 1], y2 = y[3 * k + 2];
                     const T c0 = x1 * y2 - x2 * y1, c1 = x2 * y0 - x0 * y2, c2 = x0 * y1 - x1 * y0;
                     const T sq = c0 * c0 + c1 * c1 + c2 * c2;
@@ -64,14 +63,14 @@ void FN(window_costs_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i
                     const T dc = -dt * s / r2s;
                     const T d0 = inv * c0, d1 = inv * c1, d2 = inv * c2;
                     /* cr = x x y: d/dx = y x dcr, d/dy = dcr x x */
-                    g0 += (y1 * d2 - y2 * d1) + dc * y0;
-                    g1 += (y2 * d0 - y0 * d2) + dc * y1;
-                    g2 += (y0 * d1 - y1 * d0) + dc * y2;
+                    g0[u] += (y1 * d2 - y2 * d1) + dc * y0;
+                    g1[u] += (y2 * d0 - y0 * d2) + dc * y1;
+                    g2[u] += (y0 * d1 - y1 * d0) + dc * y2;
                     gy[3 * k] += (d1 * x2 - d2 * x1) + dc * x0;
                     gy[3 * k + 1] += (d2 * x0 - d0 * x2) + dc * x1;
                     gy[3 * k + 2] += (d0 * x1 - d1 * x0) + dc * x2;
-                }
-                gx[0] = g0; gx[1] = g1; gx[2] = g2;
+                });
+                gx[0] = LANE_SUM(g0); gx[1] = LANE_SUM(g1); gx[2] = LANE_SUM(g2);
             } else {
                 for (int64_t c = 0; c < d; ++c) gx[c] = 0;
                 for (int64_t k = 0; k < W; ++k) {
