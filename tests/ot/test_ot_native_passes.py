@@ -195,3 +195,20 @@ def test_band_certificate_compiled_as_torch(compute):
         held.append((bool(got[1].all()), float(got[0].max())))
     # the wide band holds with a negligible bound; the narrow ones leave out real mass
     assert held[0][0] and held[0][1] < 1e-6 and held[-1][1] > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compact_rows_are_the_extents(dtype):
+    # the backward's operator reads the plan's extents compact: the copy against torch's mask, with
+    # entries below tiny as zeros
+    s, t, gam, band, stair, f0, g0 = staircase_band(300, 400, 0.05, 9, seed=4)
+    g = torch.Generator().manual_seed(5)
+    p = (torch.rand(2, 300, band.width, generator=g, dtype=torch.float64) ** 4).to(dtype)
+    offsets = native.compact_offsets(band.row_lo, band.row_hi)
+    inside = window_inside(band.row_start, band.width, band.row_lo, band.row_hi)
+    got = native.compact_rows(p, band.row_start, band.width, band.row_lo, band.row_hi, offsets, 0.01)
+    assert got.dtype == dtype and got.numel() == int(offsets[-1])
+    want = p[inside]
+    assert torch.equal(got, torch.where(want >= 0.01, want, 0)) and bool((want < 0.01).any())
+    with pytest.raises(ValueError, match="offsets must have shape"):
+        native.compact_rows(p, band.row_start, band.width, band.row_lo, band.row_hi, offsets[1:])

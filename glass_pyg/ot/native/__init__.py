@@ -32,7 +32,8 @@ from torch import Tensor
 from .build import _library, _state, disabled, status, usable
 
 __all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
-           "col_sums_kept", "LogitReference", "row_dot", "kept_plan", "sweep_shift", "sweep_cols", "sweep_rows",
+           "col_sums_kept", "LogitReference", "row_dot", "kept_plan", "compact_rows", "sweep_shift",
+           "sweep_cols", "sweep_rows",
            "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
            "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
@@ -180,6 +181,22 @@ def compact_offsets(lo: Tensor, hi: Tensor) -> Tensor:
     entry is the plan's length."""
     length = (hi - lo + 1).clamp_min(0).reshape(-1).to(torch.int64)
     return torch.cat([length.new_zeros(1), torch.cumsum(length, 0)])
+
+
+def compact_rows(p: Tensor, start: Tensor, width: int, lo: Tensor, hi: Tensor, offsets: Tensor,
+                 tiny: float = 0.0) -> Tensor:
+    r"""The extents ``lo <= j <= hi`` of a padded plan ``p`` (L, n, W), compact at ``offsets``
+    (:func:`compact_offsets`), entries below ``tiny`` as 0: flat, of ``p``'s dtype."""
+    L, n = start.shape
+    start, (lo, hi) = start.to(torch.int64).contiguous(), _extents(lo, hi)
+    _plan_layout(p, L, n, width, None, None)
+    offsets = offsets.contiguous()
+    if offsets.shape != (L * n + 1,):
+        raise ValueError(f"offsets must have shape {(L * n + 1,)}, got {tuple(offsets.shape)}")
+    out = p.new_empty(int(offsets[-1]))
+    _rows("compact_rows", p.dtype, L, n, 0, width, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(offsets),
+          float(tiny), _ptr(out))
+    return out
 
 
 def _plan_layout(p: Tensor, L: int, n: int, width: int, offsets: Tensor | None,

@@ -138,6 +138,25 @@ void FN(band_logits)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int
     }
 }
 
+/* A padded plan's extents, compact at offsets: out[offsets[r] + k - a] = p[r, k] for a <= k < b,
+ * entries below tiny written as 0. */
+void FN(compact_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const T *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      const int64_t *offsets, T tiny, T *out) {
+    (void)m;
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const T *pr = p + r * W;
+            T *o = out + offsets[r] - a;
+#pragma omp simd
+            for (int64_t k = a; k < b; ++k) o[k] = pr[k] >= tiny ? pr[k] : 0;
+        }
+    }
+}
+
 /* Row and column sums of p * g over the extents (p, g padded (L, n, W)): qr[l, i] = sum_k p g,
  * acc[l, j] += p g (j = start + k). */
 void FN(product_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,

@@ -48,6 +48,7 @@ _SIGNATURES = {
     "band_laplacian": "iiiiii" + "ppppp" + "r" + "pppp",
     "path_precondition": "iii" + "ppppppppppp",
     "product_sums": "iiiiii" + "ppppppp",
+    "compact_rows": "iiiiii" + "ppppp" + "r" + "p",
     "window_costs": "iiiiii" + "ii" + "pppp",
     "window_costs_grad": "iiiiii" + "ii" + "ppppppp",
     "chart_scores": "iiiii" + "pppp" + "r" + "p",
