@@ -56,10 +56,12 @@ class SolverState:
         return self.row_logits
 
     def reserve_plan(self) -> None:
-        r"""Allocate the final plan's buffer now, to be written last (:meth:`plan_buffer`): pages not
-        yet written take no memory, and an allocator that keeps freed memory for reuse (the command
-        line's) then places it before the solve's other buffers, not after them."""
-        self.workspace["plan"] = _band_sized(self.band, self.phi)
+        r"""Allocate the final plan's buffer now, to be written last (:meth:`plan_buffer`), where the
+        compiled kernels form the logits on the fly: pages not yet written take no memory, and an
+        allocator that keeps freed memory for reuse (the command line's) then places it before the
+        solve's other buffers, not after them. (Elsewhere the plan takes the logits' storage.)"""
+        if self.source is not None and self.native():
+            self.workspace["plan"] = _band_sized(self.band, self.phi)
 
     def plan_buffer(self) -> Tensor:
         r"""Where the final plan goes ``(L, n, W)``: the row logits' own storage where they are formed

@@ -223,3 +223,19 @@ def test_sweep_vector_updates_against_torch(dtype):
     torch.testing.assert_close(err.double(), (a - r.double()).abs().sum(-1) / a.sum(-1), rtol=rtol, atol=0)
     r[0, 3] = 0.0
     assert not native.sweep_rows(r, phi, log_a, safe)[2]
+
+
+def test_plan_buffer_is_reserved_where_the_logits_are_formed_on_the_fly():
+    # the compiled route forms no row logits: the plan's buffer is reserved up front; elsewhere (the
+    # torch route, accelerators) the plan takes the logits' storage and nothing is reserved
+    s, t, gam, band, stair, f0, g0 = staircase_band(400, 500, 0.05, 12, seed=2)
+    ref = native.LogitReference(s, t, f0, g0, gam, logit_floor(torch.float64))
+    st = _state(torch.float64)
+    st.source = ref
+    st.reserve_plan()
+    assert st.workspace["plan"].shape == (2, 400, band.width)
+    with native.disabled():
+        st = _state(torch.float64)
+        st.source = ref
+        st.reserve_plan()
+        assert "plan" not in st.workspace
