@@ -221,9 +221,9 @@ class BandCost(torch.autograd.Function):
         ctx.save_for_backward(values, ss, ts)
         ctx.band = band
         L, n, W = values.shape
-        if native.usable(values, ss, ts):
+        if native.usable_plan(values, ss, ts):
             return native.row_cost(values, band.row_start, W, ss, ts, band.row_lo, band.row_hi).sum(-1)
-        out = values.new_zeros(L)
+        out = ss.new_zeros(L)
         for sl in row_blocks(L, n, W, values.device):
             diff = ss[:, sl].unsqueeze(-1) - window_gather(ts, band.row_start[:, sl], W)
             out += (values[:, sl] * diff * diff).sum((-2, -1))

@@ -62,17 +62,24 @@ class FixedPointPlan(torch.autograd.Function):
         s, t, gamma, p_row, phi, psi = ctx.saved_tensors
         band: Band = ctx.band
         ref = ctx.ref
-        fast = native.usable(p_row, grad, s, t, gamma)
-        grad = grad.contiguous() if fast else grad
+        # the plan may be float32 in a float64 solve (float32 results): the compiled passes then
+        # compute in float64, and the operator is the Laplacian of its rounded entries
+        fast = native.usable_plan(p_row, s, t, gamma) and native.usable(p_row, grad)
+        dt = s.dtype
+        if fast:
+            grad = grad.contiguous()
+        else:
+            p_row, grad = p_row.to(dt), grad.to(dt)
         q_r, q_c = (native.product_sums(p_row, grad, band.row_start, band.width, psi.shape[1], band.row_lo,
-                                        band.row_hi) if fast else _product_sums(p_row, grad, band))
+                                        band.row_hi, dt) if fast else _product_sums(p_row, grad, band))
         if fast:
             # the adjoint's products read the plan's extents, compact (half the padded rows, read
-            # whole): a copy that takes a pass and pays for itself in the first two products
+            # whole): a copy that takes a pass and pays for itself in the first two products. Entries
+            # whose products would go subnormal are zeros (below sqrt(tiny), or a narrower plan's tiny)
             offsets = native.compact_offsets(band.row_lo, band.row_hi)
-            compact = native.compact_rows(p_row, band.row_start, band.width, band.row_lo, band.row_hi, offsets,
-                                          torch.finfo(p_row.dtype).tiny ** 0.5)
-            op = band_operator(band, ctx.stair, compact, None, offsets=offsets)
+            tiny = torch.finfo(p_row.dtype).tiny ** (0.5 if p_row.dtype == dt else 1.0)
+            compact = native.compact_rows(p_row, band.row_start, band.width, band.row_lo, band.row_hi, offsets, tiny)
+            op = band_operator(band, ctx.stair, compact, None, offsets=offsets, dtype=dt)
         else:  # the column layout where torch needs it
             op = band_operator(band, ctx.stair, p_row,
                                lambda: exp_windows(psi, phi, band.col_start, band.col_width, ctx.col_logits()))
@@ -81,7 +88,7 @@ class FixedPointPlan(torch.autograd.Function):
         if fast:
             grad_s, grad_t, grad_gamma = native.implicit_grad(
                 p_row, grad, band.row_start, band.width, band.row_lo, band.row_hi, u, v, s, t, gamma,
-                ref.s, ref.t, ref.f0, ref.g0, ref.gamma, logit_floor(p_row.dtype))
+                ref.s, ref.t, ref.f0, ref.g0, ref.gamma, logit_floor(dt))
         else:
             grad_s, grad_t, grad_gamma = _score_grads(p_row, grad, u, v, s, t, gamma, band, ref)
         return (grad_s if ctx.needs_input_grad[0] else None, grad_t,

@@ -47,6 +47,9 @@ class SolverState:
     workspace: dict[str, Tensor] = field(default_factory=dict)
     #: the float64 reference the compiled column pass forms the logits from (None: it reads them)
     source: native.LogitReference | None = None
+    #: the dtype of the final plan where the compiled kernels make it from the kept exps (None: the
+    #: potentials'); float32 for float32 results of a float64 solve (:func:`result_plan_dtype`)
+    plan_dtype: torch.dtype | None = None
 
     @property
     def theta_row(self) -> Tensor:
@@ -61,15 +64,15 @@ class SolverState:
         allocator that keeps freed memory for reuse (the command line's) then places it before the
         solve's other buffers, not after them. (Elsewhere the plan takes the logits' storage.)"""
         if self.source is not None and self.native():
-            self.workspace["plan"] = _band_sized(self.band, self.phi)
+            self.workspace["plan"] = _band_sized(self.band, self.phi, self.plan_dtype)
 
     def plan_buffer(self) -> Tensor:
         r"""Where the final plan goes ``(L, n, W)``: the row logits' own storage where they are formed
-        or the plan needs them (no kept exps of ``phi``), else the reserved buffer or a fresh one;
-        the logits are spent once the plan is written there."""
+        or the plan needs them (no kept exps of ``phi``), else the reserved buffer or a fresh one of
+        ``plan_dtype``; the logits are spent once the plan is written there."""
         if callable(self.row_logits) and self.kept_for(self.phi) is not None:
             plan = self.workspace.pop("plan", None)
-            return _band_sized(self.band, self.phi) if plan is None else plan
+            return _band_sized(self.band, self.phi, self.plan_dtype) if plan is None else plan
         return self.theta_row
 
     def trim(self) -> None:
@@ -136,9 +139,25 @@ class SolverState:
         return native.usable(self.phi if self.source is not None else self.theta_row, *x)
 
 
-def _band_sized(band: Band, like: Tensor) -> Tensor:
+def _band_sized(band: Band, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     L, n, _ = band.shape
-    return torch.empty(L, n, band.width, dtype=like.dtype, device=like.device)
+    return torch.empty(L, n, band.width, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
+# log of the smallest product min(a) min(b) for which a float32 plan keeps entries down to 1e-22 of
+# a_i b_j in float32's normal range (the implicit backward reads the plan it returns)
+_FLOAT32_PLAN_MIN_LOG = -35.0
+
+
+def result_plan_dtype(log_a: Tensor, log_b: Tensor, compute: torch.dtype, result: torch.dtype) -> torch.dtype | None:
+    r"""The dtype the final plan is written in: the results' where they are float32 and the solve
+    float64 (the plan is rounded once, as the results' cast would round it, and never held in
+    both dtypes), unless the smallest weights put the plan's entries near float32's subnormal
+    range; None (the compute dtype) otherwise."""
+    if result == torch.float32 and compute == torch.float64 and bool(
+            (log_a.amin(-1) + log_b.amin(-1) > _FLOAT32_PLAN_MIN_LOG).all()):
+        return torch.float32
+    return None
 
 
 def _lse_windows(x: Tensor, start: Tensor, width: int, theta: Tensor) -> Tensor:
@@ -198,9 +217,10 @@ def plan_row(st: SolverState, out: Tensor | None = None, row_sum: Tensor | None 
     c = st.kept_for(st.phi)
     if c is not None:
         out = _band_sized(b, c) if out is None else out
+        # entries below the plan dtype's normal range are zeros (no subnormals in a float32 plan)
+        tiny = max(math.exp(native.EXP_FLOOR[c.dtype]), torch.finfo(out.dtype).tiny)
         return native.kept_plan(c, b.row_start, b.width, b.row_lo, b.row_hi, *st.kept_buffer(st.phi.dtype),
-                                torch.ones_like(c[:, 0]), out, math.exp(native.EXP_FLOOR[c.dtype]),
-                                row_sum=row_sum)
+                                torch.ones_like(c[:, 0]), out, tiny, row_sum=row_sum)
     return exp_windows(st.phi, st.psi, b.row_start, b.width, st.theta_row, out, b.row_lo, b.row_hi)
 
 

@@ -22,7 +22,7 @@ from ._band import Band, Staircase, band_logits, logit_floor, make_band, referen
 from ._certificate import Reference, certify, extent, is_full, widen
 from ._expectation import BandCost
 from ._implicit import FixedPointPlan
-from ._iterations import SolverState, first_sweep, newton, plan_row, sweeps
+from ._iterations import SolverState, first_sweep, newton, plan_row, result_plan_dtype, sweeps
 from ._row_blocks import blockwise
 from ._validation import ConvergenceWarning
 from .plan import TransportPlan, inverse_permutation
@@ -214,8 +214,9 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     # the certificate widens it where the converged plan needs more
     log_eps = math.log(band_eps)
     band = make_band(*extent(ref, p.stair, m, log_eps - math.log(max(n, m)) - 1.0), m)
+    plan_dtype = result_plan_dtype(log_a, log_b, dt, p.in_dtype)
     st = SolverState(band, *p.logits(band), log_a, log_b, torch.zeros_like(ad).to(dt),
-                     torch.zeros_like(bd).to(dt), source=p.source())
+                     torch.zeros_like(bd).to(dt), source=p.source(), plan_dtype=plan_dtype)
     st.reserve_plan()
     first = None
     use = torch.zeros(L, dtype=torch.bool, device=ad.device)
@@ -265,7 +266,8 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
         if bool(ok.all()) or is_full(band, m):
             break
         band = widen(band, *extent(ref, p.stair, m, log_eps, st.phi, st.psi, st.log_a, st.log_b), m)
-        st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi, source=p.source())
+        st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi, source=p.source(),
+                         plan_dtype=plan_dtype)
         st.reserve_plan()
     if is_full(band, m):
         omitted = torch.zeros_like(omitted)
@@ -283,7 +285,8 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
     st = sol.st
     if grad == "implicit":
         # Newton's buffers go before the plan's (the peak); the plan takes the logits' storage where
-        # they were formed: the state's logits are spent
+        # they were formed: the state's logits are spent. Made from the kept exps, the plan is written
+        # in the results' dtype (float32 results: half the memory, no cast) and the backward reads it so
         st.trim()
         sol.plan_row_sum = torch.empty_like(st.phi) if st.kept_for(st.phi) is not None else None
         values = plan_row(st, st.plan_buffer(), sol.plan_row_sum)

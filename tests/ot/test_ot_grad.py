@@ -153,3 +153,59 @@ def test_implicit_gradient_at_scale_matches_finite_differences(temperature, n, r
     eps = 1e-5
     numeric = (float(cost(s + eps * v, t + eps * w)) - float(cost(s - eps * v, t - eps * w))) / (2 * eps)
     assert abs(analytic - numeric) < rtol * abs(numeric)
+
+
+def test_float32_results_take_the_plan_in_float32(gen):
+    # float32 scores are solved in float64; the plan is written once in float32, bitwise the float64
+    # solve's plan rounded, and the backward reads it: no float64 copy is kept for the backward, and
+    # the gradients are the float64 path's to float32 rounding of the plan
+    s = torch.randn(2, 1500, generator=gen)
+    t = torch.randn(2, 1200, generator=gen) * 1.5 + 0.5
+    # weights in quarters, of equal mass exactly in both dtypes
+    a = torch.randint(2, 6, (2, 1500), generator=gen)
+    b = torch.randint(2, 7, (2, 1200), generator=gen)
+    b = b + (torch.arange(1200) < (a.sum(-1, keepdim=True) - b.sum(-1, keepdim=True))).long()
+    assert torch.equal(a.sum(-1), b.sum(-1))
+    a, b = a.float() / 4, b.float() / 4
+    pattern = torch.sin(torch.arange(2 * 1500 * 64, dtype=torch.float64))
+
+    def run(dtype):
+        x, y, wa, wb = (v.to(dtype).clone().requires_grad_() for v in (s, t, a, b))
+        holder = {}
+
+        def solve():
+            plan = holder["plan"] = sinkhorn_banded(x, y, wa, wb, gamma=1.0, temperature="rank", tol=1e-9)
+            return plan
+        saved = _saved_bytes(solve)
+        plan = holder["plan"]
+        loss = (plan.values * pattern[:plan.values.numel()].view_as(plan.values).to(dtype)).sum()
+        (loss + plan.transport_cost().sum()).backward()
+        return plan, saved, (x.grad, y.grad, wa.grad, wb.grad)
+
+    p32, saved32, g32 = run(torch.float32)
+    p64, saved64, g64 = run(torch.float64)
+    assert p32.values.dtype == torch.float32 and saved32 < 0.6 * saved64
+    want = p64.values.detach().float()
+    assert torch.equal(p32.values.detach(), torch.where(want >= torch.finfo(torch.float32).tiny, want, 0))
+    torch.testing.assert_close(p32.cost, p64.cost.float())
+    for x, r in zip(g32, g64):
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(x.double(), r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+
+
+def test_float32_results_of_tiny_weights_match_the_float64_solve(gen):
+    # weights whose products leave float32's normal range (the backward then reads a float64 plan)
+    s, t = torch.randn(400, generator=gen), torch.randn(400, generator=gen)
+    a = torch.full((400,), 1.0)
+    a[7] = 1e-20
+    b = a.flip(0)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        x = s.to(dtype).clone().requires_grad_()
+        plan = sinkhorn_banded(x, t.to(dtype), a.to(dtype), b.to(dtype), gamma=1.0, temperature="rank")
+        plan.transport_cost().sum().backward()
+        grads.append(x.grad)
+        if dtype == torch.float32:
+            values = plan.values.detach()
+    assert values.dtype == torch.float32 and torch.equal(values, plan.values.detach().float())
+    torch.testing.assert_close(grads[0].double(), grads[1], rtol=1e-5, atol=1e-6 * float(grads[1].abs().max()))

@@ -39,7 +39,10 @@ def test_implicit_backward_same_with_and_without_kernels(dtype):
         torch.testing.assert_close(x, r, rtol=tol, atol=tol * float(r.abs().max()))
 
 
-def test_implicit_gradient_kernels_against_torch_blocks():
+@pytest.mark.parametrize("plan_dtype", [torch.float64, torch.float32])
+def test_implicit_gradient_kernels_against_torch_blocks(plan_dtype):
+    # a float32 plan (and upstream gradient) with float64 vectors: the passes run in float64 on the
+    # rounded entries, as torch does on their float64 copies
     from glass_pyg.ot._band import logit_floor
     from glass_pyg.ot._certificate import Reference
     from glass_pyg.ot._implicit import _product_sums, _score_grads
@@ -50,7 +53,11 @@ def test_implicit_gradient_kernels_against_torch_blocks():
     inside = (cols >= band.row_lo.unsqueeze(-1)) & (cols <= band.row_hi.unsqueeze(-1))
     p = torch.rand(L, n, band.width, generator=g, dtype=torch.float64) * inside
     grad = torch.randn(L, n, band.width, generator=g, dtype=torch.float64)
-    qr, qc = native.product_sums(p, grad, band.row_start, band.width, m, band.row_lo, band.row_hi)
+    p_in, grad_in = p.to(plan_dtype), grad.to(plan_dtype)
+    p, grad = p_in.double(), grad_in.double()
+    qr, qc = native.product_sums(p_in, grad_in, band.row_start, band.width, m, band.row_lo, band.row_hi,
+                                 torch.float64)
+    assert qr.dtype == qc.dtype == torch.float64
     ref_r, ref_c = _product_sums(p, grad, band)
     torch.testing.assert_close(qr, ref_r, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(qc, ref_c, rtol=1e-12, atol=1e-12)
@@ -60,13 +67,15 @@ def test_implicit_gradient_kernels_against_torch_blocks():
     u, v = torch.randn(L, n, generator=g, dtype=torch.float64), torch.randn(L, m, generator=g, dtype=torch.float64)
     f0, g0 = torch.randn(L, n, generator=g, dtype=torch.float64), torch.randn(L, m, generator=g, dtype=torch.float64)
     ref = Reference(s, t, gamma, f0, g0)
-    got = native.implicit_grad(p, grad, band.row_start, band.width, band.row_lo, band.row_hi, u, v, s, t, gamma,
-                               s, t, f0, g0, gamma, logit_floor(torch.float64))
+    got = native.implicit_grad(p_in, grad_in, band.row_start, band.width, band.row_lo, band.row_hi, u, v, s, t,
+                               gamma, s, t, f0, g0, gamma, logit_floor(torch.float64))
     want = _score_grads(p, grad, u, v, s, t, gamma, band, ref)
     for x, r in zip(got, want):
         torch.testing.assert_close(x, r, rtol=1e-10, atol=1e-10 * float(r.abs().max()))
     with pytest.raises(ValueError, match="must match the plan"):
         native.product_sums(p, grad[:, :-1], band.row_start, band.width, m, band.row_lo, band.row_hi)
+    with pytest.raises(ValueError, match="cannot be used with"):
+        native.product_sums(p, grad, band.row_start, band.width, m, band.row_lo, band.row_hi, torch.float32)
 
 
 @pytest.mark.parametrize("plan, vectors", [(torch.float64, torch.float64), (torch.float32, torch.float64),

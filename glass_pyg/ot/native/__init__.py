@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from .build import _library, _state, disabled, status, usable
+from .build import _library, _state, disabled, status, usable, usable_plan
 
-__all__ = ["status", "disabled", "usable", "lse_rows", "lse_cols", "exp_rows", "band_logits",
+__all__ = ["status", "disabled", "usable", "usable_plan", "lse_rows", "lse_cols", "exp_rows", "band_logits",
            "col_sums_kept", "LogitReference", "row_dot", "kept_plan", "compact_rows", "sweep_shift",
            "sweep_cols", "sweep_rows",
            "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",

@@ -270,3 +270,90 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
         acc[2 * l + 1] += (T)far;
     }
 }
+
+/* A padded plan's extents, compact at offsets: out[offsets[r] + k - a] = p[r, k] for a <= k < b,
+ * entries below tiny written as 0. */
+void PFN(compact_rows)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      const int64_t *offsets, T tiny, P *out) {
+    (void)m;
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            const P *pr = p + r * W;
+            P *o = out + offsets[r] - a;
+#pragma omp simd
+            for (int64_t k = a; k < b; ++k) o[k] = (T)pr[k] >= tiny ? pr[k] : 0;
+        }
+    }
+}
+
+/* Row and column sums of p * g over the extents (p, g padded (L, n, W), of the plan's type): qr[l, i] = sum_k p g,
+ * acc[l, j] += p g (j = start + k). */
+void PFN(product_sums)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                      const P *p, const P *g, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                      T *qr, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const P *pr = p + r * W, *gr = g + r * W;
+            T *ac = acc + l * m + start[r];
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
+                const T w = (T)pr[k] * (T)gr[k];
+                sv[u] += w;
+                ac[k] += w;
+            });
+            qr[r] = LANE_SUM(sv);
+        }
+    }
+}
+
+/* The implicit gradient's pass over the band, from the adjoint solution (u, v): on each row's
+ * extent d = p (g - u_i - v_j) is the gradient of the logit theta_ij; with theta = -(s_i - t_j)^2 / gamma
+ * (reduced by the reference dual, which is constant here) it gives
+ *     grad_s[l, i] = -sum_k e,  acc[l, j] += e,  e = 2 d (s_i - t_j) / gamma_l,
+ *     acc[L m + l] -= sum_k d theta_ij / gamma_l,
+ * theta_ij being the solver's logit exactly as band_logits forms it (from the float64 reference
+ * sd, td, f0, g0, gd, floored, rounded to T). acc holds grad_t (L, m), then grad_gamma (L). */
+void PFN(implicit_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                       const P *p, const P *g, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                       const T *u, const T *v, const T *s, const T *t, const T *gamma,
+                       const double *sd, const double *td, const double *f0, const double *g0,
+                       const double *gd, double floor, T *grad_s, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        const T gl = gamma[l];
+        const double gdl = gd[l];
+        double dg = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i, j0 = l * m + start[r];
+            const P *pr = p + r * W, *gr = g + r * W;
+            const T *vs = v + j0, *ts = t + j0;
+            const double *tds = td + j0, *g0s = g0 + j0;
+            const T ui = u[r], si = s[r];
+            const double sdi = sd[r], f0i = f0[r];
+            T *ac = acc + j0;
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T es[LANES] = {0};
+            double ds[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
+                const T d = (T)pr[k] * ((T)gr[k] - ui - vs[k]);
+                const T e = d * (T)2 * (si - ts[k]) / gl;
+                es[u] += e;
+                ac[k] += e;
+                const double x = sdi - tds[k];
+                double th = -((x * x - f0i) - g0s[k]) / gdl;
+                th = th > floor ? th : floor;
+                ds[u] += (double)d * (double)(T)th;
+            });
+            grad_s[r] = -LANE_SUM(es);
+            dg += LANE_SUM(ds);
+        }
+        acc[L * m + l] -= (T)(dg / (double)gl);
+    }
+}

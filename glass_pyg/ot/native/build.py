@@ -63,7 +63,8 @@ _SIGNATURES = {
 }
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
-_MIXED = ("exp_rows", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights")
+_MIXED = ("exp_rows", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights",
+          "compact_rows", "product_sums", "implicit_grad")
 
 
 def _cpu_flags() -> list[str]:
@@ -228,3 +229,12 @@ def usable(*tensors: Tensor) -> bool:
         if x.device.type != "cpu" or x.dtype != dtype or (grad and x.requires_grad):
             return False
     return _library() is not None
+
+
+def usable_plan(p: Tensor, *vectors: Tensor) -> bool:
+    r"""True when the compiled kernels can take the plan ``p`` with these vectors: each
+    :func:`usable` on its own, and the plan of the vectors' dtype or float32 with float64
+    vectors (the kernels then compute in float64)."""
+    if not (usable(p) and usable(*vectors)):
+        return False
+    return p.dtype == vectors[0].dtype or (p.dtype == torch.float32 and vectors[0].dtype == torch.float64)
