@@ -2,6 +2,7 @@
 
     python benchmarks/backward.py                          # n = 2^14 .. 2^20, one thread
     python benchmarks/backward.py --sizes 16384 65536 --repeats 3 --out benchmarks/results
+    python benchmarks/backward.py --dtype float32          # float32 inputs (solved in float64)
 
 For each n: ``sinkhorn_banded`` (rank gamma = 1, source scores standard normal,
 target scores shifted by one standard deviation) followed by ``transport_cost()``,
@@ -27,12 +28,13 @@ from glass_pyg.experiments.run_dir import atomic_write_text
 from glass_pyg.ot import sinkhorn_banded
 
 
-def measure(n: int, kind: str, repeats: int, seed: int = 0) -> tuple[float, float]:
+def measure(n: int, kind: str, repeats: int, seed: int = 0,
+            dtype: torch.dtype = torch.float64) -> tuple[float, float]:
     g = torch.Generator().manual_seed(seed)
-    s = torch.randn(n, generator=g, dtype=torch.float64)
-    t = torch.randn(n, generator=g, dtype=torch.float64) + 1.0
-    xs = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    xt = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    s = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    t = (torch.randn(n, generator=g, dtype=torch.float64) + 1.0).to(dtype)
+    xs = torch.randn(n, 3, generator=g, dtype=torch.float64).to(dtype)
+    xt = torch.randn(n, 3, generator=g, dtype=torch.float64).to(dtype)
     best = None
     for _ in range(repeats):
         x, p = s.clone().requires_grad_(True), xs.clone().requires_grad_(True)
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2 ** k for k in (14, 16, 18, 20)])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                    help="dtype of the scores and points (the solve runs in float64 either way)")
     ap.add_argument("--out", help="folder for backward.md and backward.csv")
     args = ap.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.threads < 1:
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for n in args.sizes:
-        (fc, bc), (fl, bl) = measure(n, "cost", args.repeats), measure(n, "lifted", args.repeats)
+        dtype = getattr(torch, args.dtype)
+        (fc, bc), (fl, bl) = (measure(n, kind, args.repeats, dtype=dtype) for kind in ("cost", "lifted"))
         rows.append({"n": n, "sort_s": sort_time(n, args.repeats), "cost_forward_s": fc, "cost_backward_s": bc,
                      "cost_ratio": bc / fc, "lifted_forward_s": fl, "lifted_backward_s": bl, "lifted_ratio": bl / fl})
         print(f"  n={n}: cost {fc:.3g}+{bc:.3g} s, lifted {fl:.3g}+{bl:.3g} s", flush=True)
