@@ -286,7 +286,7 @@ def _attach_gradients(p: _Problem, sol: _Solution, grad: str, max_iter: int, tol
     if grad == "implicit":
         # Newton's buffers go before the plan's (the peak); the plan takes the logits' storage where
         # they were formed: the state's logits are spent. Made from the kept exps, the plan is written
-        # in the results' dtype (float32 results: half the memory, no cast) and the backward reads it so
+        # in the results' dtype (float32 results: half the memory, no cast), which the backward reads
         st.trim()
         sol.plan_row_sum = torch.empty_like(st.phi) if st.kept_for(st.phi) is not None else None
         values = plan_row(st, st.plan_buffer(), sol.plan_row_sum)
