@@ -209,10 +209,11 @@ class BandCost(torch.autograd.Function):
     r"""The transport cost :math:`\sum_{ik} P_{lik} (s_{li} - t_{l,c_{lik}})^2` per slice of a banded plan.
 
     ``values`` ``(L, n, W)`` on the band of sorted scores ``ss`` ``(L, n)``,
-    ``ts`` ``(L, m)``. Forward and backward visit the band in row blocks and keep
-    nothing plan-sized but the gradient with respect to the plan, so both are
-    linear in the band: row slices taken under autograd would each form a
-    full-size zero gradient (a quadratic backward).
+    ``ts`` ``(L, m)``. Forward and backward are one compiled pass each on CPU
+    (``native.row_cost``, ``native.row_cost_grad``), else visit the band in row
+    blocks; they keep nothing plan-sized but the gradient with respect to the
+    plan, so both are linear in the band: row slices taken under autograd would
+    each form a full-size zero gradient (a quadratic backward).
     """
 
     @staticmethod
@@ -237,6 +238,9 @@ class BandCost(torch.autograd.Function):
         band: Band = ctx.band
         need_v, need_s, need_t = ctx.needs_input_grad[:3]
         L, n, W = values.shape
+        if native.usable_plan(values, ss, ts) and native.usable(ss, grad):
+            g_v, g_s, g_t = native.row_cost_grad(values, band.row_start, W, ss, ts, band.row_lo, band.row_hi, grad)
+            return g_v if need_v else None, g_s if need_s else None, g_t if need_t else None, None
         g = grad.view(L, 1, 1)
         g_v = torch.empty_like(values) if need_v else None
         g_s = torch.empty_like(ss) if need_s else None

@@ -221,3 +221,24 @@ def test_compact_rows_are_the_extents(dtype):
     assert torch.equal(got, torch.where(want >= 0.01, want, 0)) and bool((want < 0.01).any())
     with pytest.raises(ValueError, match="offsets must have shape"):
         native.compact_rows(p, band.row_start, band.width, band.row_lo, band.row_hi, offsets[1:])
+
+
+@pytest.mark.parametrize("plan_dtype", [torch.float64, torch.float32])
+def test_transport_cost_gradient_pass_against_autograd(plan_dtype):
+    # the cost's backward in one pass against autograd of the torch expression on the windows
+    s, t, gam, band, stair, f0, g0 = staircase_band(300, 400, 0.05, 9, seed=6)
+    L, n, W = 2, 300, band.width
+    g = torch.Generator().manual_seed(6)
+    inside = window_inside(band.row_start, W, band.row_lo, band.row_hi)
+    p = (torch.rand(L, n, W, generator=g, dtype=torch.float64) * inside).to(plan_dtype)
+    weight = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    gp, gs, gt = native.row_cost_grad(p, band.row_start, W, s, t, band.row_lo, band.row_hi, weight)
+    pv, sv, tv = p.double().requires_grad_(), s.clone().requires_grad_(), t.clone().requires_grad_()
+    cols = band.row_start.unsqueeze(-1) + torch.arange(W)
+    d = sv.unsqueeze(-1) - torch.gather(tv, 1, cols.reshape(L, -1)).view(L, n, W)
+    ((pv * d * d).sum((-2, -1)) * weight).sum().backward()
+    assert gp.dtype == plan_dtype and gs.dtype == gt.dtype == torch.float64
+    torch.testing.assert_close(gp, pv.grad.to(plan_dtype), rtol=1e-6 if plan_dtype == torch.float32 else 1e-12,
+                               atol=0)
+    torch.testing.assert_close(gs, sv.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gt, tv.grad, rtol=1e-12, atol=1e-12)

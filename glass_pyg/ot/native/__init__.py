@@ -34,7 +34,7 @@ from .build import _library, _state, disabled, status, usable, usable_plan
 __all__ = ["status", "disabled", "usable", "usable_plan", "lse_rows", "lse_cols", "exp_rows", "band_logits",
            "col_sums_kept", "LogitReference", "row_dot", "kept_plan", "compact_rows", "sweep_shift",
            "sweep_cols", "sweep_rows",
-           "band_matvec", "band_laplacian", "band_cut_diff", "row_cost",
+           "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "row_cost_grad",
            "path_precondition", "cg_step",
            "product_sums", "implicit_grad",
            "chart_scores", "chart_scores_backward", "window_costs",
@@ -372,7 +372,7 @@ def band_extent(s: Tensor, t: Tensor, f0: Tensor, g0: Tensor, gamma: Tensor, phi
 
 
 # the passes around the solver, in their own modules (they use the helpers above)
-from ._adjoint import implicit_grad, product_sums  # noqa: E402
+from ._adjoint import implicit_grad, product_sums, row_cost_grad  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
 from ._dual import certify_band, link_relaxation  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402

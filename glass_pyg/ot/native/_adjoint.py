@@ -1,4 +1,5 @@
-r"""Compiled passes of the solver's implicit gradient around its adjoint solve."""
+r"""Compiled passes of the solver's implicit gradient around its adjoint solve, and of the transport
+cost's gradient."""
 from __future__ import annotations
 
 import ctypes
@@ -6,7 +7,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from . import _extents, _plan_suffix, _ptr, _rows, _threads, _windows
+from . import _extents, _plan_layout, _plan_suffix, _ptr, _rows, _threads, _windows
 from ._cg import _vectors
 
 
@@ -57,3 +58,23 @@ def implicit_grad(p: Tensor, g: Tensor, start: Tensor, width: int, lo: Tensor, h
           *(_ptr(x) for x in vecs), ctypes.c_double(floor), _ptr(grad_s), accumulators=list(acc))
     acc = acc.sum(0)
     return grad_s, acc[:L * m].view(L, m), acc[L * m:]
+
+
+def row_cost_grad(p: Tensor, start: Tensor, width: int, x: Tensor, y: Tensor, lo: Tensor, hi: Tensor,
+                  g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The gradient of :math:`\sum_l g_l \sum_{ik} p_{lik} (x_{li} - y_{lj})^2` (the transport cost of
+    the padded plan ``p`` (L, n, W) over its extents, ``g`` (L,)) with respect to ``p`` (on every window
+    entry, of ``p``'s dtype), ``x`` (L, n) and ``y`` (L, m) (of ``x``'s dtype: ``p``'s, or float64 with a
+    float32 plan)."""
+    L, n = start.shape
+    m = y.shape[1]
+    suffix = _plan_suffix(x.dtype, p.dtype)
+    start, x, y = _windows(start, width, m), x.contiguous(), y.contiguous()
+    lo, hi = _extents(lo, hi)
+    _plan_layout(p, L, n, width, None, lo)
+    g = g.to(x.dtype).reshape(L).contiguous()
+    gp, gx = torch.empty_like(p), x.new_empty(L, n)
+    acc = x.new_zeros(_threads(L, n, width), L, m)
+    _rows("row_cost_grad", suffix, L, n, m, width, _ptr(p), _ptr(start), _ptr(lo), _ptr(hi), _ptr(x), _ptr(y),
+          _ptr(g), _ptr(gp), _ptr(gx), accumulators=list(acc))
+    return gp, gx, acc.sum(0)

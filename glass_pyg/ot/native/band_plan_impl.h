@@ -212,6 +212,38 @@ void PFN(row_cost)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64
     }
 }
 
+/* The gradient of sum_l g_l sum_i row_cost[l, i] over a padded plan: gp[l, i, k] = g_l (x_i - y_j)^2 on the
+ * whole window, gx[l, i] = sum_k e and acc[l, j] -= e over the extent, e = 2 g_l p (x_i - y_j). */
+void PFN(row_cost_grad)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t i0, int64_t i1,
+                        const P *p, const int64_t *start, const int64_t *lo, const int64_t *hi,
+                        const T *x, const T *y, const T *g, P *gp, T *gx, T *acc) {
+    for (int64_t l = 0; l < L; ++l) {
+        const T gl = g[l];
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = l * n + i;
+            const T *ys = y + l * m + start[r];
+            T *ac = acc + l * m + start[r];
+            const T xi = x[r];
+            const P *pr = p + r * W;
+            P *o = gp + r * W;
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) {
+                const T d = xi - ys[k];
+                o[k] = (P)(gl * d * d);
+            }
+            int64_t a, b;
+            row_extent(start, lo, hi, r, W, &a, &b);
+            T sv[LANES] = {0};
+            LANE_LOOP(k, u, a, b, {
+                const T e = (T)2 * gl * (T)pr[k] * (xi - ys[k]);
+                sv[u] += e;
+                ac[k] -= e;
+            });
+            gx[r] = LANE_SUM(sv);
+        }
+    }
+}
+
 /* Mass of the entries pi[k], a <= k < b, that count: at least tiny (and not 0). */
 static inline double PFN(counted_mass)(const P *pi, int64_t a, int64_t b, T tiny) {
     double sv[LANES] = {0};

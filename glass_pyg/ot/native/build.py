@@ -57,6 +57,7 @@ _SIGNATURES = {
     "cg_step": "iii" + "ppppppppp",
     "cg_direction": "iii" + "ppppp",
     "row_cost": "iiiiii" + "pppppppp",
+    "row_cost_grad": "iiiiii" + "pppppppppp",
     "staircase_weights": "iiiiii" + "ppppp" + "r" + "ppppp",
     "staircase_factor": "iiii" + "ppppp",
     "staircase_precondition": "iiiii" + "ppppppppppppp",
@@ -64,7 +65,7 @@ _SIGNATURES = {
 
 # kernels that also take a float32 plan with float64 vectors (suffix f64p32; real scalars are double)
 _MIXED = ("exp_rows", "kept_plan", "band_matvec", "band_laplacian", "band_cut_diff", "row_cost", "staircase_weights",
-          "compact_rows", "product_sums", "implicit_grad")
+          "compact_rows", "product_sums", "implicit_grad", "row_cost_grad")
 
 
 def _cpu_flags() -> list[str]:
