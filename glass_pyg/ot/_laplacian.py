@@ -280,31 +280,26 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     it = 0
     res = torch.ones_like(norm_y)
     last_res = torch.full_like(norm_y, float("inf"))
+    def step(alpha: Tensor) -> Tensor:
+        # x += alpha p, r -= alpha q (per slice), in place; returns <r, r>
+        if fused:
+            return native.cg_step(alpha, xr, xc, rr, rc, pr, pc, qr, qc)
+        a = alpha.unsqueeze(-1)  # each update a single pass, no temporaries
+        xr.addcmul_(a, pr)
+        xc.addcmul_(a, pc)
+        rr.addcmul_(a, qr, value=-1.0)
+        rc.addcmul_(a, qc, value=-1.0)
+        return _dot(rr, rc, rr, rc)
+
     for it in range(1, max_iter + 1):
         qr, qc, pq = op.matvec_dot(pr, pc)
         usable = active & (pq > 0) & torch.isfinite(pq) & torch.isfinite(rz)
         alpha = torch.where(usable, rz / pq.clamp_min(torch.finfo(pq.dtype).tiny), torch.zeros_like(pq))
-        if fused:
-            rr2 = native.cg_step(alpha, xr, xc, rr, rc, pr, pc, qr, qc)
-        else:  # in place (each a single pass, no temporaries)
-            a = alpha.unsqueeze(-1)
-            xr.addcmul_(a, pr)
-            xc.addcmul_(a, pc)
-            rr.addcmul_(a, qr, value=-1.0)
-            rc.addcmul_(a, qc, value=-1.0)
-            rr2 = _dot(rr, rc, rr, rc)
-        prev, res = res, torch.sqrt(rr2) / norm_y
+        prev, res = res, torch.sqrt(step(alpha)) / norm_y
         rounding = usable & (res > rtol) & (res < ROUNDING_ZONE) & (res > ROUNDING_GAIN * prev)
-        if bool(rounding.any()):  # take the step back where it was rounding (x and r)
-            back = torch.where(rounding, -alpha, torch.zeros_like(alpha))
-            if fused:
-                native.cg_step(back, xr, xc, rr, rc, pr, pc, qr, qc)
-            else:
-                a = back.unsqueeze(-1)
-                xr.addcmul_(a, pr)
-                xc.addcmul_(a, pc)
-                rr.addcmul_(a, qr, value=-1.0)
-                rc.addcmul_(a, qc, value=-1.0)
+        # the step taken back where it was rounding (on accelerators always, masked: no host read)
+        if not on_host or bool(rounding.any()):
+            step(torch.where(rounding, -alpha, torch.zeros_like(alpha)))
             res = torch.where(rounding, prev, res)
         active = usable & (res > rtol) & ~rounding
         if it % check_every == 0:  # stagnation: no progress over the last window
