@@ -280,6 +280,7 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     it = 0
     res = torch.ones_like(norm_y)
     last_res = torch.full_like(norm_y, float("inf"))
+
     def step(alpha: Tensor) -> Tensor:
         # x += alpha p, r -= alpha q (per slice), in place; returns <r, r>
         if fused:
