@@ -327,6 +327,10 @@ def sweeps(st: SolverState, max_iter: int, tol: float, check_every: int,
     return it, err
 
 
+#: a Newton step's CG stops at the relative residual that leaves this share of ``tol`` (see newton)
+CG_FINAL_SHARE = 0.25
+
+
 def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: Tensor,
            cg_max_iter: int) -> tuple[int, int, Tensor]:
     r"""Damped Newton steps on the semi-dual :math:`\phi \mapsto \langle a,\phi\rangle + \langle b,\psi(\phi)\rangle`.
@@ -357,8 +361,10 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         # the operator is the scaled Laplacian: scale the right-hand side alike
         rhs_r = torch.where(todo.unsqueeze(-1), log_scale.exp() * a - row_sum, torch.zeros_like(a))
         rhs_c = torch.zeros_like(st.psi)
-        # inexact Newton: CG to min(0.1, err), never below what the dtype resolves
-        rtol = torch.clamp(err, min=100 * torch.finfo(err.dtype).eps, max=0.1)
+        # inexact Newton: CG to min(0.1, err), never below what the dtype resolves; a step that
+        # ends within tol needs no more: a residual of tol / (4 err) leaves tol / 4
+        rtol = torch.clamp(torch.maximum(err, CG_FINAL_SHARE * tol / err),
+                           min=100 * torch.finfo(err.dtype).eps, max=0.1)
         d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
         del op, p_row  # the next step rewrites the workspace
         cg_total += info.iterations

@@ -189,10 +189,8 @@ def _prepare(s: Tensor, t: Tensor, a: Tensor | None, b: Tensor | None, gamma: fl
     dt = torch.float64 if compute_dtype is None else compute_dtype
     a2, b2 = V.matched_weights(a, b, s2, t2, dt)
     gamma_t = V.gamma_per_slice(gamma, L, dt, s2.device)
-    ss, perm_s = torch.sort(s2.to(dt), dim=-1, stable=True)
-    ts, perm_t = torch.sort(t2.to(dt), dim=-1, stable=True)
-    # sort keeps the input's strides; the band passes and their gradients need rows contiguous
-    ss, ts, perm_s, perm_t = ss.contiguous(), ts.contiguous(), perm_s.contiguous(), perm_t.contiguous()
+    ss, perm_s = _stable_sort(s2.to(dt))
+    ts, perm_t = _stable_sort(t2.to(dt))
     a_s, b_s = torch.gather(a2, 1, perm_s), torch.gather(b2, 1, perm_t)
     gam = rank_gamma(gamma_t, ss, ts) if temperature == "rank" else gamma_t
     with torch.no_grad():
@@ -201,6 +199,18 @@ def _prepare(s: Tensor, t: Tensor, a: Tensor | None, b: Tensor | None, gamma: fl
         f0, g0 = reference_dual(sd, td, stair, gd)
     return _Problem(ss, ts, perm_s, perm_t, a_s, b_s, gam, Reference(sd, td, gd, f0, g0), stair, dt,
                     in_dtype, batched)
+
+
+def _stable_sort(x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``torch.sort(x, dim=-1, stable=True)`` with contiguous rows (the band passes and their
+    gradients need them); by the compiled radix sort where it takes ``x`` (the values then
+    gathered under autograd when ``x`` needs them)."""
+    native_sort = native.sort_rows(x.detach())
+    if native_sort is None:
+        xs, perm = torch.sort(x, dim=-1, stable=True)  # keeps the input's strides
+        return xs.contiguous(), perm.contiguous()
+    xs, perm = native_sort
+    return (torch.gather(x, 1, perm) if x.requires_grad else xs), perm
 
 
 def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: int, tol: float,

@@ -134,6 +134,17 @@ def test_window_past_the_end_is_an_error():
         native.lse_rows(x, start, 5, theta)
 
 
+def test_window_check_is_redone_after_an_in_place_change():
+    x, start, lo, hi, theta = _band(1, 10, 20, 5, torch.float64)
+    native.lse_rows(x, start, 5, theta)  # checked and remembered
+    start[0, -1] = 16
+    with pytest.raises(ValueError, match="width 5"):
+        native.lse_rows(x, start, 5, theta)
+    start[0, -1] = 15
+    with pytest.raises(ValueError, match="width 6"):  # a wider window: checked again
+        native.lse_rows(x, start, 6, torch.zeros(1, 10, 6, dtype=torch.float64))
+
+
 def test_out_must_fit():
     x, start, lo, hi, theta = _band(1, 10, 20, 5, torch.float64)
     with pytest.raises(ValueError, match="plan must be"):
@@ -319,6 +330,26 @@ def test_sorted_search_is_searchsorted(dtype, right):
     got = native.sorted_search(seq, values, right)
     assert torch.equal(got, torch.searchsorted(seq, values, right=right))
     assert native.sorted_search(seq.float(), values.float(), right) is None  # not a kernel dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 2000), (1, 70000), (2, 1), (1, 0)])
+def test_sort_rows_is_the_stable_sort(dtype, shape):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    if x.shape[1] > 30:  # ties, both zeros, infinities, subnormals, equal high digits
+        x[:, ::7] = x[:, 3:4]
+        x[:, ::11], x[:, ::13] = 0.0, -0.0
+        x[:, 1::17], x[:, 2::19] = math.inf, -math.inf
+        x[:, 5::23] = torch.finfo(dtype).tiny / 4
+        x[:, 6::29] = 1.0 + torch.finfo(dtype).eps * torch.arange(x[:, 6::29].shape[1], 0, -1).to(dtype)
+    values, perm = native.sort_rows(x)
+    want = torch.sort(x, dim=-1, stable=True)
+    assert torch.equal(perm, want.indices)
+    assert torch.equal(values, want.values) and torch.equal(values.signbit(), want.values.signbit())
+    assert native.sort_rows(x.to(torch.float16)) is None  # not a kernel dtype
+    with torch.enable_grad():
+        assert native.sort_rows(x.clone().requires_grad_()) is None
 
 
 def test_band_extent_is_the_bisection():

@@ -40,7 +40,7 @@ __all__ = ["status", "disabled", "usable", "usable_plan", "lse_rows", "lse_cols"
            "chart_scores", "chart_scores_backward", "window_costs",
            "window_costs_grad",
            "cg_direction", "sorted_search", "band_extent", "link_relaxation", "certify_band",
-           "compact_offsets", "votes_topk", "STAIRCASE_WIDTH", "staircase_weights", "staircase_factor",
+           "compact_offsets", "votes_topk", "sort_rows", "STAIRCASE_WIDTH", "staircase_weights", "staircase_factor",
            "staircase_precondition"]
 
 _PARALLEL_MIN_ENTRIES = 1 << 16
@@ -90,10 +90,16 @@ def _rows(name: str, dtype: torch.dtype | str, L: int, n: int, m: int, W: int, *
 
 
 def _windows(start: Tensor, width: int, m: int) -> Tensor:
-    # the kernels read x[start + k] unchecked: a window past the end is an error, not a read
+    # the kernels read x[start + k] unchecked: a window past the end is an error, not a read. A
+    # solve passes the same starts to every kernel: the check is remembered on the tensor, with
+    # its version (an in-place change is checked again)
     start = start.to(torch.int64).contiguous()
+    checked = (start._version, width, m)
+    if getattr(start, "_glass_pyg_windows", None) == checked:
+        return start
     if start.numel() and (int(start.min()) < 0 or int(start.max()) > m - width):
         raise ValueError(f"band windows of width {width} leave the vector of length {m}")
+    start._glass_pyg_windows = checked
     return start
 
 
@@ -376,6 +382,7 @@ from ._adjoint import implicit_grad, product_sums, row_cost_grad  # noqa: E402
 from ._cg import cg_direction, cg_step  # noqa: E402
 from ._dual import certify_band, link_relaxation  # noqa: E402
 from ._geometry import chart_scores, chart_scores_backward, window_costs, window_costs_grad  # noqa: E402
+from ._sort import sort_rows  # noqa: E402
 from ._staircase import (  # noqa: E402
     STAIRCASE_WIDTH,
     band_cut_diff,

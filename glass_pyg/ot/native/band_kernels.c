@@ -321,3 +321,4 @@ void certify_band(int64_t L, int64_t n, int64_t m, const double *s, const double
 }
 
 #include "graph_votes_impl.h"
+#include "sort_impl.h"

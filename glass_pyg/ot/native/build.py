@@ -23,7 +23,7 @@ _SOURCES = (_DIR / "band_kernels.c", _DIR / "band_kernels_impl.h", _DIR / "sweep
             _DIR / "band_plan_impl.h",
             _DIR / "graph_votes_impl.h", _DIR / "sphere_chart_impl.h",
             _DIR / "window_costs_impl.h", _DIR / "staircase_impl.h", _DIR / "staircase_avx2.h",
-            _DIR / "staircase_avx512.h")
+            _DIR / "staircase_avx512.h", _DIR / "sort_impl.h")
 # no FMA contraction: logits must round exactly as the torch implementation's
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
                "-ffp-contract=off"]
@@ -178,6 +178,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.link_relaxation.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7
     lib.certify_band.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 17
     lib.votes_topk.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 10
+    for suf in ("f64", "f32"):
+        getattr(lib, f"radix_sort_{suf}").argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4
     for suf in ("f64", "i64"):
         getattr(lib, f"sorted_search_{suf}").argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [
             ctypes.c_int64, ctypes.c_void_p]
