@@ -357,7 +357,10 @@ def test_band_extent_is_the_bisection():
     s, t, gam, band, stair, f0, g0 = staircase_band(400, 350, 2e-3, 0, seed=6)
     phi, psi = 3.0 * s, -2.0 * t  # smooth potentials keep each row unimodal
     ca, cb = torch.full((2, 400), -6.0, dtype=torch.float64), torch.full((2, 350), -5.8, dtype=torch.float64)
-    for terms, thr in (((None, None, None, None), -30.0), ((phi, psi, ca, cb), -14.0)):
+    # rows whose ends jump by many columns from one row to the next (the search starts from the
+    # previous row's end, and must walk back as well as on)
+    jumpy = ca + 12.0 * torch.rand(2, 400, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for terms, thr in (((None, None, None, None), -30.0), ((phi, psi, ca, cb), -14.0), ((phi, psi, jumpy, cb), -14.0)):
         lo, hi = native.band_extent(s, t, f0, g0, gam, *terms, thr, stair.lo, stair.hi)
         p, q, a, b = (torch.zeros_like(x) if v is None else v for v, x in zip(terms, (s, t, s, t)))
 

@@ -188,7 +188,9 @@ DEFINE_SORTED_SEARCH(int64_t, sorted_search_i64)
  * anchor_hi[i] (rightwards) where
  *     v(i, j) = phi_i + psi_j - ((s_i - t_j)^2 - f0_i - g0_j) / gamma - ca_i - cb_j >= thr,
  * v being unimodal along the row and above thr at the anchors. Galloping search then
- * bisection: O(log extent) evaluations per row. phi, psi, ca, cb may be NULL (zero). */
+ * bisection, from the previous row's end where it lies past the anchor: a few evaluations per
+ * row where consecutive ends are near (sorted scores), O(log extent) at most. phi, psi, ca, cb
+ * may be NULL (zero). */
 static inline double band_value(const double *s, const double *t, const double *f0, const double *g0,
                                 double g, const double *phi, const double *psi, const double *ca,
                                 const double *cb, int64_t r, int64_t cj) {
@@ -210,7 +212,24 @@ void band_extent(int64_t L, int64_t n, int64_t m, const double *s, const double 
                 const int64_t dir = side ? 1 : -1, limit = side ? m - 1 : 0;
                 int64_t ok = side ? anchor_hi[r] : anchor_lo[r];  /* pred holds here */
                 int64_t step = 1, bad = -1;
-                while (ok != limit) {  /* gallop */
+                /* the previous row's end, when it lies past the anchor, is a guess within a few
+                 * columns: past it when pred holds there, else the end lies between */
+                const int64_t guess = i == 0 ? ok : (side ? out_hi[r - 1] : out_lo[r - 1]);
+                if ((guess - ok) * dir > 0) {
+                    if (band_value(s, t, f0, g0, g, phi, psi, ca, cb, r, l * m + guess) >= thr) ok = guess;
+                    else {
+                        bad = guess;  /* gallop back towards the anchor, then bisect */
+                        while ((bad - ok) * dir > 1) {
+                            const int64_t j = (bad - step * dir - ok) * dir > 0 ? bad - step * dir : ok;
+                            if (j == ok) break;
+                            if (band_value(s, t, f0, g0, g, phi, psi, ca, cb, r, l * m + j) >= thr) { ok = j; break; }
+                            bad = j;
+                            step *= 2;
+                        }
+                        step = 1;
+                    }
+                }
+                while (bad < 0 && ok != limit) {  /* gallop */
                     int64_t j = ok + dir * step;
                     if ((side && j > limit) || (!side && j < limit)) j = limit;
                     if (band_value(s, t, f0, g0, g, phi, psi, ca, cb, r, l * m + j) >= thr) {
