@@ -19,6 +19,7 @@ from torch import Tensor
 from . import _validation as V
 from . import native
 from ._band import Band, Staircase, band_logits, logit_floor, make_band, reference_dual, staircase
+from ._band_memory import check_band_fits
 from ._certificate import Reference, certify, extent, is_full, widen
 from ._expectation import BandCost
 from ._implicit import FixedPointPlan
@@ -56,6 +57,7 @@ class _Problem:
     dtype: torch.dtype  #: compute dtype
     in_dtype: torch.dtype  #: the caller's dtype, for the results
     batched: bool  #: whether the caller passed (L, n) scores
+    rank: bool  #: whether gamma is at rank temperature
 
     @property
     def m(self) -> int:
@@ -198,7 +200,7 @@ def _prepare(s: Tensor, t: Tensor, a: Tensor | None, b: Tensor | None, gamma: fl
         stair = staircase(a_s.detach().double(), b_s.detach().double())
         f0, g0 = reference_dual(sd, td, stair, gd)
     return _Problem(ss, ts, perm_s, perm_t, a_s, b_s, gam, Reference(sd, td, gd, f0, g0), stair, dt,
-                    in_dtype, batched)
+                    in_dtype, batched, temperature == "rank")
 
 
 def _stable_sort(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,6 +228,7 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
     log_eps = math.log(band_eps)
     band = make_band(*extent(ref, p.stair, m, log_eps - math.log(max(n, m)) - 1.0), m)
     plan_dtype = result_plan_dtype(log_a, log_b, dt, p.in_dtype)
+    check_band_fits(band, plan_dtype or dt, ref.s, ref.t, ref.gamma, p.rank)
     st = SolverState(band, *p.logits(band), log_a, log_b, torch.zeros_like(ad).to(dt),
                      torch.zeros_like(bd).to(dt), source=p.source(), plan_dtype=plan_dtype)
     st.reserve_plan()
@@ -277,6 +280,7 @@ def _solve_on_band(p: _Problem, init: tuple[Tensor, Tensor] | None, max_iter: in
         if bool(ok.all()) or is_full(band, m):
             break
         band = widen(band, *extent(ref, p.stair, m, log_eps, st.phi, st.psi, st.log_a, st.log_b), m)
+        check_band_fits(band, plan_dtype or dt, ref.s, ref.t, ref.gamma, p.rank)
         st = SolverState(band, *p.logits(band), log_a, log_b, st.phi, st.psi, source=p.source(),
                          plan_dtype=plan_dtype)
         st.reserve_plan()

@@ -248,3 +248,26 @@ def test_warm_start_from_nearby_scores_converges(gen):
         assert (warm.to_dense() - cold.to_dense()).abs().sum() < 1e-5
         taken.append(bool(warm.warm_started))
     assert taken[0] and not taken[2]  # its own solution is taken; the one Newton stalled from is not
+
+
+def test_a_band_larger_than_the_memory_is_a_clear_error(gen, monkeypatch):
+    """Heavy-tailed scores at rank temperature widen the band where the scores are dense, and a batch
+    takes its widest slice's width: past the device's memory the error names the slice and the cause."""
+    import glass_pyg.ot._band_memory as band_memory
+    n = 4000
+    s = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    t = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    s[1] = s[1] ** 5  # heavy tails: the mean spacing is far above the median one
+    narrow = sinkhorn_banded(s[:1], t[:1], gamma=1.0, temperature="rank")
+    wide = sinkhorn_banded(s[1:], t[1:], gamma=1.0, temperature="rank")
+    assert wide.values.shape[-1] > 8 * narrow.values.shape[-1]
+    need = 2 * n * wide.values.shape[-1] * 8
+    monkeypatch.setattr(band_memory, "device_bytes", lambda device: need - 1)
+    with pytest.raises(MemoryError, match=r"(?s)Slice 1 is the widest.*temperature='rank'.*heavy tails.*solve "
+                                          r"slice 1 apart"):
+        sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    monkeypatch.setattr(band_memory, "device_bytes", lambda device: need)
+    sinkhorn_banded(s, t, gamma=1.0, temperature="rank")  # fits: solved
+    monkeypatch.setattr(band_memory, "device_bytes", lambda device: 10**6)
+    with pytest.raises(MemoryError, match="temperature='absolute' the plan spans a fixed share"):
+        sinkhorn_banded(s[0], t[0], gamma=1.0)
