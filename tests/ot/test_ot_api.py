@@ -195,3 +195,14 @@ def test_mixed_float32_and_float64_scores_without_weights():
         g = torch.Generator().manual_seed(n)
         plan = sinkhorn_banded(torch.randn(n, generator=g), torch.randn(n, generator=g, dtype=torch.float64))
         assert float(plan.to_dense().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_solve_under_inference_mode_is_the_plain_solve(gen):
+    """Evaluation under ``torch.inference_mode()``: its tensors have no version counter, which the
+    compiled kernels' window check must not ask for."""
+    s, t = torch.randn(2, 3000, generator=gen, dtype=torch.float64), torch.randn(2, 2500, generator=gen,
+                                                                                dtype=torch.float64)
+    want = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    with torch.inference_mode():
+        got = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
+    assert torch.equal(got.values, want.values) and torch.equal(got.transport_cost(), want.transport_cost())

@@ -92,14 +92,15 @@ def _rows(name: str, dtype: torch.dtype | str, L: int, n: int, m: int, W: int, *
 def _windows(start: Tensor, width: int, m: int) -> Tensor:
     # the kernels read x[start + k] unchecked: a window past the end is an error, not a read. A
     # solve passes the same starts to every kernel: the check is remembered on the tensor, with
-    # its version (an in-place change is checked again)
+    # its version (an in-place change is checked again; inference tensors have no version)
     start = start.to(torch.int64).contiguous()
-    checked = (start._version, width, m)
-    if getattr(start, "_glass_pyg_windows", None) == checked:
+    checked = None if start.is_inference() else (start._version, width, m)
+    if checked is not None and getattr(start, "_glass_pyg_windows", None) == checked:
         return start
     if start.numel() and (int(start.min()) < 0 or int(start.max()) > m - width):
         raise ValueError(f"band windows of width {width} leave the vector of length {m}")
-    start._glass_pyg_windows = checked
+    if checked is not None:
+        start._glass_pyg_windows = checked
     return start
 
 

@@ -20,7 +20,8 @@ static inline uint64_t sort_key_f32(float x) {
 
 /* Rows l0 <= l < l1 of x (L, n), n < 2^32, into out (sorted values) and perm (int64: out[l, i] =
  * x[l, perm[l, i]]); work holds 3 n uint64 for this call's rows (keys twice, indices twice).
- * Digits of SORT_BITS bits: fewer scatters than bytes, while their buckets still fit the caches. */
+ * Byte digits: their 256 counters and write streams stay in the first-level cache; 10 to 16 bit
+ * digits (fewer scatters, more buckets) measured no faster at 2^20. */
 #define SORT_BITS 8
 #define SORT_BUCKETS (1 << SORT_BITS)
 #define DEFINE_RADIX_SORT(T, NAME, KEY, KEYBITS)                                               \
