@@ -352,6 +352,19 @@ def test_sort_rows_is_the_stable_sort(dtype, shape):
         assert native.sort_rows(x.clone().requires_grad_()) is None
 
 
+def test_sort_rows_split_between_threads():
+    x = torch.randn(5, 1 << 15, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x[:, ::3] = x[:, :1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, perm = native.sort_rows(x)
+    finally:
+        torch.set_num_threads(before)
+    want = torch.sort(x, dim=-1, stable=True)
+    assert torch.equal(perm, want.indices) and torch.equal(values, want.values)
+
+
 def test_band_extent_is_the_bisection():
     from glass_pyg.ot._band import search_extent
     s, t, gam, band, stair, f0, g0 = staircase_band(400, 350, 2e-3, 0, seed=6)
