@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from . import native
 from ._band import Band, Staircase
-from ._laplacian import band_operator, solve_laplacian
+from ._laplacian import band_operator, solve_newton_system
 from ._row_blocks import blockwise, window_gather, window_inside
 
 
@@ -349,14 +350,17 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
     # rounding through (CG diverged wherever the plan's couplings underflow), so the floor stays
     # 1e3 eps above it
     cut_floor = max(1e-9, 1e3 * torch.finfo(st.phi.dtype).eps)
+    prefer_path = False
     for _ in range(max_steps):
         todo = err > tol
         if not bool(todo.any()):
             break
         p_row, row_sum, col_sum, log_scale, offsets = newton_plan(st)
-        op = band_operator(st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True), cut_floor=cut_floor,
-                           in_place=True, dtype=st.phi.dtype, offsets=offsets, workspace=st.workspace,
-                           sums=None if col_sum is None else (row_sum, col_sum))
+
+        operator = partial(band_operator, st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True),
+                           cut_floor=cut_floor, in_place=True, dtype=st.phi.dtype, offsets=offsets,
+                           workspace=st.workspace, sums=None if col_sum is None else (row_sum, col_sum))
+        op = operator(path=prefer_path)
         row_sum = op.row_sum if row_sum is None else row_sum
         # the operator is the scaled Laplacian: scale the right-hand side alike
         rhs_r = torch.where(todo.unsqueeze(-1), log_scale.exp() * a - row_sum, torch.zeros_like(a))
@@ -365,8 +369,9 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         # ends within tol needs no more: a residual of tol / (4 err) leaves tol / 4
         rtol = torch.clamp(torch.maximum(err, CG_FINAL_SHARE * tol / err),
                            min=100 * torch.finfo(err.dtype).eps, max=0.1)
-        d_phi, _, info = solve_laplacian(op, rhs_r, rhs_c, rtol, cg_max_iter)
-        del op, p_row  # the next step rewrites the workspace
+        d_phi, _, info = solve_newton_system(op, partial(operator, path=True), rhs_r, rhs_c, rtol, cg_max_iter)
+        prefer_path |= info.slow  # the staircase factor proved slow on this plan: the path from now on
+        del op, p_row, operator  # the next step rewrites the workspace
         cg_total += info.iterations
         best = [st.phi, st.psi, err]
 
