@@ -356,7 +356,6 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
         if not bool(todo.any()):
             break
         p_row, row_sum, col_sum, log_scale, offsets = newton_plan(st)
-
         operator = partial(band_operator, st.band, stair, p_row, lambda: plan_col(st, log_scale, reuse=True),
                            cut_floor=cut_floor, in_place=True, dtype=st.phi.dtype, offsets=offsets,
                            workspace=st.workspace, sums=None if col_sum is None else (row_sum, col_sum))
