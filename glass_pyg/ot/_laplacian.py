@@ -246,10 +246,12 @@ def _dot(ar: Tensor, ac: Tensor, br: Tensor, bc: Tensor) -> Tensor:
     return torch.linalg.vecdot(ar, br) + torch.linalg.vecdot(ac, bc)
 
 
-#: below this relative residual CG gains until rounding stops it; there, an iteration whose residual
-#: stays above :data:`ROUNDING_GAIN` of the last one is taken back and the slice stops (see solve_laplacian)
+#: below this relative residual CG gains until rounding stops it: there a slice keeps its best iterate,
+#: and stops once :data:`FLOOR_WINDOW` iterations bring no residual below :data:`FLOOR_GAIN` of the best
+#: (see solve_laplacian)
 ROUNDING_ZONE = 1e-9
-ROUNDING_GAIN = 0.95
+FLOOR_GAIN = 0.9
+FLOOR_WINDOW = 5
 
 
 def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tensor,
@@ -263,16 +265,18 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     reading it is free, after every iteration. Stagnation is judged over
     windows of ``check_every`` iterations.
 
-    Near the rounding floor (relative residual below :data:`ROUNDING_ZONE`) an iteration whose
-    residual falls by less than 5% is rounding, not progress: it is taken back and the slice
-    stops. The floor lies near ``1e-13`` at ``n = 2^20`` and higher at some sizes (``3e-12`` at
-    ``2^18``, where the tails decouple the plan into thousands of blocks); the Laplacian's
-    smooth modes have eigenvalues of order ``1/n^2``, so iterations past the floor move the
-    solution along them (the implicit gradient at ``2^18`` went from 0.4% to 0.9% off a direct
-    solve in five such iterations). Slow progress is not rounding: on skewed scores (targets that
-    are the cube of a uniform) CG gains 0.6-0.9 per iteration from ``1e-10`` down to its floor near
-    ``6e-14``, and the weakly coupled tails make the gradient depend on that stretch (stopped at
-    ``1e-9``, it was 5% off central differences, or of the wrong sign).
+    Near the rounding floor (relative residual below :data:`ROUNDING_ZONE`) a slice keeps its best
+    iterate and stops once :data:`FLOOR_WINDOW` iterations in a row fail to bring the residual
+    below :data:`FLOOR_GAIN` of the best; the best iterate is returned. The floor lies near
+    ``1e-13`` at ``n = 2^20`` and higher at some sizes (``3e-12`` at ``2^18``, where the tails
+    decouple the plan into thousands of blocks); the Laplacian's smooth modes have eigenvalues of
+    order ``1/n^2``, so iterations past the floor move the solution along them (the implicit
+    gradient at ``2^18`` went from 0.4% to 0.9% off a direct solve in five such iterations):
+    the best iterate is the one before them. Slow progress is not the floor: on skewed scores
+    (targets that are the cube of a uniform) CG gains 0.6-0.99 per iteration from ``1e-10`` down
+    to a floor near ``1e-13``, and the weakly coupled tails make the gradient depend on that
+    stretch (stopped near ``1e-9``, it was 5% to 700% off central differences, or of the wrong
+    sign). The stagnation window applies above the zone only.
 
     ``slow = (k, share)``: a solve still above ``share`` of its starting residual (and above ``rtol``)
     after ``k`` iterations gives up (``info.slow``): the caller may restart it on another
@@ -294,6 +298,9 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
     gave_up = False
     res = torch.ones_like(norm_y)
     last_res = torch.full_like(norm_y, float("inf"))
+    best = torch.full_like(norm_y, float("inf"))  # the best residual below the zone, and its iterate
+    best_r = best_c = None
+    since = torch.zeros_like(norm_y, dtype=torch.int64)  # iterations in the zone since the best
 
     def step(alpha: Tensor) -> Tensor:
         # x += alpha p, r -= alpha q (per slice), in place; returns <r, r>
@@ -310,15 +317,19 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
         qr, qc, pq = op.matvec_dot(pr, pc)
         usable = active & (pq > 0) & torch.isfinite(pq) & torch.isfinite(rz)
         alpha = torch.where(usable, rz / pq.clamp_min(torch.finfo(pq.dtype).tiny), torch.zeros_like(pq))
-        prev, res = res, torch.sqrt(step(alpha)) / norm_y
-        rounding = usable & (res > rtol) & (res < ROUNDING_ZONE) & (res > ROUNDING_GAIN * prev)
-        # the step taken back where it was rounding (on accelerators always, masked: no host read)
-        if not on_host or bool(rounding.any()):
-            step(torch.where(rounding, -alpha, torch.zeros_like(alpha)))
-            res = torch.where(rounding, prev, res)
-        active = usable & (res > rtol) & ~rounding
-        if it % check_every == 0:  # stagnation: no progress over the last window
-            active = active & (res < 0.99 * last_res)
+        res = torch.sqrt(step(alpha)) / norm_y
+        zone = usable & (res < ROUNDING_ZONE)
+        better = zone & (res < FLOOR_GAIN * best)
+        # the best iterate kept (on accelerators always, masked: no host read)
+        if not on_host or bool(better.any()):
+            keep = better.unsqueeze(-1)
+            best_r = xr.clone() if best_r is None else torch.where(keep, xr, best_r)
+            best_c = xc.clone() if best_c is None else torch.where(keep, xc, best_c)
+            best = torch.where(better, res, best)
+        since = torch.where(better, torch.zeros_like(since), since + zone.long())
+        active = usable & (res > rtol) & (since < FLOOR_WINDOW)
+        if it % check_every == 0:  # stagnation above the zone: no progress over the last window
+            active = active & ((res < 0.99 * last_res) | zone)
             last_res = res
         if (on_host or it % check_every == 0) and not bool(active.any()):
             break
@@ -334,6 +345,10 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
             b = beta.unsqueeze(-1)
             pr.mul_(b).add_(zr)
             pc.mul_(b).add_(zc)
+    if best_r is not None:  # where the solve ended above its best (past the floor): the best iterate
+        back = best < res
+        xr, xc = torch.where(back.unsqueeze(-1), best_r, xr), torch.where(back.unsqueeze(-1), best_c, xc)
+        res = torch.minimum(res, best)
     mean = (xr.sum(-1) + xc.sum(-1)) / (xr.shape[-1] + xc.shape[-1])
     return xr - mean.unsqueeze(-1), xc - mean.unsqueeze(-1), CGInfo(it, res, gave_up)
 
