@@ -8,6 +8,8 @@ the width of its widest slice.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -21,8 +23,12 @@ def device_bytes(device: torch.device) -> int | None:
     free, yet a plan may take it."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[1])
-    if device.type != "cpu":
-        return None
+    return _cpu_bytes() if device.type == "cpu" else None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_bytes() -> int | None:
+    # read once: every solve asks, and the machine's memory does not change under it
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -51,7 +57,7 @@ def check_band_fits(band: Band, dtype: torch.dtype, ss: Tensor, ts: Tensor, gamm
     :func:`device_bytes` when None): no solve could hold it. ``ss``, ``ts`` are the sorted scores
     ``(L, n)``, ``(L, m)``, ``gamma`` ``(L,)`` in squared score units."""
     L, n, _ = band.shape
-    need = L * n * band.width * torch.empty(0, dtype=dtype).element_size()
+    need = L * n * band.width * dtype.itemsize
     memory = device_bytes(ss.device) if memory is None else memory
     if memory is None or need <= memory:
         return
