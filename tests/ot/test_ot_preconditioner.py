@@ -39,7 +39,8 @@ def test_a_slow_staircase_solve_continues_on_the_path(monkeypatch):
     """Targets that are the cube of a uniform (dense near 0) at rank temperature: the staircase factor
     gains little per iteration although the couplings it leaves out hold under 5% of the mass. The
     Newton solve then continues on the path preconditioner from where it stands, and later steps
-    take the path at once; the solution still meets its residual, checked independently."""
+    take the path at once; the solution still meets its residual, checked independently. (At 65536:
+    9 + 12 iterations, against 12 + 20 on the staircase throughout.)"""
     import glass_pyg.ot._iterations as iterations
     seen = []
 
@@ -53,9 +54,9 @@ def test_a_slow_staircase_solve_continues_on_the_path(monkeypatch):
         return xr, xc, info
 
     monkeypatch.setattr(iterations, "solve_newton_system", spy)
-    g = torch.Generator().manual_seed(2)
-    s = torch.randn(2, 8192, generator=g, dtype=torch.float64)
-    t = torch.rand(2, 8192, generator=g, dtype=torch.float64) ** 3
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 65536, generator=g, dtype=torch.float64)
+    t = torch.rand(1, 65536, generator=g, dtype=torch.float64) ** 3
     plan = sinkhorn_banded(s, t, gamma=1.0, temperature="rank")
     assert bool(plan.converged.all())
     assert seen[0][:2] == (True, True)  # the staircase, given up

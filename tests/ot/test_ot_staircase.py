@@ -53,9 +53,9 @@ def _apply(op, stair, y):
 @pytest.mark.parametrize("decay", [0.25, 0.0])
 def test_staircase_preconditioner_inverts_the_near_laplacian(decay, monkeypatch):
     # couplings at every distance up to the bandwidth and beyond it (the far ones left out); without
-    # decay the couplings 15 and 16 apart weigh as much as the nearest, and the far ones too
+    # decay the couplings K - 1 and K apart weigh as much as the nearest, and the far ones too
     monkeypatch.setattr(_laplacian, "STAIRCASE_FAR_SHARE", 1.0)  # the staircase even for this wide band
-    band, stair, p_row, cols, inside = _plan(300, 350, seed=3, extra=10, decay=decay)
+    band, stair, p_row, cols, inside = _plan(300, 350, seed=3, extra=20, decay=decay)
     op = band_operator(band, stair, p_row, None)
     assert op.factor is not None
     assert int((op.factor[2][:, :-1] == 0).sum()) == 0  # every coupling trusted: nothing grounded
@@ -135,12 +135,16 @@ def test_staircase_and_path_solve_the_same_system():
     torch.testing.assert_close(fs, fp, rtol=0, atol=1e-9 * float(fp.abs().max()))
 
 
-def test_generic_build_factors_and_solves_as_the_vector_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flags", [[], ["-mavx2", "-mfma"]], ids=["plain", "avx2"])
+def test_generic_build_factors_and_solves_as_the_vector_one(flags, tmp_path, monkeypatch):
     """The factor and solve of a build without the processor's vector extensions (the plain C loops
-    other machines compile) against this machine's build: the same to float rounding."""
+    other machines compile), and of one with AVX2 only (its substitutions, the plain factor), against
+    this machine's build: the same to float rounding."""
     from glass_pyg.ot.native import build
+    if flags and not set(flags) <= set(build._cpu_flags()):
+        pytest.skip("the processor lacks AVX2")
     monkeypatch.setattr(_laplacian, "STAIRCASE_FAR_SHARE", 1.0)
-    band, stair, p_row, _, _ = _plan(300, 350, seed=5, extra=10, decay=0.0)
+    band, stair, p_row, _, _ = _plan(300, 350, seed=5, extra=20, decay=0.0)
     g = torch.Generator().manual_seed(1)
     yr = torch.randn(2, 300, generator=g, dtype=torch.float64)
     yc = torch.randn(2, 350, generator=g, dtype=torch.float64)
@@ -154,11 +158,11 @@ def test_generic_build_factors_and_solves_as_the_vector_one(tmp_path, monkeypatc
 
     here = solve()
     monkeypatch.setenv("GLASS_PYG_CACHE", str(tmp_path))
-    monkeypatch.setattr(build, "_cpu_flags", lambda: [])
+    monkeypatch.setattr(build, "_cpu_flags", lambda: list(flags))
     monkeypatch.setattr(build, "_state", {"lib": None, "reason": None, "tried": False, "disabled": False,
                                           "pool": None, "pool_size": 0})
     generic = solve()
-    assert native.status() == "compiled ()"  # the plain build
+    assert native.status() == f"compiled ({' '.join(flags)})"  # the build asked for
     ratio, first, inv_pivot, xr, xc, dot = generic
     torch.testing.assert_close(here[0], ratio, rtol=0, atol=5e-7)
     torch.testing.assert_close(here[1], first, rtol=0, atol=5e-7)
@@ -173,7 +177,7 @@ def test_generic_build_factors_and_solves_as_the_vector_one(tmp_path, monkeypatc
 def test_staircase_weights_are_the_near_couplings(compact):
     # brute force over every band entry: its pair's distance on the staircase decides its slot or
     # the far share; zeros and entries below tiny count nowhere
-    band, stair, p_row, cols, inside = _plan(300, 350, seed=5, extra=12)
+    band, stair, p_row, cols, inside = _plan(300, 350, seed=5, extra=20)
     L, n, m = band.shape
     K = native.STAIRCASE_WIDTH
     g = torch.Generator().manual_seed(6)

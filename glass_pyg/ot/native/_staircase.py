@@ -22,7 +22,7 @@ from . import (
 )
 
 #: bandwidth of the staircase factor (STAIR_K in the C source)
-STAIRCASE_WIDTH = 16
+STAIRCASE_WIDTH = 32
 
 
 def _plan_pass(p: Tensor, start: Tensor, width: int, row_pos: Tensor, col_pos: Tensor, lo: Tensor | None,

@@ -65,7 +65,7 @@ float tanhf(float);
     } while (0)
 /* bandwidth of the staircase preconditioner, and the smallest weight (relative to the largest
  * row or column sum) it keeps in its float storage */
-#define STAIR_K 16
+#define STAIR_K 32
 #define STAIR_MIN 1e-30
 #define CHART_MAX_K 32
 #define CHART_BLOCK 32

@@ -1,11 +1,11 @@
 /* The staircase factor's two substitutions (staircase_impl.h) for float64 vectors with AVX2 and
- * FMA, keeping each slice's STAIR_K = 16 pending values in four registers instead of memory.
+ * FMA, keeping each slice's STAIR_K pending values in STAIR_K / 4 registers instead of memory.
  *
  * In memory, each node's step reads values that the previous node's step has just written at
  * shifted offsets; the processor cannot forward such stores to the loads, and every node waits
  * for its predecessor's stores to complete. Here the forward substitution carries the
- * contributions still to add to nodes p .. p + 15 in registers (shifted down one lane per node),
- * the backward one the solved values of nodes p + 2 .. p + 17; the nearest node, p + 1, is a
+ * contributions still to add to nodes p .. p + STAIR_K - 1 in registers (shifted down one lane per
+ * node), the backward one the solved values of nodes p + 2 .. p + STAIR_K + 1; the nearest node, p + 1, is a
  * scalar, so the dependence from one node to the next is one multiply-add. Two slices
  * are interleaved, as in the generic code. Sums are formed in another order than there; the
  * results agree to rounding. */
@@ -26,41 +26,44 @@ static inline double stair_hsum(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-typedef struct { __m256d v0, v1, v2, v3; double near; } stair_regs;
+#define STAIR_NV (STAIR_K / 4)  /* registers of four pending values */
 
-/* Forward step at node p: z_p = z[p] + pending_p; the pending values of p + 1 .. p + 16 gain
+typedef struct { __m256d v[STAIR_NV]; double near; } stair_regs;
+
+/* Forward step at node p: z_p = z[p] + pending_p; the pending values of p + 1 .. p + STAIR_K gain
  * ratio * z_p (the first ratio in double); z[p] = z_p / pivot_p. */
 static inline void stair_forward_step(stair_regs *a, double *zl, const float *rw, double first, double ip,
                                       int64_t p) {
     const __m256d zero = _mm256_setzero_pd();
-    const double zp = zl[p] + _mm256_cvtsd_f64(a->v0);
+    const double zp = zl[p] + _mm256_cvtsd_f64(a->v[0]);
     const __m256d bz = _mm256_set1_pd(zp);
-    const __m256d r0 = _mm256_blend_pd(_mm256_cvtps_pd(_mm_loadu_ps(rw)), _mm256_set1_pd(first), 0x1);
-    const __m256d r1 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 4)), r2 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 8));
-    const __m256d r3 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 12));
-    const __m256d s0 = stair_down(a->v0, a->v1), s1 = stair_down(a->v1, a->v2);
-    const __m256d s2 = stair_down(a->v2, a->v3), s3 = stair_down(a->v3, zero);
-    a->v0 = _mm256_fmadd_pd(bz, r0, s0);
-    a->v1 = _mm256_fmadd_pd(bz, r1, s1);
-    a->v2 = _mm256_fmadd_pd(bz, r2, s2);
-    a->v3 = _mm256_fmadd_pd(bz, r3, s3);
+#pragma GCC unroll 16
+    for (int k = 0; k < STAIR_NV; ++k) {
+        __m256d r = _mm256_cvtps_pd(_mm_loadu_ps(rw + 4 * k));
+        if (k == 0) r = _mm256_blend_pd(r, _mm256_set1_pd(first), 0x1);
+        const __m256d next = k + 1 < STAIR_NV ? a->v[k + 1] : zero;
+        a->v[k] = _mm256_fmadd_pd(bz, r, stair_down(a->v[k], next));
+    }
     zl[p] = zp * ip;
 }
 
 /* Backward step at node p: z_p += first * z_{p+1} + sum_{d >= 1} ratio_d z_{p+1+d}. The ratios
- * 1 .. 15 are read from rw + 1 (16 floats: the last, the next node's first, is masked out). */
+ * 1 .. STAIR_K - 1 are read from rw + 1 (STAIR_K floats: the last, the next node's first, is
+ * masked out). */
 static inline void stair_backward_step(stair_regs *w, double *zl, const float *rw, double first, int64_t p) {
     const __m256d zero = _mm256_setzero_pd();
-    const __m256d r0 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 1)), r1 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 5));
-    const __m256d r2 = _mm256_cvtps_pd(_mm_loadu_ps(rw + 9));
-    const __m256d r3 = _mm256_blend_pd(_mm256_cvtps_pd(_mm_loadu_ps(rw + 13)), zero, 0x8);
-    const __m256d s = _mm256_add_pd(_mm256_fmadd_pd(r0, w->v0, _mm256_mul_pd(r1, w->v1)),
-                                    _mm256_fmadd_pd(r2, w->v2, _mm256_mul_pd(r3, w->v3)));
-    const double zp = zl[p] + (stair_hsum(s) + first * w->near);
-    w->v3 = stair_up(w->v2, w->v3);
-    w->v2 = stair_up(w->v1, w->v2);
-    w->v1 = stair_up(w->v0, w->v1);
-    w->v0 = stair_up(_mm256_set1_pd(w->near), w->v0);
+    __m256d s0 = zero, s1 = zero;
+#pragma GCC unroll 16
+    for (int k = 0; k < STAIR_NV; ++k) {
+        __m256d r = _mm256_cvtps_pd(_mm_loadu_ps(rw + 1 + 4 * k));
+        if (k + 1 == STAIR_NV) r = _mm256_blend_pd(r, zero, 0x8);
+        if (k % 2 == 0) s0 = _mm256_fmadd_pd(r, w->v[k], s0);
+        else s1 = _mm256_fmadd_pd(r, w->v[k], s1);
+    }
+    const double zp = zl[p] + (stair_hsum(_mm256_add_pd(s0, s1)) + first * w->near);
+#pragma GCC unroll 16
+    for (int k = STAIR_NV - 1; k > 0; --k) w->v[k] = stair_up(w->v[k - 1], w->v[k]);
+    w->v[0] = stair_up(_mm256_set1_pd(w->near), w->v[0]);
     w->near = zp;
     zl[p] = zp;
 }
@@ -75,16 +78,20 @@ static void stair_substitute_avx2(int64_t N, int64_t Z, int64_t l0, int64_t l1, 
         double *za = z + l * Z, *zb = z + m * Z;
         const float *ra = ratio + l * N * STAIR_K, *rb = ratio + m * N * STAIR_K;
         const double *fa = first + l * N, *fb = first + m * N, *ia = inv_pivot + l * N, *ib = inv_pivot + m * N;
-        stair_regs a = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), 0};
-        stair_regs b = a;
+        stair_regs a, b;
+        for (int k = 0; k < STAIR_NV; ++k) a.v[k] = _mm256_setzero_pd();
+        a.near = 0;
+        b = a;
         for (int64_t p = 0; p < N - 1; ++p) {
             stair_forward_step(&a, za, ra + p * STAIR_K, fa[p], ia[p], p);
             if (pair) stair_forward_step(&b, zb, rb + p * STAIR_K, fb[p], ib[p], p);
         }
         za[N - 1] = 0;
         zb[N - 1] = 0;
-        stair_regs wa = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), 0};
-        stair_regs wb = wa;
+        stair_regs wa, wb;
+        for (int k = 0; k < STAIR_NV; ++k) wa.v[k] = _mm256_setzero_pd();
+        wa.near = 0;
+        wb = wa;
         for (int64_t p = N - 2; p >= 0; --p) {
             stair_backward_step(&wa, za, ra + p * STAIR_K, fa[p], p);
             if (pair) stair_backward_step(&wb, zb, rb + p * STAIR_K, fb[p], p);

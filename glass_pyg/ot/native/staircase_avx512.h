@@ -1,25 +1,22 @@
-/* The staircase factor's elimination (staircase_impl.h, factor_node) for float64 vectors with
- * AVX-512: the next sixteen nodes' rows of weights, sixteen floats each, stay in registers.
+/* The staircase factor's elimination (staircase_impl.h, factor_node) and its two substitutions for
+ * float64 vectors with AVX-512, for STAIR_K = 32.
  *
- * Eliminating node p adds a multiple of its ratios, shifted, to each of the fifteen rows after
- * it, and node p + 1 reads its row at once. In memory the processor cannot forward those shifted
- * stores to the next node's loads, and each node waits for its predecessor's stores. Here row
- * p + k is register k: the update is a lane shift and a multiply-add per row, and moving on to the
- * next node renames the registers. The pivot and the ratios are formed in double as there; the
+ * Eliminating node p adds a multiple of its ratios, shifted, to each of the rows after it, and node
+ * p + 1 reads its row at once. Done in place in w, the processor cannot forward those shifted
+ * stores to the next node's loads, and each node waits for its predecessor's stores. Here the rows
+ * lie in a ring where each is loaded and stored whole, at one place (forwarded), and the shift is
+ * a lane rotation in registers. The pivot and the ratios are formed in double as there; the
  * updates are fused multiply-adds in float, so the factor agrees with the generic code to float
  * rounding. */
+#if STAIR_K != 32
+#error "staircase_avx512.h is written for STAIR_K = 32"
+#endif
 #include <immintrin.h>
 
 /* the sixteen lanes of v in double, as two vectors of eight */
 static inline void stair_halves(__m512 v, __m512d *lo, __m512d *hi) {
     *lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
     *hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
-static inline double stair_sum16(__m512 v) {
-    __m512d lo, hi;
-    stair_halves(v, &lo, &hi);
-    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
 /* (float)(v * inv) per lane, the product in double */
@@ -31,38 +28,143 @@ static inline __m512 stair_scale16(__m512 v, double inv) {
                               _mm512_cvtpd_ps(_mm512_mul_pd(hi, s)), 1);
 }
 
-/* One slice: w (N, 16) weights in, ratios out; first, inv_pivot (N,) as factor_node. */
+/* the 32 lanes of a row (lo: 0-15, hi: 16-31) in double, summed */
+static inline double stair_sum32(__m512 lo, __m512 hi) {
+    __m512d a, b, c, d;
+    stair_halves(lo, &a, &b);
+    stair_halves(hi, &c, &d);
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a, b), _mm512_add_pd(c, d)));
+}
+
+/* lane k - 1 of the row (lo, hi), in all lanes */
+#define STAIR_LANE(lo, hi, k) _mm512_permutexvar_ps(_mm512_set1_epi32(((k) - 1) & 15), (k) <= 16 ? (lo) : (hi))
+/* lanes k .. 15 of b, then lanes 0 .. k - 1 of a (k constant) */
+#define STAIR_ALIGN(a, b, k) _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b), (k)))
+
+/* One slice: w (N, 32) weights in, ratios out; first, inv_pivot (N,) as factor_node. Rows p .. p + 31
+ * lie in a ring of 32 rows (row q in slot q mod 32): eliminating node p adds a multiple of its ratios,
+ * shifted, to each of the 31 rows after it, every load and store of a row at the same place and size
+ * (the processor forwards those), and the next row is read into the slot that node p frees. */
 static void stair_factor_avx512(int64_t N, float *w, double floor, double scale, double *first,
                                 double *inv_pivot) {
     const __m512 zero = _mm512_setzero_ps();
-    __m512 v[STAIR_K];
-#pragma GCC unroll 16
-    for (int k = 0; k < STAIR_K; ++k) v[k] = k < N ? _mm512_loadu_ps(w + k * STAIR_K) : zero;
+    __m512 ring[STAIR_K][2] __attribute__((aligned(64)));
+    for (int k = 0; k < STAIR_K; ++k) {
+        ring[k][0] = k < N ? _mm512_loadu_ps(w + k * STAIR_K) : zero;
+        ring[k][1] = k < N ? _mm512_loadu_ps(w + k * STAIR_K + 16) : zero;
+    }
     for (int64_t p = 0; p < N; ++p) {
         const int64_t kk = N - 1 - p < STAIR_K ? N - 1 - p : STAIR_K;
-        const double piv = stair_sum16(v[0]);  /* the lanes past the last node hold zeros */
+        const int slot = (int)(p & (STAIR_K - 1));
+        const __m512 vlo = ring[slot][0], vhi = ring[slot][1];
+        const double piv = stair_sum32(vlo, vhi);  /* the lanes past the last node hold zeros */
         float *wp = w + p * STAIR_K;
         if (!(piv >= floor) || kk == 0) {
             _mm512_storeu_ps(wp, kk > 0 ? _mm512_mask_mov_ps(zero, 0x1, _mm512_set1_ps(1.0f)) : zero);
+            _mm512_storeu_ps(wp + 16, zero);
             first[p] = kk > 0 ? 1 : 0;
             inv_pivot[p] = 0;
         } else {
             const double inv = 1 / piv;
-            const __m512 r = stair_scale16(v[0], inv);
-            _mm512_storeu_ps(wp, r);
+            const __m512 rlo = stair_scale16(vlo, inv), rhi = stair_scale16(vhi, inv);
+            _mm512_storeu_ps(wp, rlo);
+            _mm512_storeu_ps(wp + 16, rhi);
             /* row p + k gains w_{p, p+k} times the ratios to the nodes after p + k */
-#pragma GCC unroll 16
-            for (int k = 1; k < STAIR_K; ++k) {
-                const __m512 c = _mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v[0]);
-                const __m512 shifted = _mm512_castsi512_ps(
-                    _mm512_alignr_epi32(_mm512_castps_si512(zero), _mm512_castps_si512(r), k));
-                v[k] = _mm512_fmadd_ps(c, shifted, v[k]);
-            }
-            first[p] = 1 - stair_sum16(_mm512_mask_mov_ps(r, 0x1, zero));
+#define STAIR_UPDATE(k) do {                                                                        \
+                __m512 *q = ring[(slot + (k)) & (STAIR_K - 1)];                                      \
+                const __m512 c = STAIR_LANE(vlo, vhi, k);                                            \
+                const __m512 slo = (k) < 16 ? STAIR_ALIGN(rhi, rlo, (k) & 15)                        \
+                                 : (k) == 16 ? rhi : STAIR_ALIGN(zero, rhi, (k) & 15);               \
+                q[0] = _mm512_fmadd_ps(c, slo, q[0]);                                                \
+                if ((k) < 16) q[1] = _mm512_fmadd_ps(c, STAIR_ALIGN(zero, rhi, (k) & 15), q[1]);     \
+            } while (0)
+            STAIR_UPDATE(1); STAIR_UPDATE(2); STAIR_UPDATE(3); STAIR_UPDATE(4); STAIR_UPDATE(5);
+            STAIR_UPDATE(6); STAIR_UPDATE(7); STAIR_UPDATE(8); STAIR_UPDATE(9); STAIR_UPDATE(10);
+            STAIR_UPDATE(11); STAIR_UPDATE(12); STAIR_UPDATE(13); STAIR_UPDATE(14); STAIR_UPDATE(15);
+            STAIR_UPDATE(16); STAIR_UPDATE(17); STAIR_UPDATE(18); STAIR_UPDATE(19); STAIR_UPDATE(20);
+            STAIR_UPDATE(21); STAIR_UPDATE(22); STAIR_UPDATE(23); STAIR_UPDATE(24); STAIR_UPDATE(25);
+            STAIR_UPDATE(26); STAIR_UPDATE(27); STAIR_UPDATE(28); STAIR_UPDATE(29); STAIR_UPDATE(30);
+            STAIR_UPDATE(31);
+#undef STAIR_UPDATE
+            first[p] = 1 - stair_sum32(_mm512_mask_mov_ps(rlo, 0x1, zero), rhi);
             inv_pivot[p] = inv / scale;
         }
-#pragma GCC unroll 16
-        for (int k = 0; k + 1 < STAIR_K; ++k) v[k] = v[k + 1];
-        v[STAIR_K - 1] = p + STAIR_K < N ? _mm512_loadu_ps(w + (p + STAIR_K) * STAIR_K) : zero;
+        /* the slot of row p takes row p + 32 */
+        ring[slot][0] = p + STAIR_K < N ? _mm512_loadu_ps(w + (p + STAIR_K) * STAIR_K) : zero;
+        ring[slot][1] = p + STAIR_K < N ? _mm512_loadu_ps(w + (p + STAIR_K) * STAIR_K + 16) : zero;
+    }
+}
+#undef STAIR_LANE
+#undef STAIR_ALIGN
+
+/* The two substitutions as in staircase_avx2.h, with the STAIR_K pending values of a slice in
+ * STAIR_K / 8 registers of eight doubles (a lane shift across two registers is one instruction). */
+#define STAIR_NW (STAIR_K / 8)
+
+typedef struct { __m512d v[STAIR_NW]; double near; } stair_wide;
+
+static inline __m512d stair_shift(__m512d hi, __m512d lo, int imm) {
+    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(hi), _mm512_castpd_si512(lo), imm));
+}
+
+static inline void stair_forward_wide(stair_wide *a, double *zl, const float *rw, double first, double ip,
+                                      int64_t p) {
+    const __m512d zero = _mm512_setzero_pd();
+    const double zp = zl[p] + _mm512_cvtsd_f64(a->v[0]);
+    const __m512d bz = _mm512_set1_pd(zp);
+#pragma GCC unroll 8
+    for (int k = 0; k < STAIR_NW; ++k) {
+        __m512d r = _mm512_cvtps_pd(_mm256_loadu_ps(rw + 8 * k));
+        if (k == 0) r = _mm512_mask_mov_pd(r, 0x1, _mm512_set1_pd(first));
+        const __m512d next = k + 1 < STAIR_NW ? a->v[k + 1] : zero;
+        /* the shift's immediate must be a constant: 1 */
+        a->v[k] = _mm512_fmadd_pd(bz, r, stair_shift(next, a->v[k], 1));
+    }
+    zl[p] = zp * ip;
+}
+
+static inline void stair_backward_wide(stair_wide *w, double *zl, const float *rw, double first, int64_t p) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+#pragma GCC unroll 8
+    for (int k = 0; k < STAIR_NW; ++k) {
+        __m512d r = _mm512_cvtps_pd(_mm256_loadu_ps(rw + 1 + 8 * k));
+        if (k + 1 == STAIR_NW) r = _mm512_maskz_mov_pd(0x7f, r);
+        if (k % 2 == 0) s0 = _mm512_fmadd_pd(r, w->v[k], s0);
+        else s1 = _mm512_fmadd_pd(r, w->v[k], s1);
+    }
+    const double zp = zl[p] + (_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + first * w->near);
+#pragma GCC unroll 8
+    for (int k = STAIR_NW - 1; k > 0; --k) w->v[k] = stair_shift(w->v[k], w->v[k - 1], 7);
+    w->v[0] = stair_shift(w->v[0], _mm512_set1_pd(w->near), 7);
+    w->near = zp;
+    zl[p] = zp;
+}
+
+static void stair_substitute_avx512(int64_t N, int64_t Z, int64_t l0, int64_t l1, const float *ratio,
+                                    const double *first, const double *inv_pivot, double *z) {
+    for (int64_t l = l0; l < l1; l += 2) {
+        const int pair = l + 1 < l1;
+        const int64_t m = pair ? l + 1 : l;
+        double *za = z + l * Z, *zb = z + m * Z;
+        const float *ra = ratio + l * N * STAIR_K, *rb = ratio + m * N * STAIR_K;
+        const double *fa = first + l * N, *fb = first + m * N, *ia = inv_pivot + l * N, *ib = inv_pivot + m * N;
+        stair_wide a, b;
+        for (int k = 0; k < STAIR_NW; ++k) a.v[k] = _mm512_setzero_pd();
+        a.near = 0;
+        b = a;
+        for (int64_t p = 0; p < N - 1; ++p) {
+            stair_forward_wide(&a, za, ra + p * STAIR_K, fa[p], ia[p], p);
+            if (pair) stair_forward_wide(&b, zb, rb + p * STAIR_K, fb[p], ib[p], p);
+        }
+        za[N - 1] = 0;
+        zb[N - 1] = 0;
+        stair_wide wa, wb;
+        for (int k = 0; k < STAIR_NW; ++k) wa.v[k] = _mm512_setzero_pd();
+        wa.near = 0;
+        wb = wa;
+        for (int64_t p = N - 2; p >= 0; --p) {
+            stair_backward_wide(&wa, za, ra + p * STAIR_K, fa[p], p);
+            if (pair) stair_backward_wide(&wb, zb, rb + p * STAIR_K, fb[p], p);
+        }
     }
 }
