@@ -21,7 +21,9 @@ from . import (
     _windows,
 )
 
-#: bandwidth of the staircase factor (STAIR_K in the C source)
+#: bandwidth of the staircase factor (STAIR_K in the C source). At rank temperature the couplings
+#: more than 16 apart hold under 1% of the mass, yet leaving them out spreads the preconditioned
+#: spectrum over [1, 2]: 32 halves the iterations of 16 for twice the factor's memory
 STAIRCASE_WIDTH = 32
 
 

@@ -63,8 +63,9 @@ float tanhf(float);
             __VA_ARGS__                                                      \
         }                                                                    \
     } while (0)
-/* bandwidth of the staircase preconditioner, and the smallest weight (relative to the largest
- * row or column sum) it keeps in its float storage */
+/* bandwidth of the staircase preconditioner (a multiple of 8; staircase_avx512.h is written for
+ * 32), and the smallest weight (relative to the largest row or column sum) it keeps in its float
+ * storage */
 #define STAIR_K 32
 #define STAIR_MIN 1e-30
 #define CHART_MAX_K 32
