@@ -67,6 +67,18 @@ def test_staircase_preconditioner_inverts_the_near_laplacian(decay, monkeypatch)
     ref = (torch.linalg.pinv(M) @ y.unsqueeze(-1)).squeeze(-1)
     # the factor is stored in float32
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    # and the solve is exactly the stored factor's: (L D L^T)^+ y with the unit lower L of the stored
+    # ratios and the first ones, the inverse pivots D, centred
+    ratio, first, inv_pivot = (t.double() for t in op.factor)
+    N, K = M.shape[1], native.STAIRCASE_WIDTH
+    for l in range(2):
+        lower = torch.eye(N, dtype=torch.float64)
+        for p in range(N - 1):
+            k = min(K, N - 1 - p)
+            lower[p + 1:p + 1 + k, p] = -torch.cat([first[l, p:p + 1], ratio[l, p, 1:k]])
+        z = torch.linalg.solve_triangular(lower, y[l].unsqueeze(-1), upper=False).squeeze(-1) * inv_pivot[l]
+        z = torch.linalg.solve_triangular(lower.T, z.unsqueeze(-1), upper=True).squeeze(-1)
+        torch.testing.assert_close(x[l], z - z.mean(), rtol=0, atol=1e-11 * float(z.abs().max()))
     torch.testing.assert_close(dot, (x * y).sum(-1), rtol=1e-12, atol=0)
     # the residual it leaves on the near Laplacian, relative
     res = (M @ x.unsqueeze(-1)).squeeze(-1) - y
