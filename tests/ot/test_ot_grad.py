@@ -247,9 +247,9 @@ def test_implicit_gradient_at_scale_matches_a_direct_adjoint_solve(n, cg_tol, rt
     """The adjoint's conjugate gradient against a sparse direct solve of the same Laplacian. Its
     smooth modes have eigenvalues of order 1/n^2, so a residual of 1e-11 (the old default) left the
     gradient 1.1e-3 off at 16384 here; the solve now runs to 1e-13 or to its rounding floor, where
-    the gradient is 1e-8 to 1e-5 off at 16384 and 6e-7 to 4e-4 at 65536 (five draws). An
-    unreachable tolerance stops at the floor too: at 2^18 the floor is near 3e-12 and the gradient
-    0.4% off; five more iterations past it drifted it to 0.9%."""
+    the gradient is 3e-9 to 3e-7 off at 16384 and 1e-5 to 2e-4 at 65536 (five draws). An
+    unreachable tolerance stops at the floor too: at 2^18 the floor lies between 1e-14 and 3e-12
+    depending on the draw, and the gradient up to about 1% off (four draws: 1e-5 to 9e-3)."""
     import glass_pyg.ot._implicit as implicit
     s = torch.randn(n, generator=gen, dtype=torch.float64)
     t = torch.randn(n, generator=gen, dtype=torch.float64) + 1.0
