@@ -1,5 +1,6 @@
-/* The staircase factor's elimination (staircase_impl.h, factor_node) and its two substitutions for
- * float64 vectors with AVX-512, for STAIR_K = 32.
+/* The staircase factor's elimination (staircase_impl.h, factor_node) for float64 vectors with
+ * AVX-512, for STAIR_K = 32 (the substitutions take staircase_avx2.h: eight-wide registers measured no
+ * faster there, the solve being bound by its reads of the factor).
  *
  * Eliminating node p adds a multiple of its ratios, shifted, to each of the rows after it, and node
  * p + 1 reads its row at once. Done in place in w, the processor cannot forward those shifted
@@ -97,74 +98,3 @@ static void stair_factor_avx512(int64_t N, float *w, double floor, double scale,
 #undef STAIR_LANE
 #undef STAIR_ALIGN
 
-/* The two substitutions as in staircase_avx2.h, with the STAIR_K pending values of a slice in
- * STAIR_K / 8 registers of eight doubles (a lane shift across two registers is one instruction). */
-#define STAIR_NW (STAIR_K / 8)
-
-typedef struct { __m512d v[STAIR_NW]; double near; } stair_wide;
-
-static inline __m512d stair_shift(__m512d hi, __m512d lo, int imm) {
-    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(hi), _mm512_castpd_si512(lo), imm));
-}
-
-static inline void stair_forward_wide(stair_wide *a, double *zl, const float *rw, double first, double ip,
-                                      int64_t p) {
-    const __m512d zero = _mm512_setzero_pd();
-    const double zp = zl[p] + _mm512_cvtsd_f64(a->v[0]);
-    const __m512d bz = _mm512_set1_pd(zp);
-#pragma GCC unroll 8
-    for (int k = 0; k < STAIR_NW; ++k) {
-        __m512d r = _mm512_cvtps_pd(_mm256_loadu_ps(rw + 8 * k));
-        if (k == 0) r = _mm512_mask_mov_pd(r, 0x1, _mm512_set1_pd(first));
-        const __m512d next = k + 1 < STAIR_NW ? a->v[k + 1] : zero;
-        /* the shift's immediate must be a constant: 1 */
-        a->v[k] = _mm512_fmadd_pd(bz, r, stair_shift(next, a->v[k], 1));
-    }
-    zl[p] = zp * ip;
-}
-
-static inline void stair_backward_wide(stair_wide *w, double *zl, const float *rw, double first, int64_t p) {
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-#pragma GCC unroll 8
-    for (int k = 0; k < STAIR_NW; ++k) {
-        __m512d r = _mm512_cvtps_pd(_mm256_loadu_ps(rw + 1 + 8 * k));
-        if (k + 1 == STAIR_NW) r = _mm512_maskz_mov_pd(0x7f, r);
-        if (k % 2 == 0) s0 = _mm512_fmadd_pd(r, w->v[k], s0);
-        else s1 = _mm512_fmadd_pd(r, w->v[k], s1);
-    }
-    const double zp = zl[p] + (_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + first * w->near);
-#pragma GCC unroll 8
-    for (int k = STAIR_NW - 1; k > 0; --k) w->v[k] = stair_shift(w->v[k], w->v[k - 1], 7);
-    w->v[0] = stair_shift(w->v[0], _mm512_set1_pd(w->near), 7);
-    w->near = zp;
-    zl[p] = zp;
-}
-
-static void stair_substitute_avx512(int64_t N, int64_t Z, int64_t l0, int64_t l1, const float *ratio,
-                                    const double *first, const double *inv_pivot, double *z) {
-    for (int64_t l = l0; l < l1; l += 2) {
-        const int pair = l + 1 < l1;
-        const int64_t m = pair ? l + 1 : l;
-        double *za = z + l * Z, *zb = z + m * Z;
-        const float *ra = ratio + l * N * STAIR_K, *rb = ratio + m * N * STAIR_K;
-        const double *fa = first + l * N, *fb = first + m * N, *ia = inv_pivot + l * N, *ib = inv_pivot + m * N;
-        stair_wide a, b;
-        for (int k = 0; k < STAIR_NW; ++k) a.v[k] = _mm512_setzero_pd();
-        a.near = 0;
-        b = a;
-        for (int64_t p = 0; p < N - 1; ++p) {
-            stair_forward_wide(&a, za, ra + p * STAIR_K, fa[p], ia[p], p);
-            if (pair) stair_forward_wide(&b, zb, rb + p * STAIR_K, fb[p], ib[p], p);
-        }
-        za[N - 1] = 0;
-        zb[N - 1] = 0;
-        stair_wide wa, wb;
-        for (int k = 0; k < STAIR_NW; ++k) wa.v[k] = _mm512_setzero_pd();
-        wa.near = 0;
-        wb = wa;
-        for (int64_t p = N - 2; p >= 0; --p) {
-            stair_backward_wide(&wa, za, ra + p * STAIR_K, fa[p], p);
-            if (pair) stair_backward_wide(&wb, zb, rb + p * STAIR_K, fb[p], p);
-        }
-    }
-}

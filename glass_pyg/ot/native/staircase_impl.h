@@ -89,9 +89,7 @@ void FN(staircase_precondition)(int64_t L, int64_t n, int64_t m, int64_t l0, int
         for (int64_t j = 0; j < m; ++j) zl[cp[j]] = yc[l * m + j];
         for (int64_t d = 0; d < STAIR_K; ++d) zl[N + d] = 0;
     }
-#if STAIR_AVX512
-    stair_substitute_avx512(N, Z, l0, l1, ratio, first, inv_pivot, z);
-#elif STAIR_AVX2
+#if STAIR_AVX2
     stair_substitute_avx2(N, Z, l0, l1, ratio, first, inv_pivot, z);
 #else
     for (int64_t p = 0; p < N - 1; ++p) {
