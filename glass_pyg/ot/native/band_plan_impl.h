@@ -285,11 +285,11 @@ void PFN(staircase_weights)(int64_t L, int64_t n, int64_t m, int64_t W, int64_t 
             });
             const int64_t k1 = a + LANE_SUM(c1), k2 = a + LANE_SUM(c2);
             const double fr = PFN(counted_mass)(pi, a, k1, tiny) + PFN(counted_mass)(pi, k2, b, tiny);
-            double near = 0;
+            /* summed apart, in lanes: a running sum in the loop below chains its adds */
+            const double near = PFN(counted_mass)(pi, k1, k2, tiny);
             for (int64_t k = k1; k < k2; ++k) {
                 const double v = (double)pi[k];
                 const int ok = v != 0 && (T)pi[k] >= tiny;
-                near += ok ? v : 0;
                 const int64_t d = pc[k] > pr ? pc[k] - pr : pr - pc[k];
                 const double sv = v * inv;
                 /* each slot is one pair's: writing 0 for a pair left out keeps it 0 */
