@@ -5,8 +5,8 @@
  * shifted offsets; the processor cannot forward such stores to the loads, and every node waits
  * for its predecessor's stores to complete. Here the forward substitution carries the
  * contributions still to add to nodes p .. p + STAIR_K - 1 in registers (shifted down one lane per
- * node), the backward one the solved values of nodes p + 2 .. p + STAIR_K + 1; the nearest node, p + 1, is a
- * scalar, so the dependence from one node to the next is one multiply-add. Two slices
+ * node), the backward one the solved values of nodes p + 2 .. p + STAIR_K + 1; the nearest node,
+ * p + 1, is a scalar, so the dependence from one node to the next is one multiply-add. Two slices
  * are interleaved, as in the generic code. Sums are formed in another order than there; the
  * results agree to rounding. */
 #include <immintrin.h>
