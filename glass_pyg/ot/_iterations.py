@@ -337,8 +337,8 @@ def newton(st: SolverState, stair: Staircase, max_steps: int, tol: float, err: T
     r"""Damped Newton steps on the semi-dual :math:`\phi \mapsto \langle a,\phi\rangle + \langle b,\psi(\phi)\rangle`.
 
     Each step solves :math:`\mathcal{L}(\delta\phi, -\delta\psi) = (a - r, 0)` by
-    preconditioned CG to a relative residual of ``min(0.1, err)`` (inexact
-    Newton, quadratic in the limit), then backtracks until the marginal error
+    preconditioned CG to a relative residual of ``min(0.1, max(err, tol / (4 err)))``
+    (inexact Newton, quadratic in the limit), then backtracks until the marginal error
     decreases. Slices that are converged take no step.
     Returns (steps, cg iterations, error).
     """

@@ -267,9 +267,10 @@ def solve_laplacian(op: BandOperator, yr: Tensor, yc: Tensor, rtol: float | Tens
 
     Near the rounding floor (relative residual below :data:`ROUNDING_ZONE`) a slice keeps its best
     iterate and stops once :data:`FLOOR_WINDOW` iterations in a row fail to bring the residual
-    below :data:`FLOOR_GAIN` of the best; the best iterate is returned. The floor lies near
-    ``1e-13`` at ``n = 2^20`` and higher at some sizes (``3e-12`` at ``2^18``, where the tails
-    decouple the plan into thousands of blocks); the Laplacian's smooth modes have eigenvalues of
+    below :data:`FLOOR_GAIN` of the best; the best iterate is returned. From ``n = 2^18`` the floor
+    lies between ``1e-15`` and ``1e-11`` depending on the draw (the tails decouple the plan into
+    thousands of blocks, and their weak pivots put values of order ``1e19`` into the preconditioned
+    vectors, which costs the substitutions their digits); the Laplacian's smooth modes have eigenvalues of
     order ``1/n^2``, so iterations past the floor move the solution along them (the implicit
     gradient at ``2^18`` went from 0.4% to 0.9% off a direct solve in five such iterations):
     the best iterate is the one before them. Slow progress is not the floor: on skewed scores
